@@ -1,0 +1,128 @@
+// Owns the live route table: strict load at start, then reloads (SIGUSR1, file changes) that
+// apply each valid file, keep the last good version of a broken one, and swap the table whole.
+import { watch, type FSWatcher } from 'node:fs'
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import { loadRouteDirStrict, readRouteDir, resolveRouteFiles, type AcceptedFile } from '../../src/config/route-dir.js'
+import { buildRouteTable, type RouteTable } from './route-table.js'
+
+export interface RouteTableOptions {
+  routesDir: string
+  /** Body limit of routes that set none, in bytes. */
+  defaultBodyLimit: number
+  /** Reload on file changes in routesDir. */
+  watch: boolean
+  debounceMs: number
+}
+
+export interface ReloadReport {
+  ok: boolean
+  version: number
+  applied: string[]
+  failed: string[]
+}
+
+export interface RouteTableHolder {
+  /** The table new requests use. Requests in flight keep the one they started with. */
+  readonly table: RouteTable
+  /** Re-reads routesDir; concurrent calls are coalesced into one more run. */
+  reload: (reason: string) => Promise<ReloadReport>
+  /** Reload outcomes since start, for metrics. */
+  readonly reloads: { success: number, failure: number }
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    routeTable: RouteTableHolder
+  }
+}
+
+async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions): Promise<void> {
+  let accepted: Map<string, AcceptedFile> = await loadRouteDirStrict(opts.routesDir)
+  let table = buildRouteTable(configsOf(accepted), opts.defaultBodyLimit).table
+  const reloads = { success: 0, failure: 0 }
+  app.log.info({ version: table.version, files: [...accepted.keys()] }, 'route table loaded')
+  if (accepted.size === 0) app.log.warn({ routesDir: opts.routesDir }, 'no route files: every request will get 404')
+
+  let running: Promise<ReloadReport> | undefined
+  let again = false
+
+  async function reloadOnce (reason: string): Promise<ReloadReport> {
+    const read = await readRouteDir(opts.routesDir)
+    const resolution = resolveRouteFiles(read.files, accepted)
+    const failures = [...read.failures, ...resolution.failures]
+    const applied = [...resolution.accepted.keys()].filter(f => accepted.get(f) !== resolution.accepted.get(f))
+    const removedFiles = [...accepted.keys()].filter(f => !resolution.accepted.has(f))
+    const built = buildRouteTable(configsOf(resolution.accepted), opts.defaultBodyLimit, table)
+    // The swap: one assignment. A request reads `table` once, so it never sees half a reload.
+    table = built.table
+    accepted = resolution.accepted
+    for (const target of built.removed) {
+      // close() lets requests already sent finish, then frees the sockets.
+      target.pool.close().catch(err => app.log.warn({ err, target: target.origin }, 'closing a removed target failed'))
+    }
+    for (const failure of failures) {
+      app.log.error({ file: failure.file, problems: failure.problems, reason }, `route file rejected, ${accepted.has(failure.file) ? 'its last good version keeps serving' : 'it does not serve'}`)
+    }
+    const ok = failures.length === 0
+    if (ok) reloads.success++
+    else reloads.failure++
+    app.log.info({ version: table.version, reason, applied, removed: removedFiles, failed: failures.map(f => f.file) }, 'route table reloaded')
+    return { ok, version: table.version, applied, failed: failures.map(f => f.file) }
+  }
+
+  function reload (reason: string): Promise<ReloadReport> {
+    if (running !== undefined) {
+      again = true
+      return running
+    }
+    running = (async () => {
+      try {
+        let report = await reloadOnce(reason)
+        while (again) {
+          again = false
+          report = await reloadOnce(reason)
+        }
+        return report
+      } catch (err) {
+        // The folder itself is unreadable: keep serving what we have.
+        reloads.failure++
+        app.log.error({ err, routesDir: opts.routesDir, reason }, 'route reload failed, the current table keeps serving')
+        return { ok: false, version: table.version, applied: [], failed: [] }
+      } finally {
+        running = undefined
+      }
+    })()
+    return running
+  }
+
+  let watcher: FSWatcher | undefined
+  let debounce: NodeJS.Timeout | undefined
+  if (opts.watch) {
+    watcher = watch(opts.routesDir, { persistent: false }, () => {
+      clearTimeout(debounce)
+      debounce = setTimeout(() => { reload('file change').catch(() => {}) }, opts.debounceMs)
+      debounce.unref()
+    })
+    watcher.on('error', err => app.log.error({ err, routesDir: opts.routesDir }, 'watching the routes folder failed; SIGUSR1 still reloads'))
+  }
+
+  app.decorate('routeTable', {
+    get table () { return table },
+    reload,
+    reloads
+  })
+
+  app.addHook('onClose', async () => {
+    watcher?.close()
+    clearTimeout(debounce)
+    await running
+    await Promise.all([...table.targets.values()].map(t => t.pool.close()))
+  })
+}
+
+function configsOf (accepted: Map<string, AcceptedFile>) {
+  return [...accepted.values()].map(a => a.config)
+}
+
+export default fp(routeTablePlugin, { name: 'gatehouse-route-table', fastify: '5.x' })

@@ -1,0 +1,89 @@
+// The compiled route table: built once per load or reload, never changed after, swapped whole.
+import FindMyWay, { type HTTPVersion, type Instance } from 'find-my-way'
+import { HTTP_METHODS, type UpstreamConfig } from '../../src/config/route-file.js'
+import { Target } from '../../src/upstream/target.js'
+
+export interface CompiledUpstream {
+  readonly name: string
+  readonly file: string
+  readonly targets: readonly Target[]
+  readonly totalWeight: number
+  readonly requestTimeoutMs: number
+}
+
+export interface CompiledRoute {
+  readonly upstream: CompiledUpstream
+  /** Characters of the request path the prefix covers (0 for `/`). */
+  readonly prefixLength: number
+  /** Undefined: forward the path unchanged. */
+  readonly rewritePrefix: string | undefined
+  readonly bodyLimit: number
+}
+
+export class RouteTable {
+  constructor (
+    readonly version: number,
+    readonly upstreams: readonly CompiledUpstream[],
+    readonly targets: ReadonlyMap<string, Target>,
+    private readonly router: Instance<HTTPVersion.V1>
+  ) {}
+
+  /** The route for a normalised path, or null. `host` is lowercase, without port. */
+  lookup (method: string, host: string, path: string): CompiledRoute | null {
+    const found = this.router.find(method as 'GET', path, { host })
+    return found === null ? null : found.store as CompiledRoute
+  }
+}
+
+export interface BuildResult {
+  table: RouteTable
+  /** Targets of the previous table that are gone: to be drained and closed by the caller. */
+  removed: Target[]
+}
+
+/**
+ * Compiles upstream configs into a radix router. Targets whose identity is unchanged since
+ * `previous` are carried over with their pool and in-flight count.
+ */
+export function buildRouteTable (configs: readonly UpstreamConfig[], defaultBodyLimit: number, previous?: RouteTable): BuildResult {
+  const router = FindMyWay({ caseSensitive: true, ignoreTrailingSlash: false, ignoreDuplicateSlashes: false })
+  const targets = new Map<string, Target>()
+  const upstreams: CompiledUpstream[] = []
+  for (const config of configs) {
+    const upstreamTargets = config.targets.map(t => {
+      const options = { upstream: config.name, origin: t.origin, maxConnections: t.maxConnections, weight: t.weight, connectTimeoutMs: config.timeouts.connectMs }
+      const key = Target.key(options)
+      const target = previous?.targets.get(key) ?? new Target(options)
+      target.weight = t.weight
+      targets.set(key, target)
+      return target
+    })
+    const upstream: CompiledUpstream = Object.freeze({
+      name: config.name,
+      file: config.file,
+      targets: Object.freeze(upstreamTargets),
+      totalWeight: upstreamTargets.reduce((sum, t) => sum + t.weight, 0),
+      requestTimeoutMs: config.timeouts.requestMs
+    })
+    upstreams.push(upstream)
+    for (const route of config.routes) {
+      const compiled: CompiledRoute = Object.freeze({
+        upstream,
+        prefixLength: route.path === '/' ? 0 : route.path.length,
+        rewritePrefix: route.rewritePrefix,
+        bodyLimit: route.bodyLimit ?? defaultBodyLimit
+      })
+      const methods = (route.methods ?? HTTP_METHODS) as Array<'GET'>
+      // A prefix matches itself and everything below it, never a longer sibling (/api/usersX).
+      const paths = route.path === '/' ? ['/', '/*'] : [route.path, route.path + '/*']
+      for (const host of route.hosts ?? [undefined]) {
+        const opts = host === undefined ? {} : { constraints: { host } }
+        for (const path of paths) router.on(methods, path, opts, noop, compiled)
+      }
+    }
+  }
+  const removed = previous === undefined ? [] : [...previous.targets].filter(([key]) => !targets.has(key)).map(([, t]) => t)
+  return { table: new RouteTable((previous?.version ?? 0) + 1, upstreams, targets, router), removed }
+}
+
+function noop (): void {}

@@ -1,0 +1,72 @@
+// The gateway as one Fastify app: request ids, one access-log line, then the plugins in order.
+import { randomUUID } from 'node:crypto'
+import type { Socket } from 'node:net'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import healthPlugin from '../plugins/health/index.js'
+import observabilityPlugin from '../plugins/observability/index.js'
+import proxyPlugin from '../plugins/proxy/index.js'
+import routeTablePlugin from '../plugins/route-table/index.js'
+import { AccessLog } from './access-log.js'
+import type { GatewayEnv } from './config/env.js'
+import { BadRequestError, HeadersTooLargeError } from './errors.js'
+
+// A client's request id is kept when it is a sane token; anything else is replaced.
+const REQUEST_ID = /^[\w.:@/+=-]{1,128}$/
+
+export interface AppOptions {
+  /** Overrides the pino logger options (tests silence it). */
+  logger?: FastifyServerOptions['logger']
+}
+
+export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Promise<FastifyInstance> {
+  const app: FastifyInstance = Fastify({
+    logger: options.logger ?? { level: env.logLevel },
+    logController: new AccessLog(),
+    requestIdHeader: false,
+    genReqId: req => {
+      const id = req.headers['x-request-id']
+      return typeof id === 'string' && REQUEST_ID.test(id) ? id : randomUUID()
+    },
+    trustProxy: typeof env.trustProxy === 'number' ? hopsTrusted(env.trustProxy) : env.trustProxy,
+    http: { maxHeaderSize: env.maxHeaderSize },
+    bodyLimit: env.bodyLimit,
+    clientErrorHandler: clientError
+  })
+
+  app.addHook('onRequest', (request, reply, done) => {
+    reply.header('x-request-id', request.id)
+    done()
+  })
+  await app.register(routeTablePlugin, {
+    routesDir: env.routesDir,
+    defaultBodyLimit: env.bodyLimit,
+    watch: env.watchRoutes,
+    debounceMs: env.reloadDebounceMs
+  })
+  await app.register(healthPlugin, {
+    maxEventLoopDelayMs: env.maxEventLoopDelayMs,
+    maxEventLoopUtilization: env.maxEventLoopUtilization,
+    maxHeapUsedBytes: env.maxHeapUsedBytes,
+    maxRssBytes: env.maxRssBytes
+  })
+  await app.register(observabilityPlugin)
+  await app.register(proxyPlugin, { trustProxy: env.trustProxy })
+  return app
+}
+
+/** Trust the nearest `hops` proxies, as a hop count in TRUST_PROXY means. */
+function hopsTrusted (hops: number) {
+  return (_address: string, hop: number) => hop < hops
+}
+
+/** Requests Node's parser refuses never reach Fastify: answer them in the same JSON shape. */
+function clientError (this: FastifyInstance, err: Error & { code?: string }, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return
+  const error = err.code === 'HPE_HEADER_OVERFLOW' ? new HeadersTooLargeError() : new BadRequestError()
+  const body = JSON.stringify({ statusCode: error.statusCode, code: error.code, error: error.statusCode === 431 ? 'Request Header Fields Too Large' : 'Bad Request', message: error.message })
+  this.log.debug({ err }, 'client error')
+  if (socket.writable) {
+    socket.end(`HTTP/1.1 ${error.statusCode} ${error.statusCode === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+  }
+  socket.destroy()
+}

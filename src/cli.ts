@@ -1,0 +1,32 @@
+#!/usr/bin/env node
+// gatehouse start | check [dir]
+import { loadRouteDirStrict } from './config/route-dir.js'
+import { start } from './server.js'
+
+const USAGE = `Usage:
+  gatehouse start          run the gateway (settings from the environment and .env)
+  gatehouse check [dir]    validate the route files of dir (default: $ROUTES_DIR or ./routes.d)`
+
+async function check (dir: string): Promise<number> {
+  try {
+    const accepted = await loadRouteDirStrict(dir)
+    const routes = [...accepted.values()].reduce((n, a) => n + a.config.routes.length, 0)
+    console.log(`${dir}: ok: ${accepted.size} route file(s), ${routes} route(s)`)
+    return 0
+  } catch (err) {
+    console.error((err as Error).message)
+    return 1
+  }
+}
+
+const [command = 'start', ...args] = process.argv.slice(2)
+if (command === 'start') {
+  await start()
+} else if (command === 'check') {
+  process.exitCode = await check(args[0] ?? process.env.ROUTES_DIR ?? './routes.d')
+} else if (command === '--help' || command === '-h' || command === 'help') {
+  console.log(USAGE)
+} else {
+  console.error(`gatehouse: unknown command "${command}"\n${USAGE}`)
+  process.exitCode = 2
+}

@@ -1,0 +1,105 @@
+// Process settings from the environment (and `.env` when present), checked once at start.
+import { existsSync } from 'node:fs'
+import { isIP } from 'node:net'
+import Type, { type Static } from 'typebox'
+import Value from 'typebox/value'
+import { ConfigEnvError } from '../errors.js'
+import { Duration, Size, toBytes, toMs } from './units.js'
+import { schemaErrors } from './validate.js'
+
+export const EnvSchema = Type.Object({
+  PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 8080, description: 'Port the gateway listens on.' }),
+  HOST: Type.String({ minLength: 1, default: '0.0.0.0', description: 'Address the gateway binds to.' }),
+  ROUTES_DIR: Type.String({ minLength: 1, default: './routes.d', description: 'Folder of route files, one per upstream service.' }),
+  REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://', errorMessage: 'must be a redis:// or rediss:// URL', description: 'Redis for shared state; unset: in-memory stores.' })),
+  LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), {
+    default: 'info', errorMessage: 'must be one of fatal, error, warn, info, debug, trace, silent', description: 'pino log level.'
+  }),
+  TRUST_PROXY: Type.String({ default: 'false', description: 'Peers whose X-Forwarded-* headers are believed: false, a hop count, or a comma-separated list of IPs/CIDRs.' }),
+  SHUTDOWN_TIMEOUT: Duration({ default: '30s', description: 'How long SIGTERM waits for in-flight requests before closing connections.' }),
+  BODY_LIMIT: Size({ default: '1mb', description: 'Largest request body, unless a route sets bodyLimit.' }),
+  MAX_HEADER_SIZE: Size({ default: '16kb', description: 'Largest request head (request line and headers) before 431.' }),
+  RELOAD_DEBOUNCE: Duration({ default: '250ms', description: 'Quiet time after a change in ROUTES_DIR before reloading.' }),
+  WATCH_ROUTES: Type.Boolean({ default: true, description: 'Reload when files in ROUTES_DIR change (SIGUSR1 always reloads).' }),
+  MAX_EVENT_LOOP_DELAY: Duration({ default: '1s', description: '/health answers 503 above this event-loop delay (0: off).' }),
+  MAX_EVENT_LOOP_UTILIZATION: Type.Number({ minimum: 0, maximum: 1, default: 0, description: '/health answers 503 above this event-loop utilisation (0: off).' }),
+  MAX_HEAP_USED_BYTES: Size({ default: 0, description: '/health answers 503 above this heap use (0: off).' }),
+  MAX_RSS_BYTES: Size({ default: 0, description: '/health answers 503 above this resident memory (0: off).' })
+})
+
+type RawEnv = Static<typeof EnvSchema>
+
+/** Trust for X-Forwarded-*: nobody, the nearest N hops, or these addresses. */
+export type TrustProxy = false | number | string[]
+
+export interface GatewayEnv {
+  port: number
+  host: string
+  routesDir: string
+  redisUrl: string | undefined
+  logLevel: string
+  trustProxy: TrustProxy
+  shutdownTimeoutMs: number
+  bodyLimit: number
+  maxHeaderSize: number
+  reloadDebounceMs: number
+  watchRoutes: boolean
+  maxEventLoopDelayMs: number
+  maxEventLoopUtilization: number
+  maxHeapUsedBytes: number
+  maxRssBytes: number
+}
+
+/**
+ * Reads `.env` (variables already set win), then checks the environment.
+ * Throws ConfigEnvError naming every wrong variable.
+ */
+export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.env'): GatewayEnv {
+  if (env === process.env && existsSync(dotenvPath)) process.loadEnvFile(dotenvPath)
+  const picked: Record<string, unknown> = {}
+  for (const key of Object.keys(EnvSchema.properties)) {
+    const value = env[key]
+    if (value !== undefined && value !== '') picked[key] = value
+  }
+  const value = Value.Convert(EnvSchema, Value.Default(EnvSchema, picked))
+  const errors = schemaErrors(EnvSchema, value).map(line => line.replace(/^\//, ''))
+  const raw = value as RawEnv
+  const trust = errors.length === 0 ? parseTrustProxy(raw.TRUST_PROXY) : false
+  if (trust instanceof Error) errors.push(`TRUST_PROXY: ${trust.message}`)
+  if (errors.length > 0) throw new ConfigEnvError(errors.join('\n'))
+  return Object.freeze({
+    port: raw.PORT,
+    host: raw.HOST,
+    routesDir: raw.ROUTES_DIR,
+    redisUrl: raw.REDIS_URL,
+    logLevel: raw.LOG_LEVEL,
+    trustProxy: trust as TrustProxy,
+    shutdownTimeoutMs: toMs(raw.SHUTDOWN_TIMEOUT),
+    bodyLimit: toBytes(raw.BODY_LIMIT),
+    maxHeaderSize: toBytes(raw.MAX_HEADER_SIZE),
+    reloadDebounceMs: toMs(raw.RELOAD_DEBOUNCE),
+    watchRoutes: raw.WATCH_ROUTES,
+    maxEventLoopDelayMs: toMs(raw.MAX_EVENT_LOOP_DELAY),
+    maxEventLoopUtilization: raw.MAX_EVENT_LOOP_UTILIZATION,
+    maxHeapUsedBytes: toBytes(raw.MAX_HEAP_USED_BYTES),
+    maxRssBytes: toBytes(raw.MAX_RSS_BYTES)
+  })
+}
+
+function parseTrustProxy (text: string): TrustProxy | Error {
+  const value = text.trim()
+  if (value === 'false' || value === '0') return false
+  if (/^\d+$/.test(value)) return Number(value)
+  // "true" would let any client forge its address (and so its rate-limit key): name the peers.
+  if (value === 'true') return new Error('"true" would trust every peer; give a hop count or a list of IPs/CIDRs')
+  const entries = value.split(',').map(s => s.trim()).filter(s => s !== '')
+  for (const entry of entries) {
+    const [ip, bits, extra] = entry.split('/')
+    const family = isIP(ip ?? '')
+    const maxBits = family === 6 ? 128 : 32
+    if (family === 0 || extra !== undefined || (bits !== undefined && !(/^\d+$/.test(bits) && Number(bits) <= maxBits))) {
+      return new Error(`"${entry}" is not an IP address or CIDR`)
+    }
+  }
+  return entries
+}

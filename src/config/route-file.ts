@@ -1,0 +1,192 @@
+// The route file: one per upstream service, YAML or JSON. The schema is the operators' contract
+// and is published as JSON Schema (schema/route-file.schema.json, `npm run schema`).
+import Type, { type Static } from 'typebox'
+import Value from 'typebox/value'
+import YAML from 'yaml'
+import { Duration, Size, toBytes, toMs } from './units.js'
+import { schemaErrors } from './validate.js'
+
+/** Methods a route may list: those Fastify serves (CONNECT is not proxied). */
+export const HTTP_METHODS: readonly string[] = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE']
+
+// A prefix the router can hold as-is: no find-my-way syntax (`:`, `*`), no dot segments,
+// no empty segments, no trailing slash.
+const PATH = "^/$|^(/(?!\\.{1,2}(?:/|$))[A-Za-z0-9\\-._~!$&'+,;=@%]+)+$"
+
+const Target = Type.Object({
+  url: Type.String({
+    pattern: '^https?://[^/?#]+/?$',
+    errorMessage: 'must be an http(s) URL with no path, e.g. http://10.0.0.5:9001',
+    description: 'Origin of one instance of the service: http(s)://host:port, no path.'
+  }),
+  maxConnections: Type.Integer({ minimum: 1, default: 100, description: 'In-flight requests this target may hold; beyond it the target counts as full. Default 100.' }),
+  weight: Type.Number({ exclusiveMinimum: 0, default: 1, description: 'Share of traffic relative to the other targets when none is loaded. Default 1.' })
+}, { additionalProperties: false })
+
+const Route = Type.Object({
+  path: Type.String({
+    pattern: PATH,
+    errorMessage: 'must be a path prefix such as /api/users: starts with /, no trailing slash, no //, . or .. segments, no : or *',
+    description: 'Path prefix: matches the path itself and everything below it (/api/users, /api/users/42), never /api/usersX.'
+  }),
+  methods: Type.Optional(Type.Array(Type.Union(HTTP_METHODS.map(m => Type.Literal(m))), {
+    minItems: 1, uniqueItems: true, errorMessage: `must list methods in capitals among ${HTTP_METHODS.join(', ')}`, description: 'Methods this route serves. Default: all.'
+  })),
+  hosts: Type.Optional(Type.Array(Type.String({
+    pattern: '^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$',
+    errorMessage: 'must be a host name such as api.example.com (no port, no scheme)'
+  }), { minItems: 1, uniqueItems: true, description: 'Host header values this route serves (port ignored). Default: any host.' })),
+  rewritePrefix: Type.Optional(Type.String({
+    pattern: "^(/[A-Za-z0-9\\-._~!$&'+,;=@%:]*)*$",
+    errorMessage: "must be '' or a path starting with /",
+    description: "Replaces the matched prefix before forwarding; '' strips it. Default: the path is forwarded unchanged."
+  })),
+  bodyLimit: Type.Optional(Size({ description: 'Largest request body on this route. Default: BODY_LIMIT.' }))
+}, { additionalProperties: false })
+
+export const RouteFileSchema = Type.Object({
+  $schema: Type.Optional(Type.String({ description: 'Editor hint: the JSON Schema of this file.' })),
+  name: Type.Optional(Type.String({
+    pattern: '^[a-z0-9][a-z0-9_-]{0,62}$',
+    errorMessage: 'must be lowercase letters, digits, - or _ (at most 63), starting with a letter or digit',
+    description: 'Upstream name used in logs and metrics. Default: the file name without extension. Unique.'
+  })),
+  targets: Type.Array(Target, { minItems: 1, description: 'Instances of the service; each request goes to the least saturated one.' }),
+  routes: Type.Array(Route, { minItems: 1, description: 'Path rules that send requests to this upstream.' }),
+  timeouts: Type.Optional(Type.Object({
+    connect: Duration({ default: '2s', description: 'TCP/TLS connect timeout. Default 2s.' }),
+    request: Duration({ default: '30s', description: 'Time for the upstream to answer with headers, and longest silence while streaming its body. Default 30s.' })
+  }, { additionalProperties: false, default: {}, description: 'Upstream timeouts.' }))
+}, {
+  additionalProperties: false,
+  $id: 'https://gatehouse.dev/schema/route-file.schema.json',
+  title: 'Gatehouse route file',
+  description: 'One upstream service: its targets and the routes that reach it.'
+})
+
+type RawRouteFile = Static<typeof RouteFileSchema>
+
+export interface RouteConfig {
+  path: string
+  /** Undefined: every method. */
+  methods: string[] | undefined
+  /** Lowercase; undefined: every host. */
+  hosts: string[] | undefined
+  rewritePrefix: string | undefined
+  bodyLimit: number | undefined
+}
+
+export interface TargetConfig {
+  url: string
+  /** `protocol//host:port`, as undici wants it. */
+  origin: string
+  maxConnections: number
+  weight: number
+}
+
+/** A route file after checking: defaults applied, units resolved, frozen. */
+export interface UpstreamConfig {
+  name: string
+  file: string
+  targets: TargetConfig[]
+  routes: RouteConfig[]
+  timeouts: { connectMs: number, requestMs: number }
+}
+
+/** A route file that cannot be used, with one line per problem. */
+export class RouteFileError extends Error {
+  constructor (readonly file: string, readonly problems: string[]) {
+    super(problems.map(p => `${file}: ${p}`).join('\n'))
+    this.name = 'RouteFileError'
+  }
+}
+
+export const ROUTE_FILE_EXTENSIONS = ['.yaml', '.yml', '.json']
+
+/** Parses and checks one route file; throws RouteFileError listing every problem. */
+export function parseRouteFile (file: string, text: string): UpstreamConfig {
+  let data: unknown
+  if (file.endsWith('.json')) {
+    try {
+      data = JSON.parse(text)
+    } catch (err) {
+      throw new RouteFileError(file, [`not valid JSON: ${(err as Error).message}`])
+    }
+  } else {
+    const doc = YAML.parseDocument(text, { prettyErrors: true, uniqueKeys: true })
+    if (doc.errors.length > 0) {
+      throw new RouteFileError(file, doc.errors.map(e => `not valid YAML: ${e.message.split('\n')[0]}`))
+    }
+    data = doc.toJS()
+  }
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) {
+    throw new RouteFileError(file, ['/: must be a mapping with targets and routes'])
+  }
+  // Default fills what is missing; no Clean: unknown keys are typos to report, not to drop.
+  const value = Value.Default(RouteFileSchema, structuredClone(data))
+  const problems = schemaErrors(RouteFileSchema, value)
+  if (problems.length > 0) throw new RouteFileError(file, problems)
+  const raw = value as RawRouteFile
+  const upstream: UpstreamConfig = {
+    name: raw.name ?? defaultName(file),
+    file,
+    targets: raw.targets.map(t => ({ ...t, origin: new URL(t.url).origin })),
+    routes: raw.routes.map(r => ({
+      path: r.path,
+      methods: r.methods,
+      hosts: r.hosts?.map(h => h.toLowerCase()),
+      rewritePrefix: r.rewritePrefix,
+      bodyLimit: r.bodyLimit === undefined ? undefined : toBytes(r.bodyLimit)
+    })),
+    timeouts: { connectMs: toMs(raw.timeouts?.connect ?? '2s'), requestMs: toMs(raw.timeouts?.request ?? '30s') }
+  }
+  const semantic = checkUpstream(upstream)
+  if (semantic.length > 0) throw new RouteFileError(file, semantic)
+  return deepFreeze(upstream)
+}
+
+/** Problems the schema cannot express. */
+function checkUpstream (upstream: UpstreamConfig): string[] {
+  const problems: string[] = []
+  if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(upstream.name)) {
+    problems.push(`/name: the file name gives the upstream name "${upstream.name}", which is not a valid name; set name: explicitly`)
+  }
+  const origins = new Set<string>()
+  upstream.targets.forEach((t, i) => {
+    if (origins.has(t.origin)) problems.push(`/targets/${i}/url: ${t.url} is listed twice`)
+    origins.add(t.origin)
+  })
+  const claims = new Map<string, number>()
+  upstream.routes.forEach((route, i) => {
+    for (const claim of routeClaims(route)) {
+      const other = claims.get(claim)
+      if (other !== undefined) {
+        problems.push(`/routes/${i}: claims ${claim} already claimed by /routes/${other}`)
+        break
+      }
+      claims.set(claim, i)
+    }
+  })
+  return problems
+}
+
+/** Every (method, host, path) a route serves, as `METHOD host path` strings. */
+export function routeClaims (route: RouteConfig): string[] {
+  const claims: string[] = []
+  for (const method of route.methods ?? HTTP_METHODS) {
+    for (const host of route.hosts ?? ['*']) claims.push(`${method} ${host} ${route.path}`)
+  }
+  return claims
+}
+
+function defaultName (file: string): string {
+  return file.replace(/\.(ya?ml|json)$/, '').toLowerCase()
+}
+
+function deepFreeze<T> (value: T): T {
+  if (value !== null && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v)
+    Object.freeze(value)
+  }
+  return value
+}

@@ -1,0 +1,53 @@
+// Turns TypeBox errors into one line per problem, `/json/pointer: what was expected`, so an
+// operator can fix every mistake of a file in one pass.
+import type { TSchema } from 'typebox'
+import Value from 'typebox/value'
+
+interface SchemaError {
+  keyword: string
+  schemaPath: string
+  instancePath: string
+  params: Record<string, unknown>
+  message: string
+}
+
+/** Every problem of `value` against `schema`, as `path: message` lines; empty when valid. */
+export function schemaErrors (schema: TSchema, value: unknown): string[] {
+  if (Value.Check(schema, value)) return []
+  const errors = [...Value.Errors(schema, value)] as SchemaError[]
+  const lines: string[] = []
+  // A union reports each failed branch and then itself; its own errorMessage says it better.
+  const unionPaths = errors.filter(e => e.keyword === 'anyOf').map(e => e.schemaPath + '/anyOf/')
+  for (const e of errors) {
+    if (unionPaths.some(p => e.schemaPath.startsWith(p))) continue
+    // additionalProperties also reports each extra key as a `false` schema: keep one line per key.
+    if (e.keyword === 'boolean') continue
+    const where = e.instancePath === '' ? '/' : e.instancePath
+    const custom = schemaAt(schema, e.schemaPath)?.errorMessage
+    if (e.keyword === 'additionalProperties') {
+      const allowed = Object.keys((schemaAt(schema, e.schemaPath)?.properties ?? {}) as object)
+      for (const key of e.params.additionalProperties as string[]) {
+        lines.push(`${e.instancePath}/${key}: unknown key (allowed: ${allowed.join(', ')})`)
+      }
+    } else if (e.keyword === 'required') {
+      for (const key of e.params.requiredProperties as string[]) {
+        lines.push(`${e.instancePath}/${key}: is required`)
+      }
+    } else if (typeof custom === 'string') {
+      lines.push(`${where}: ${custom}`)
+    } else {
+      lines.push(`${where}: ${e.message}`)
+    }
+  }
+  return [...new Set(lines)]
+}
+
+function schemaAt (schema: TSchema, pointer: string): Record<string, unknown> | undefined {
+  let node: unknown = schema
+  for (const part of pointer.replace(/^#\/?/, '').split('/')) {
+    if (part === '') continue
+    if (node === null || typeof node !== 'object') return undefined
+    node = (node as Record<string, unknown>)[part.replace(/~1/g, '/').replace(/~0/g, '~')]
+  }
+  return node as Record<string, unknown> | undefined
+}

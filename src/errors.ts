@@ -1,0 +1,40 @@
+// Every error the gateway answers with or fails on, in one place. Codes are stable: clients and
+// alerts key on them, and the README's error table lists each one (a test keeps them in step).
+import createError from '@fastify/error'
+
+export const RouteNotFoundError = createError<'GATEHOUSE_ERR_ROUTE_NOT_FOUND', 404, [string, string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_ROUTE_NOT_FOUND', 'No route matches %s %s', 404)
+
+export const BadPathError = createError<'GATEHOUSE_ERR_BAD_PATH', 400, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_BAD_PATH', 'Request path refused: %s', 400)
+
+export const BodyTooLargeError = createError<'GATEHOUSE_ERR_BODY_TOO_LARGE', 413, [number, ErrorOptions?]>(
+  'GATEHOUSE_ERR_BODY_TOO_LARGE', 'Request body is larger than the limit of %d bytes', 413)
+
+export const HeadersTooLargeError = createError<'GATEHOUSE_ERR_HEADERS_TOO_LARGE', 431, [ErrorOptions?]>(
+  'GATEHOUSE_ERR_HEADERS_TOO_LARGE', 'Request headers are larger than the limit', 431)
+
+export const BadRequestError = createError<'GATEHOUSE_ERR_BAD_REQUEST', 400, [ErrorOptions?]>(
+  'GATEHOUSE_ERR_BAD_REQUEST', 'Malformed HTTP request', 400)
+
+export const UpstreamUnreachableError = createError<'GATEHOUSE_ERR_UPSTREAM_UNREACHABLE', 502, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_UPSTREAM_UNREACHABLE', 'Upstream %s could not be reached', 502)
+
+export const UpstreamResetError = createError<'GATEHOUSE_ERR_UPSTREAM_RESET', 502, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_UPSTREAM_RESET', 'Upstream %s closed the connection before a complete response', 502)
+
+export const UpstreamTimeoutError = createError<'GATEHOUSE_ERR_UPSTREAM_TIMEOUT', 504, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_UPSTREAM_TIMEOUT', 'Upstream %s did not answer in time', 504)
+
+export const UpstreamSaturatedError = createError<'GATEHOUSE_ERR_UPSTREAM_SATURATED', 503, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_UPSTREAM_SATURATED', 'Every target of upstream %s is at its connection limit', 503)
+
+export const NotReadyError = createError<'GATEHOUSE_ERR_NOT_READY', 503, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_NOT_READY', 'Gateway is not ready: %s', 503)
+
+// Configuration errors are thrown at start, by `gatehouse check`, and logged on reload.
+export const ConfigEnvError = createError<'GATEHOUSE_ERR_CONFIG_ENV', 500, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_CONFIG_ENV', 'Invalid environment:\n%s', 500)
+
+export const ConfigRoutesError = createError<'GATEHOUSE_ERR_CONFIG_ROUTES', 500, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_CONFIG_ROUTES', 'Invalid route files:\n%s', 500)

@@ -1,0 +1,56 @@
+// Process entry: signals first, then config, app, listen; SIGTERM drains.
+import type { FastifyInstance } from 'fastify'
+import { buildApp } from './app.js'
+import { loadEnv, type GatewayEnv } from './config/env.js'
+
+export async function start (): Promise<void> {
+  let app: FastifyInstance | undefined
+  let stopping = false
+
+  const stop = (signal: string): void => {
+    if (stopping) return
+    stopping = true
+    if (app === undefined) process.exit(0)
+    drain(app, signal).catch(() => process.exit(1))
+  }
+  process.once('SIGTERM', stop)
+  process.once('SIGINT', stop)
+  // A listener also keeps Node from opening its inspector on SIGUSR1.
+  process.on('SIGUSR1', () => { app?.routeTable.reload('SIGUSR1').catch(() => {}) })
+
+  let env: GatewayEnv
+  try {
+    env = loadEnv()
+  } catch (err) {
+    console.error((err as Error).message)
+    process.exit(1)
+  }
+  try {
+    app = await buildApp(env)
+    await app.listen({ port: env.port, host: env.host })
+  } catch (err) {
+    // The logger may not exist yet: say it plainly on stderr as well.
+    console.error(`gatehouse: cannot start: ${(err as Error).message}`)
+    process.exit(1)
+  }
+
+  async function drain (app: FastifyInstance, signal: string): Promise<void> {
+    const timeoutMs = env.shutdownTimeoutMs
+    app.log.info({ signal, timeoutMs }, 'draining: not ready, finishing requests in flight')
+    app.markDraining()
+    const timer = setTimeout(() => {
+      app.log.warn({ timeoutMs }, 'shutdown timeout: closing the connections still open')
+      app.server.closeAllConnections()
+      setTimeout(() => process.exit(1), 100).unref()
+    }, timeoutMs)
+    try {
+      await app.close()
+      clearTimeout(timer)
+      app.log.info('stopped')
+      process.exit(0)
+    } catch (err) {
+      app.log.error({ err }, 'error while stopping')
+      process.exit(1)
+    }
+  }
+}

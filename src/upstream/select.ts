@@ -1,0 +1,52 @@
+// Saturation-aware selection: power of two choices, weighted.
+
+/** What selection needs of a target. */
+export interface Selectable {
+  inFlight: number
+  maxConnections: number
+  weight: number
+}
+
+/** Load relative to the target's share: saturation divided by weight. Lower is better. */
+function load (t: Selectable): number {
+  return t.inFlight / t.maxConnections / t.weight
+}
+
+/**
+ * Picks the target for one request, or undefined when every target is full.
+ *
+ * Two candidates are drawn at random, each with probability proportional to its weight; the
+ * less loaded one that is not full wins (ties go to the first draw). If both are full, a scan
+ * finds the least loaded target that is not, so a free target is never missed.
+ * `random` returns [0, 1), injected so tests are deterministic.
+ */
+export function selectTarget<T extends Selectable> (targets: readonly T[], totalWeight: number, random: () => number = Math.random): T | undefined {
+  const n = targets.length
+  if (n === 1) {
+    const only = targets[0] as T
+    return only.inFlight < only.maxConnections ? only : undefined
+  }
+  const a = draw(targets, totalWeight, random())
+  let b = draw(targets, totalWeight, random())
+  // A second draw of the same target would waste the choice: take its neighbour instead.
+  if (b === a) b = targets[(targets.indexOf(a) + 1) % n] as T
+  const aFree = a.inFlight < a.maxConnections
+  const bFree = b.inFlight < b.maxConnections
+  if (aFree && bFree) return load(b) < load(a) ? b : a
+  if (aFree) return a
+  if (bFree) return b
+  let best: T | undefined
+  for (const t of targets) {
+    if (t.inFlight < t.maxConnections && (best === undefined || load(t) < load(best))) best = t
+  }
+  return best
+}
+
+function draw<T extends Selectable> (targets: readonly T[], totalWeight: number, r: number): T {
+  let point = r * totalWeight
+  for (const t of targets) {
+    point -= t.weight
+    if (point < 0) return t
+  }
+  return targets[targets.length - 1] as T
+}
