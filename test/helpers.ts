@@ -1,0 +1,185 @@
+// Real things for tests: upstream HTTP servers on ephemeral ports, route folders on disk, and the
+// gateway as a real child process (or in-process for inject()).
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtemp, rm, writeFile, unlink } from 'node:fs/promises'
+import http, { type IncomingMessage, type ServerResponse } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { createInterface } from 'node:readline'
+import type { FastifyInstance } from 'fastify'
+import { buildApp } from '../src/app.js'
+import { loadEnv } from '../src/config/env.js'
+
+export const ROOT = resolve(import.meta.dirname, '..', '..')
+export const CLI = join(ROOT, 'dist', 'src', 'cli.js')
+
+export interface SeenRequest {
+  method: string
+  url: string
+  headers: http.IncomingHttpHeaders
+  body: string
+}
+
+export interface Upstream {
+  url: string
+  port: number
+  /** Every request this upstream received, in order. */
+  requests: SeenRequest[]
+  /** Requests being handled right now, and the most seen at once. */
+  inFlight: number
+  maxInFlight: number
+  close: () => Promise<void>
+}
+
+export type UpstreamHandler = (req: IncomingMessage, res: ServerResponse, body: string, seen: SeenRequest) => void | Promise<void>
+
+/** Answers 200 JSON echoing what it received, plus the port that answered. */
+export const echo: UpstreamHandler = (req, res, body) => {
+  const port = (req.socket.address() as AddressInfo).port
+  res.setHeader('content-type', 'application/json')
+  res.end(JSON.stringify({ port, method: req.method, url: req.url, headers: req.headers, body }))
+}
+
+/** A real HTTP server on 127.0.0.1:0 that records what it sees. */
+export async function startUpstream (handler: UpstreamHandler = echo): Promise<Upstream> {
+  const upstream: Upstream = { url: '', port: 0, requests: [], inFlight: 0, maxInFlight: 0, close: async () => {} }
+  const server = http.createServer((req, res) => {
+    upstream.inFlight++
+    upstream.maxInFlight = Math.max(upstream.maxInFlight, upstream.inFlight)
+    res.once('close', () => { upstream.inFlight-- })
+    const chunks: Buffer[] = []
+    req.on('data', (c: Buffer) => chunks.push(c))
+    req.on('end', () => {
+      const body = Buffer.concat(chunks).toString()
+      const seen = { method: req.method ?? '', url: req.url ?? '', headers: req.headers, body }
+      upstream.requests.push(seen)
+      Promise.resolve(handler(req, res, body, seen)).catch(err => { res.destroy(err as Error) })
+    })
+  })
+  server.keepAliveTimeout = 60_000
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  upstream.port = (server.address() as AddressInfo).port
+  upstream.url = `http://127.0.0.1:${upstream.port}`
+  upstream.close = async () => {
+    server.closeAllConnections()
+    await new Promise<void>(resolve => server.close(() => resolve()))
+  }
+  return upstream
+}
+
+/** A fresh route folder holding `files` (name → YAML/JSON text). */
+export async function routeDir (files: Record<string, string> = {}): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'gatehouse-routes-'))
+  await writeRoutes(dir, files)
+  return dir
+}
+
+export async function writeRoutes (dir: string, files: Record<string, string>): Promise<void> {
+  for (const [name, text] of Object.entries(files)) await writeFile(join(dir, name), text)
+}
+
+export async function removeRoute (dir: string, name: string): Promise<void> {
+  await unlink(join(dir, name))
+}
+
+/** A YAML route file with these targets and one route per path. */
+export function routeFile (targets: string[], paths: string[], extra = ''): string {
+  return [
+    'targets:',
+    ...targets.map(url => `  - url: ${url}`),
+    'routes:',
+    ...paths.map(path => `  - path: ${path}`),
+    extra
+  ].join('\n') + '\n'
+}
+
+export interface GatewayProcess {
+  url: string
+  port: number
+  proc: ChildProcess
+  routesDir: string
+  /** Every JSON log line so far. */
+  logs: Array<Record<string, unknown>>
+  /** Resolves with the first log line (past or future) that matches. */
+  waitForLog: (match: (line: Record<string, unknown>) => boolean, timeoutMs?: number) => Promise<Record<string, unknown>>
+  /** Sends a signal; `exit` resolves with the exit code. */
+  signal: (name: NodeJS.Signals) => void
+  exit: Promise<number | null>
+  stop: () => Promise<void>
+}
+
+/** Runs `gatehouse start` as a child process on an ephemeral port and waits until it listens. */
+export async function startGateway (routesDir: string, env: Record<string, string> = {}): Promise<GatewayProcess> {
+  const proc = spawn(process.execPath, [CLI, 'start'], {
+    cwd: routesDir,
+    env: { ...process.env, PORT: '0', HOST: '127.0.0.1', ROUTES_DIR: routesDir, LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  const logs: Array<Record<string, unknown>> = []
+  const waiters: Array<{ match: (line: Record<string, unknown>) => boolean, resolve: (line: Record<string, unknown>) => void }> = []
+  let stderr = ''
+  proc.stderr?.on('data', (c: Buffer) => { stderr += c.toString() })
+  createInterface({ input: proc.stdout! }).on('line', text => {
+    let line: Record<string, unknown>
+    try { line = JSON.parse(text) } catch { return }
+    logs.push(line)
+    for (const w of [...waiters]) {
+      if (w.match(line)) {
+        waiters.splice(waiters.indexOf(w), 1)
+        w.resolve(line)
+      }
+    }
+  })
+  const exit = new Promise<number | null>(resolve => proc.once('exit', code => resolve(code)))
+  const waitForLog = async (match: (line: Record<string, unknown>) => boolean, timeoutMs = 10_000) => {
+    const past = logs.find(match)
+    if (past !== undefined) return past
+    return await new Promise<Record<string, unknown>>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no matching log line in ${timeoutMs} ms; stderr: ${stderr}`)), timeoutMs)
+      waiters.push({ match, resolve: line => { clearTimeout(timer); resolve(line) } })
+      exit.then(code => { clearTimeout(timer); reject(new Error(`gateway exited with ${code}; stderr: ${stderr}`)) }, () => {})
+    })
+  }
+  const listening = await waitForLog(l => typeof l.msg === 'string' && l.msg.startsWith('Server listening at http://127.0.0.1:'))
+  const port = Number(/:(\d+)$/.exec(listening.msg as string)?.[1])
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    proc,
+    routesDir,
+    logs,
+    waitForLog,
+    signal: name => { proc.kill(name) },
+    exit,
+    stop: async () => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL')
+      await exit
+    }
+  }
+}
+
+/** The gateway in this process, for inject() tests of behaviour inside it. */
+export async function buildTestApp (routesDir: string, env: Record<string, string> = {}): Promise<FastifyInstance> {
+  const gatewayEnv = loadEnv({ ROUTES_DIR: routesDir, WATCH_ROUTES: 'false', ...env }, '/nonexistent/.env')
+  const app = await buildApp(gatewayEnv, { logger: false })
+  await app.ready()
+  return app
+}
+
+/** Runs the CLI to completion. */
+export async function runCli (args: string[], env: Record<string, string> = {}): Promise<{ code: number | null, stdout: string, stderr: string }> {
+  const proc = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let stderr = ''
+  proc.stdout.on('data', (c: Buffer) => { stdout += c.toString() })
+  proc.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
+  const [code] = await once(proc, 'exit') as [number | null]
+  return { code, stdout, stderr }
+}
+
+export async function removeDir (dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true })
+}
