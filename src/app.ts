@@ -1,14 +1,14 @@
 // The gateway as one Fastify app: request ids, one access-log line, then the plugins in order.
 import { randomUUID } from 'node:crypto'
 import type { Socket } from 'node:net'
-import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
 import healthPlugin from '../plugins/health/index.js'
 import observabilityPlugin from '../plugins/observability/index.js'
 import proxyPlugin from '../plugins/proxy/index.js'
 import routeTablePlugin from '../plugins/route-table/index.js'
 import { AccessLog } from './access-log.js'
 import type { GatewayEnv } from './config/env.js'
-import { BadRequestError, HeadersTooLargeError } from './errors.js'
+import { BadPathError, BadRequestError, HeadersTooLargeError } from './errors.js'
 
 // A client's request id is kept when it is a sane token; anything else is replaced.
 const REQUEST_ID = /^[\w.:@/+=-]{1,128}$/
@@ -30,7 +30,11 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     trustProxy: typeof env.trustProxy === 'number' ? hopsTrusted(env.trustProxy) : env.trustProxy,
     http: { maxHeaderSize: env.maxHeaderSize },
     bodyLimit: env.bodyLimit,
-    clientErrorHandler: clientError
+    clientErrorHandler: clientError,
+    // The router refuses malformed percent-encoding before the proxy sees the path.
+    frameworkErrors: (error, _request, reply) => {
+      (reply as FastifyReply).send(error.code === 'FST_ERR_BAD_URL' ? new BadPathError('malformed percent-encoding', { cause: error }) : error)
+    }
   })
 
   app.addHook('onRequest', (request, reply, done) => {

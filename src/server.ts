@@ -1,4 +1,5 @@
 // Process entry: signals first, then config, app, listen; SIGTERM drains.
+import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from './app.js'
 import { loadEnv, type GatewayEnv } from './config/env.js'
@@ -36,15 +37,20 @@ export async function start (): Promise<void> {
 
   async function drain (app: FastifyInstance, signal: string): Promise<void> {
     const timeoutMs = env.shutdownTimeoutMs
-    app.log.info({ signal, timeoutMs }, 'draining: not ready, finishing requests in flight')
+    app.log.info({ signal, delayMs: env.shutdownDelayMs, timeoutMs }, 'draining: not ready, finishing requests in flight')
     app.markDraining()
+    if (env.shutdownDelayMs > 0) await sleep(env.shutdownDelayMs)
     const timer = setTimeout(() => {
       app.log.warn({ timeoutMs }, 'shutdown timeout: closing the connections still open')
       app.server.closeAllConnections()
       setTimeout(() => process.exit(1), 100).unref()
     }, timeoutMs)
+    // Keep-alive connections that finish their last request while we drain would otherwise
+    // stay open until their keep-alive timeout and hold the exit back.
+    const sweeper = setInterval(() => app.server.closeIdleConnections(), 100)
     try {
       await app.close()
+      clearInterval(sweeper)
       clearTimeout(timer)
       app.log.info('stopped')
       process.exit(0)

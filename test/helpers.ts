@@ -143,7 +143,14 @@ export async function startGateway (routesDir: string, env: Record<string, strin
       exit.then(code => { clearTimeout(timer); reject(new Error(`gateway exited with ${code}; stderr: ${stderr}`)) }, () => {})
     })
   }
-  const listening = await waitForLog(l => typeof l.msg === 'string' && l.msg.startsWith('Server listening at http://127.0.0.1:'))
+  // The listening line is logged at info: a LOG_LEVEL above it must not hide it from us.
+  let listening
+  try {
+    listening = await waitForLog(l => typeof l.msg === 'string' && l.msg.startsWith('Server listening at http://127.0.0.1:'))
+  } catch (err) {
+    proc.kill('SIGKILL')
+    throw err
+  }
   const port = Number(/:(\d+)$/.exec(listening.msg as string)?.[1])
   return {
     url: `http://127.0.0.1:${port}`,

@@ -93,8 +93,8 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
     reply.raw.once('close', () => { target.inFlight-- })
 
     const forward = route.rewritePrefix === undefined ? path : rewrite(route.rewritePrefix, path.slice(route.prefixLength))
-    dispatcher.use(target.pool)
-    return reply.from(target.origin + forward, optionsFor(upstream))
+    dispatcher.use(target.pool, q === -1 ? forward : forward + url.slice(q))
+    return reply.from(target.origin + '/', optionsFor(upstream))
   }
 
   app.route({ method: HTTP_METHODS as string[], url: '/*', handler: proxy })

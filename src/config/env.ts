@@ -16,6 +16,7 @@ export const EnvSchema = Type.Object({
     default: 'info', errorMessage: 'must be one of fatal, error, warn, info, debug, trace, silent', description: 'pino log level.'
   }),
   TRUST_PROXY: Type.String({ default: 'false', description: 'Peers whose X-Forwarded-* headers are believed: false, a hop count, or a comma-separated list of IPs/CIDRs.' }),
+  SHUTDOWN_DELAY: Duration({ default: 0, description: 'After SIGTERM, how long /ready answers 503 while requests are still served, before the listener closes (load balancers need a moment to notice).' }),
   SHUTDOWN_TIMEOUT: Duration({ default: '30s', description: 'How long SIGTERM waits for in-flight requests before closing connections.' }),
   BODY_LIMIT: Size({ default: '1mb', description: 'Largest request body, unless a route sets bodyLimit.' }),
   MAX_HEADER_SIZE: Size({ default: '16kb', description: 'Largest request head (request line and headers) before 431.' }),
@@ -39,6 +40,7 @@ export interface GatewayEnv {
   redisUrl: string | undefined
   logLevel: string
   trustProxy: TrustProxy
+  shutdownDelayMs: number
   shutdownTimeoutMs: number
   bodyLimit: number
   maxHeaderSize: number
@@ -61,10 +63,15 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
     const value = env[key]
     if (value !== undefined && value !== '') picked[key] = value
   }
-  const value = Value.Convert(EnvSchema, Value.Default(EnvSchema, picked))
+  const given = { ...picked }
+  const value = Value.Convert(EnvSchema, Value.Default(EnvSchema, picked)) as Record<string, unknown>
+  for (const [key, text] of Object.entries(given)) {
+    // Convert truncates '80.5' to 80: a number other than the one written stays text and is refused.
+    if (typeof value[key] === 'number' && value[key] !== Number(text)) value[key] = text
+  }
   const errors = schemaErrors(EnvSchema, value).map(line => line.replace(/^\//, ''))
   const raw = value as RawEnv
-  const trust = errors.length === 0 ? parseTrustProxy(raw.TRUST_PROXY) : false
+  const trust = parseTrustProxy(String(raw.TRUST_PROXY))
   if (trust instanceof Error) errors.push(`TRUST_PROXY: ${trust.message}`)
   if (errors.length > 0) throw new ConfigEnvError(errors.join('\n'))
   return Object.freeze({
@@ -74,6 +81,7 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
     redisUrl: raw.REDIS_URL,
     logLevel: raw.LOG_LEVEL,
     trustProxy: trust as TrustProxy,
+    shutdownDelayMs: toMs(raw.SHUTDOWN_DELAY),
     shutdownTimeoutMs: toMs(raw.SHUTDOWN_TIMEOUT),
     bodyLimit: toBytes(raw.BODY_LIMIT),
     maxHeaderSize: toBytes(raw.MAX_HEADER_SIZE),

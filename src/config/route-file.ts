@@ -29,8 +29,8 @@ const Route = Type.Object({
     errorMessage: 'must be a path prefix such as /api/users: starts with /, no trailing slash, no //, . or .. segments, no : or *',
     description: 'Path prefix: matches the path itself and everything below it (/api/users, /api/users/42), never /api/usersX.'
   }),
-  methods: Type.Optional(Type.Array(Type.Union(HTTP_METHODS.map(m => Type.Literal(m))), {
-    minItems: 1, uniqueItems: true, errorMessage: `must list methods in capitals among ${HTTP_METHODS.join(', ')}`, description: 'Methods this route serves. Default: all.'
+  methods: Type.Optional(Type.Array(Type.Union(HTTP_METHODS.map(m => Type.Literal(m)), { errorMessage: `must be a method in capitals among ${HTTP_METHODS.join(', ')}` }), {
+    minItems: 1, uniqueItems: true, description: 'Methods this route serves. Default: all.'
   })),
   hosts: Type.Optional(Type.Array(Type.String({
     pattern: '^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$',
@@ -110,7 +110,7 @@ export function parseRouteFile (file: string, text: string): UpstreamConfig {
     try {
       data = JSON.parse(text)
     } catch (err) {
-      throw new RouteFileError(file, [`not valid JSON: ${(err as Error).message}`])
+      throw new RouteFileError(file, [`not valid JSON: ${(err as Error).message.replace(/\s*\n\s*/g, ' ')}`])
     }
   } else {
     const doc = YAML.parseDocument(text, { prettyErrors: true, uniqueKeys: true })

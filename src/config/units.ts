@@ -3,7 +3,7 @@ import Type from 'typebox'
 
 const DURATION = /^(\d+(?:\.\d+)?)(ms|s|m|h)$/
 const DURATION_FACTOR: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }
-const SIZE = /^(\d+(?:\.\d+)?)(b|kb|mb|gb)$/i
+const SIZE = /^(\d+(?:\.\d+)?)([kKmMgG]?[bB])$/
 const SIZE_FACTOR: Record<string, number> = { b: 1, kb: 1024, mb: 1024 ** 2, gb: 1024 ** 3 }
 
 export const DURATION_EXPECTED = 'must be a duration: milliseconds (30000) or a number with ms, s, m or h (500ms, 2s, 1m)'

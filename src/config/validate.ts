@@ -1,7 +1,11 @@
 // Turns TypeBox errors into one line per problem, `/json/pointer: what was expected`, so an
 // operator can fix every mistake of a file in one pass.
 import type { TSchema } from 'typebox'
+import { Settings } from 'typebox/system'
 import Value from 'typebox/value'
+
+// TypeBox stops after 8 errors and a union spends one per branch: report every problem.
+Settings.Set({ maxErrors: 1000 })
 
 interface SchemaError {
   keyword: string

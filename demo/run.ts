@@ -1,0 +1,182 @@
+// npm run demo: three demo upstreams (routes.d/echo.yaml and routes.d/slow.yaml point at them)
+// and the gateway in front, then copy-paste commands to try it. Ctrl-C stops everything.
+import { spawn, type ChildProcess } from 'node:child_process'
+import http from 'node:http'
+import net from 'node:net'
+import { join, resolve } from 'node:path'
+import { createInterface } from 'node:readline'
+
+const ROOT = resolve(import.meta.dirname, '..', '..')
+const ROUTES_DIR = join(ROOT, 'routes.d')
+const GATEWAY_PORT = Number(process.env.PORT ?? 8080)
+const GATEWAY_HOST = process.env.HOST ?? '127.0.0.1'
+const START_TIMEOUT_MS = 10_000
+const STOP_TIMEOUT_MS = 10_000
+
+interface Service {
+  name: string
+  port: number
+  host: string
+  args: string[]
+  env: Record<string, string>
+  /** Path that answers 200 once it is up. */
+  probe: string
+  proc?: ChildProcess
+  exited?: Promise<number | null>
+}
+
+const services: Service[] = [
+  upstream('echo-a', 9001),
+  upstream('echo-b', 9002),
+  upstream('slow', 9003),
+  {
+    name: 'gateway',
+    port: GATEWAY_PORT,
+    host: GATEWAY_HOST,
+    args: [join(ROOT, 'dist', 'src', 'cli.js'), 'start'],
+    env: { ROUTES_DIR, PORT: String(GATEWAY_PORT), HOST: GATEWAY_HOST },
+    probe: '/ready'
+  }
+]
+
+function upstream (name: string, port: number): Service {
+  return {
+    name,
+    port,
+    host: '127.0.0.1',
+    args: [join(ROOT, 'dist', 'demo', 'upstream.js')],
+    env: { NAME: name, PORT: String(port), HOST: '127.0.0.1' },
+    probe: '/'
+  }
+}
+
+/** Resolves when nothing listens on host:port; rejects naming the port otherwise. */
+async function ensureFree (service: Service): Promise<void> {
+  await new Promise<void>((resolve, reject) => {
+    const probe = net.createServer()
+    probe.once('error', (err: NodeJS.ErrnoException) => {
+      reject(new Error(err.code === 'EADDRINUSE'
+        ? `port ${service.port} is busy (needed by ${service.name}); stop what is using it (e.g. \`lsof -i :${service.port}\`)` +
+          (service.name === 'gateway' ? ' or pick another port: PORT=8081 npm run demo' : '')
+        : `cannot use port ${service.port} for ${service.name}: ${err.message}`))
+    })
+    probe.listen(service.port, service.host, () => probe.close(() => resolve()))
+  })
+}
+
+function launch (service: Service): void {
+  const proc = spawn(process.execPath, service.args, {
+    cwd: ROOT,
+    env: { ...process.env, ...service.env },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  service.proc = proc
+  service.exited = new Promise(resolve => proc.once('exit', code => resolve(code)))
+  const prefix = `[${service.name}]`.padEnd(10)
+  for (const stream of [proc.stdout, proc.stderr]) {
+    createInterface({ input: stream }).on('line', line => console.log(`${prefix} ${line}`))
+  }
+}
+
+function get (port: number, path: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path, agent: false, timeout: 1000 }, res => {
+      res.resume()
+      resolve(res.statusCode ?? 0)
+    })
+    req.once('timeout', () => req.destroy(new Error('timeout')))
+    req.once('error', reject)
+  })
+}
+
+async function waitUntilUp (service: Service): Promise<void> {
+  const deadline = Date.now() + START_TIMEOUT_MS
+  let exitCode: number | null | undefined
+  service.exited?.then(code => { exitCode = code }, () => {})
+  while (Date.now() < deadline) {
+    if (exitCode !== undefined) throw new Error(`${service.name} exited with code ${exitCode} while starting (see its output above)`)
+    try {
+      if (await get(service.port, service.probe) === 200) return
+    } catch {}
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+  throw new Error(`${service.name} did not answer on port ${service.port} within ${START_TIMEOUT_MS / 1000} s`)
+}
+
+let stopping: Promise<void> | undefined
+function stopAll (signal: NodeJS.Signals): Promise<void> {
+  stopping ??= (async () => {
+    const running = services.filter(s => s.proc !== undefined && s.proc.exitCode === null && s.proc.signalCode === null)
+    for (const s of running) s.proc?.kill(signal)
+    const killer = setTimeout(() => {
+      for (const s of running) s.proc?.kill('SIGKILL')
+    }, STOP_TIMEOUT_MS)
+    await Promise.all(running.map(s => s.exited))
+    clearTimeout(killer)
+  })()
+  return stopping
+}
+
+function instructions (gatewayPid: number): string {
+  const base = `localhost:${GATEWAY_PORT}`
+  return `
+Gatehouse is up on http://${base} (pid ${gatewayPid}), routes from ${ROUTES_DIR}
+Upstreams: echo-a :9001, echo-b :9002 (/api/echo), slow :9003 (/api/slow, 1 s per answer, maxConnections 2)
+
+# Routing: /api/echo/hello goes to an echo service (its JSON shows which one answered)
+curl -i ${base}/api/echo/hello
+
+# Balancing: 10 requests spread over both echo targets
+for i in $(seq 10); do curl -s ${base}/api/echo/hello | grep -o '"service":"[^"]*","port":[0-9]*'; done
+
+# Saturation: 6 at once to /api/slow: 2 answer 200 after 1 s, the other 4 get 503 + Retry-After at once
+for i in $(seq 6); do curl -s -o /dev/null -D - -w 'took %{time_total}s\\n' ${base}/api/slow | tr -d '\\r' | grep -iE '^HTTP|^retry-after|^took' | paste -sd' ' - & done; wait
+
+# No route: 404 as JSON
+curl -s ${base}/nope; echo
+
+# Liveness, readiness, metrics
+curl -s ${base}/health; echo
+curl -s ${base}/ready; echo
+curl -s ${base}/metrics | grep ^upstream_
+
+# Reload: edit or add a file in routes.d/ (the gateway watches it), or
+kill -USR1 ${gatewayPid}
+
+Ctrl-C stops everything.
+`
+}
+
+async function main (): Promise<void> {
+  if (!Number.isInteger(GATEWAY_PORT) || GATEWAY_PORT <= 0 || GATEWAY_PORT > 65535) {
+    throw new Error(`PORT must be a port number, got "${process.env.PORT}"`)
+  }
+  for (const service of services) await ensureFree(service)
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.on(signal, () => {
+      console.log(`\n${signal}: stopping the gateway and the upstreams...`)
+      stopAll('SIGTERM').then(() => process.exit(0), () => process.exit(1))
+    })
+  }
+  const upstreams = services.filter(s => s.name !== 'gateway')
+  for (const s of upstreams) launch(s)
+  await Promise.all(upstreams.map(waitUntilUp))
+  const gateway = services.find(s => s.name === 'gateway') as Service
+  launch(gateway)
+  await waitUntilUp(gateway)
+  console.log(instructions(gateway.proc?.pid ?? 0))
+  // If one of them dies, say so and take the others down too.
+  for (const s of services) {
+    s.exited?.then(code => {
+      if (stopping !== undefined) return
+      console.error(`${s.name} exited unexpectedly (code ${code}); stopping the demo`)
+      stopAll('SIGTERM').then(() => process.exit(1), () => process.exit(1))
+    })
+  }
+}
+
+main().catch(async (err: Error) => {
+  console.error(`demo: ${err.message}`)
+  await stopAll('SIGTERM')
+  process.exit(1)
+})

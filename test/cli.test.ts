@@ -1,0 +1,126 @@
+import { strict as assert } from 'node:assert'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { test, type TestContext } from 'node:test'
+import { CLI, removeDir, routeDir, routeFile, runCli } from './helpers.js'
+
+const T1 = 'http://127.0.0.1:9001'
+const T2 = 'http://127.0.0.1:9002'
+
+async function tempDir (t: TestContext, files: Record<string, string>): Promise<string> {
+  const dir = await routeDir(files)
+  t.after(() => removeDir(dir))
+  return dir
+}
+
+/**
+ * `gatehouse start` expected to fail: runCli, but killed after 10 s so a gateway that starts
+ * after all cannot hang the file (the test then fails on the exit code).
+ */
+async function startExpectingFailure (env: Record<string, string>): Promise<{ code: number | null, stdout: string, stderr: string }> {
+  const proc = spawn(process.execPath, [CLI, 'start'], {
+    env: { ...process.env, PORT: '0', HOST: '127.0.0.1', LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    timeout: 10_000,
+    killSignal: 'SIGKILL'
+  })
+  let stdout = ''
+  let stderr = ''
+  proc.stdout.on('data', (c: Buffer) => { stdout += c.toString() })
+  proc.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
+  const [code] = await once(proc, 'exit') as [number | null]
+  return { code, stdout, stderr }
+}
+
+test('check on a valid folder: exit 0, counts of files and routes', async t => {
+  const dir = await tempDir(t, {
+    'users.yaml': routeFile([T1], ['/api/users', '/api/accounts']),
+    'orders.json': JSON.stringify({ targets: [{ url: T2 }], routes: [{ path: '/api/orders' }] })
+  })
+  const { code, stdout, stderr } = await runCli(['check', dir])
+  assert.equal(code, 0, stderr)
+  assert.equal(stdout, `${dir}: ok: 2 route file(s), 3 route(s)\n`)
+  assert.equal(stderr, '')
+})
+
+test('check on a folder with a broken file: exit 1, stderr names file, field and expectation', async t => {
+  const dir = await tempDir(t, {
+    'users.yaml': routeFile([T1], ['/api/users']),
+    'orders.yaml': routeFile(['10.0.0.5:9001'], ['/api/orders'])
+  })
+  const { code, stdout, stderr } = await runCli(['check', dir])
+  assert.equal(code, 1)
+  assert.equal(stdout, '')
+  assert.match(stderr, /^orders\.yaml: \/targets\/0\/url: must be an http\(s\) URL with no path, e.g\. http:\/\/10\.0\.0\.5:9001$/m)
+  assert.doesNotMatch(stderr, /users\.yaml/)
+})
+
+test('check with two files claiming one route: exit 1, both files named', async t => {
+  const dir = await tempDir(t, {
+    'a.yaml': routeFile([T1], ['/api/users']),
+    'b.yaml': routeFile([T2], ['/api/users'])
+  })
+  const { code, stderr } = await runCli(['check', dir])
+  assert.equal(code, 1)
+  assert.match(stderr, /^b\.yaml: .*\/api\/users is already claimed by a\.yaml$/m)
+})
+
+test('check on a missing folder: exit 1, says the folder cannot be read', async () => {
+  const { code, stdout, stderr } = await runCli(['check', '/nonexistent/gatehouse-routes'])
+  assert.equal(code, 1)
+  assert.equal(stdout, '')
+  assert.match(stderr, /\/nonexistent\/gatehouse-routes: cannot be read: ENOENT/)
+})
+
+test('check without a folder argument: checks $ROUTES_DIR', async t => {
+  const good = await tempDir(t, { 'users.yaml': routeFile([T1], ['/api/users']) })
+  const ok = await runCli(['check'], { ROUTES_DIR: good })
+  assert.equal(ok.code, 0, ok.stderr)
+  assert.equal(ok.stdout, `${good}: ok: 1 route file(s), 1 route(s)\n`)
+
+  const bad = await tempDir(t, { 'users.yaml': routeFile([T1], ['/api/users/']) })
+  const failed = await runCli(['check'], { ROUTES_DIR: bad })
+  assert.equal(failed.code, 1)
+  assert.match(failed.stderr, /^users\.yaml: \/routes\/0\/path: must be a path prefix/m)
+})
+
+test('unknown command: exit 2 with the usage on stderr', async () => {
+  const { code, stdout, stderr } = await runCli(['frobnicate'])
+  assert.equal(code, 2)
+  assert.equal(stdout, '')
+  assert.match(stderr, /unknown command "frobnicate"/)
+  assert.match(stderr, /Usage:[\s\S]*gatehouse start[\s\S]*gatehouse check \[dir\]/)
+})
+
+test('--help: exit 0 with the usage on stdout', async () => {
+  const { code, stdout, stderr } = await runCli(['--help'])
+  assert.equal(code, 0)
+  assert.equal(stderr, '')
+  assert.match(stdout, /Usage:[\s\S]*gatehouse start[\s\S]*gatehouse check \[dir\]/)
+})
+
+test('start with a broken route file: exits non-zero, stderr names file, field and expectation', async t => {
+  const dir = await tempDir(t, { 'users.yaml': routeFile([T1], ['/api/users'], '    methods: [GET]\n    bodyLimit: lots') })
+  const { code, stdout, stderr } = await startExpectingFailure({ ROUTES_DIR: dir })
+  assert.notEqual(code, 0)
+  assert.notEqual(code, null, 'killed after 10 s: the gateway started')
+  assert.match(stderr, /^users\.yaml: \/routes\/0\/bodyLimit: must be a size/m)
+  assert.doesNotMatch(stdout, /Server listening/)
+})
+
+test('start with PORT=abc: exits non-zero, stderr names PORT', async t => {
+  const dir = await tempDir(t, { 'users.yaml': routeFile([T1], ['/api/users']) })
+  const { code, stdout, stderr } = await startExpectingFailure({ ROUTES_DIR: dir, PORT: 'abc' })
+  assert.notEqual(code, 0)
+  assert.notEqual(code, null, 'killed after 10 s: the gateway started')
+  assert.match(stderr, /^PORT: /m)
+  assert.doesNotMatch(stdout, /Server listening/)
+})
+
+test('start with a missing ROUTES_DIR: exits non-zero, stderr names the folder', async () => {
+  const { code, stdout, stderr } = await startExpectingFailure({ ROUTES_DIR: '/nonexistent/gatehouse-routes' })
+  assert.notEqual(code, 0)
+  assert.notEqual(code, null, 'killed after 10 s: the gateway started')
+  assert.match(stderr, /\/nonexistent\/gatehouse-routes: cannot be read/)
+  assert.doesNotMatch(stdout, /Server listening/)
+})

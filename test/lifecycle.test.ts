@@ -1,0 +1,238 @@
+import { strict as assert } from 'node:assert'
+import http from 'node:http'
+import { test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { removeDir, removeRoute, routeDir, routeFile, startGateway, startUpstream, writeRoutes, type GatewayProcess } from './helpers.js'
+
+const reloaded = (version: number) => (l: Record<string, unknown>) => l.msg === 'route table reloaded' && l.version === version
+
+async function status (url: string): Promise<number> {
+  const res = await fetch(url)
+  await res.arrayBuffer()
+  return res.status
+}
+
+async function metric (gw: GatewayProcess, line: string): Promise<number | undefined> {
+  const text = await (await fetch(`${gw.url}/metrics`)).text()
+  const found = text.split('\n').find(l => l.startsWith(line + ' '))
+  return found === undefined ? undefined : Number(found.slice(line.length + 1))
+}
+
+/** An upstream whose requests wait until `release()`. */
+async function heldUpstream () {
+  const waiting: Array<() => void> = []
+  const upstream = await startUpstream((_req, res) => {
+    waiting.push(() => res.end('released'))
+  })
+  return {
+    upstream,
+    held: () => waiting.length,
+    release: () => { for (const done of waiting.splice(0)) done() }
+  }
+}
+
+test('SIGUSR1: a new route file serves after the signal, without a restart', async t => {
+  const upstream = await startUpstream()
+  t.after(() => upstream.close())
+  const dir = await routeDir({ 'a.yaml': routeFile([upstream.url], ['/a']) })
+  t.after(() => removeDir(dir))
+  const gw = await startGateway(dir, { WATCH_ROUTES: 'false' })
+  t.after(() => gw.stop())
+
+  assert.equal(await status(`${gw.url}/b`), 404)
+  await writeRoutes(dir, { 'b.yaml': routeFile([upstream.url], ['/b']) })
+  assert.equal(await status(`${gw.url}/b`), 404, 'no watcher: nothing changes before the signal')
+  gw.signal('SIGUSR1')
+  await gw.waitForLog(reloaded(2))
+  assert.equal(await status(`${gw.url}/b`), 200)
+  assert.equal(await status(`${gw.url}/a`), 200)
+  assert.equal(await metric(gw, 'config_reloads_total{result="success"}'), 1)
+  assert.equal(gw.proc.exitCode, null, 'SIGUSR1 must not stop the process')
+})
+
+test('file changes in ROUTES_DIR reload by themselves (debounced)', async t => {
+  const upstream = await startUpstream()
+  t.after(() => upstream.close())
+  const dir = await routeDir({ 'a.yaml': routeFile([upstream.url], ['/a']) })
+  t.after(() => removeDir(dir))
+  const gw = await startGateway(dir, { RELOAD_DEBOUNCE: '50ms' })
+  t.after(() => gw.stop())
+
+  await writeRoutes(dir, { 'b.yaml': routeFile([upstream.url], ['/b']) })
+  await gw.waitForLog(l => l.msg === 'route table reloaded' && (l.applied as string[]).includes('b.yaml'))
+  assert.equal(await status(`${gw.url}/b`), 200)
+})
+
+test('a broken file on reload keeps its last good version serving; the failure is logged and counted', async t => {
+  const upstream = await startUpstream()
+  t.after(() => upstream.close())
+  const dir = await routeDir({ 'users.yaml': routeFile([upstream.url], ['/users']) })
+  t.after(() => removeDir(dir))
+  const gw = await startGateway(dir, { WATCH_ROUTES: 'false' })
+  t.after(() => gw.stop())
+
+  await writeRoutes(dir, {
+    'users.yaml': 'targets:\n  - url: http://127.0.0.1:1\n    maxConn: 5\nroutes:\n  - path: /users\n',
+    'orders.yaml': routeFile([upstream.url], ['/orders'])
+  })
+  gw.signal('SIGUSR1')
+  const rejected = await gw.waitForLog(l => l.msg === 'route file rejected, its last good version keeps serving')
+  assert.equal(rejected.file, 'users.yaml')
+  assert.deepEqual(rejected.problems, ['/targets/0/maxConn: unknown key (allowed: url, maxConnections, weight)'])
+  await gw.waitForLog(reloaded(2))
+  assert.equal(await status(`${gw.url}/users`), 200, 'the old users.yaml still serves')
+  assert.equal(await status(`${gw.url}/orders`), 200, 'the valid file beside it applied')
+  assert.equal(upstream.requests.length, 2)
+  assert.equal(await metric(gw, 'config_reloads_total{result="failure"}'), 1)
+  assert.equal(await metric(gw, 'config_reloads_total{result="success"}'), 0)
+})
+
+test('a new file that is broken on reload stays absent; a deleted file stops serving', async t => {
+  const upstream = await startUpstream()
+  t.after(() => upstream.close())
+  const dir = await routeDir({ 'a.yaml': routeFile([upstream.url], ['/a']), 'b.yaml': routeFile([upstream.url], ['/b']) })
+  t.after(() => removeDir(dir))
+  const gw = await startGateway(dir, { WATCH_ROUTES: 'false' })
+  t.after(() => gw.stop())
+
+  await removeRoute(dir, 'b.yaml')
+  await writeRoutes(dir, { 'c.yaml': 'targets: []\nroutes:\n  - path: /c\n' })
+  gw.signal('SIGUSR1')
+  const rejected = await gw.waitForLog(l => l.file === 'c.yaml')
+  assert.equal(rejected.msg, 'route file rejected, it does not serve')
+  await gw.waitForLog(reloaded(2))
+  assert.equal(await status(`${gw.url}/a`), 200)
+  assert.equal(await status(`${gw.url}/b`), 404)
+  assert.equal(await status(`${gw.url}/c`), 404)
+})
+
+test('reloads under continuous load: zero failed requests', async t => {
+  const one = await startUpstream()
+  const two = await startUpstream()
+  t.after(() => Promise.all([one.close(), two.close()]))
+  const dir = await routeDir({ 'svc.yaml': routeFile([one.url], ['/svc']) })
+  t.after(() => removeDir(dir))
+  const gw = await startGateway(dir, { WATCH_ROUTES: 'false' })
+  t.after(() => gw.stop())
+
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 8 })
+  t.after(() => agent.destroy())
+  const statuses = new Map<number | string, number>()
+  const load = { running: true }
+  const client = async () => {
+    while (load.running) {
+      const code = await new Promise<number | string>(resolve => {
+        http.get(`${gw.url}/svc/item`, { agent }, res => { res.resume(); res.on('end', () => resolve(res.statusCode ?? 0)) })
+          .on('error', err => resolve((err as NodeJS.ErrnoException).code ?? 'error'))
+      })
+      statuses.set(code, (statuses.get(code) ?? 0) + 1)
+    }
+  }
+  const clients = Array.from({ length: 8 }, client)
+
+  try {
+    // Ten reloads that change targets, add and remove routes, while traffic flows.
+    for (let i = 0; i < 10; i++) {
+      const targets = i % 2 === 0 ? [one.url, two.url] : [two.url]
+      await writeRoutes(dir, { 'svc.yaml': routeFile(targets, ['/svc', `/extra${i}`]) })
+      gw.signal('SIGUSR1')
+      while (await metric(gw, 'config_route_table_version') !== i + 2) await sleep(10)
+      await sleep(50)
+    }
+  } finally {
+    load.running = false
+    await Promise.all(clients)
+  }
+
+  const total = [...statuses.values()].reduce((a, b) => a + b, 0)
+  assert.ok(total >= 100, `enough traffic to mean something: ${total}`)
+  assert.deepEqual([...statuses.keys()], [200], `every request succeeded: ${JSON.stringify([...statuses])}`)
+  assert.ok(one.requests.length > 0 && two.requests.length > 0, 'both targets served during the reloads')
+})
+
+test('target state survives a reload: an in-flight request on a kept target is still counted, one on a removed target completes', async t => {
+  const kept = await heldUpstream()
+  const removed = await heldUpstream()
+  t.after(() => { kept.release(); removed.release(); return Promise.all([kept.upstream.close(), removed.upstream.close()]) })
+  const dir = await routeDir({
+    'kept.yaml': routeFile([kept.upstream.url], ['/kept']),
+    'gone.yaml': routeFile([removed.upstream.url], ['/gone'])
+  })
+  t.after(() => removeDir(dir))
+  const gw = await startGateway(dir, { WATCH_ROUTES: 'false' })
+  t.after(() => gw.stop())
+
+  const keptResponse = fetch(`${gw.url}/kept`)
+  const goneResponse = fetch(`${gw.url}/gone`)
+  while (kept.held() + removed.held() < 2) await sleep(10)
+
+  await writeRoutes(dir, { 'kept.yaml': routeFile([kept.upstream.url], ['/kept', '/kept-too']) })
+  await removeRoute(dir, 'gone.yaml')
+  gw.signal('SIGUSR1')
+  await gw.waitForLog(reloaded(2))
+
+  const label = `upstream_active_connections{upstream="kept",target="${kept.upstream.url}"}`
+  assert.equal(await metric(gw, label), 1, 'the kept target still counts its request')
+  assert.equal(await metric(gw, `upstream_active_connections{upstream="gone",target="${removed.upstream.url}"}`), undefined)
+  assert.equal(await status(`${gw.url}/gone`), 404)
+
+  kept.release()
+  removed.release()
+  const [a, b] = await Promise.all([keptResponse, goneResponse])
+  assert.equal(a.status, 200)
+  assert.equal(await a.text(), 'released')
+  assert.equal(b.status, 200, 'the removed target was drained, not cut off')
+  assert.equal(await b.text(), 'released')
+  assert.equal(await metric(gw, label), 0)
+})
+
+test('SIGTERM: /ready turns 503 for SHUTDOWN_DELAY while traffic is still served, then new connections are refused, the in-flight request completes, exit 0', async t => {
+  const held = await heldUpstream()
+  t.after(() => { held.release(); return held.upstream.close() })
+  const dir = await routeDir({ 'svc.yaml': routeFile([held.upstream.url], ['/svc']) })
+  t.after(() => removeDir(dir))
+  const gw = await startGateway(dir, { WATCH_ROUTES: 'false', SHUTDOWN_DELAY: '1s' })
+  t.after(() => gw.stop())
+
+  assert.equal(await status(`${gw.url}/ready`), 200)
+  const inFlight = fetch(`${gw.url}/svc`)
+  while (held.held() < 1) await sleep(10)
+  gw.signal('SIGTERM')
+  await gw.waitForLog(l => l.msg === 'draining: not ready, finishing requests in flight')
+
+  const ready = await fetch(`${gw.url}/ready`)
+  assert.equal(ready.status, 503, 'not ready while draining')
+  assert.equal((await ready.json() as { code: string }).code, 'GATEHOUSE_ERR_NOT_READY')
+  assert.equal(await status(`${gw.url}/health`), 200, 'still alive and serving during the delay')
+
+  // After the delay the listener closes.
+  let refused = false
+  for (let i = 0; i < 100 && !refused; i++) {
+    await sleep(50)
+    refused = await fetch(`${gw.url}/ready`).then(r => r.arrayBuffer().then(() => false), () => true)
+  }
+  assert.ok(refused, 'new connections are refused after SHUTDOWN_DELAY')
+
+  assert.equal(gw.proc.exitCode, null, 'still running while a request is in flight')
+  held.release()
+  const res = await inFlight
+  assert.equal(res.status, 200)
+  assert.equal(await res.text(), 'released')
+  assert.equal(await gw.exit, 0)
+})
+
+test('SIGTERM with a request that outlasts SHUTDOWN_TIMEOUT: connections are closed and the exit code is 1', async t => {
+  const held = await heldUpstream()
+  t.after(() => { held.release(); return held.upstream.close() })
+  const dir = await routeDir({ 'svc.yaml': routeFile([held.upstream.url], ['/svc']) })
+  t.after(() => removeDir(dir))
+  const gw = await startGateway(dir, { WATCH_ROUTES: 'false', SHUTDOWN_TIMEOUT: '300ms' })
+  t.after(() => gw.stop())
+
+  const inFlight = fetch(`${gw.url}/svc`).then(r => r.status, () => 'closed')
+  while (held.held() < 1) await sleep(10)
+  gw.signal('SIGTERM')
+  await gw.waitForLog(l => l.msg === 'shutdown timeout: closing the connections still open')
+  assert.equal(await gw.exit, 1)
+  assert.equal(await inFlight, 'closed')
+})

@@ -1,0 +1,198 @@
+import { strict as assert } from 'node:assert'
+import { test, type TestContext } from 'node:test'
+import { loadRouteDirStrict, readRouteDir, resolveRouteFiles, type AcceptedFile, type Resolution } from '../src/config/route-dir.js'
+import { ConfigRoutesError } from '../src/errors.js'
+import { removeDir, removeRoute, routeDir, routeFile, writeRoutes } from './helpers.js'
+
+const T1 = 'http://127.0.0.1:9001'
+const T2 = 'http://127.0.0.1:9002'
+const T3 = 'http://127.0.0.1:9003'
+
+async function tempDir (t: TestContext, files: Record<string, string>): Promise<string> {
+  const dir = await routeDir(files)
+  t.after(() => removeDir(dir))
+  return dir
+}
+
+/** Reads `dir` from disk and resolves it against `previous`, as a reload does. */
+async function resolveDir (dir: string, previous?: ReadonlyMap<string, AcceptedFile>): Promise<Resolution> {
+  const read = await readRouteDir(dir)
+  assert.deepEqual(read.failures, [])
+  return resolveRouteFiles(read.files, previous)
+}
+
+/** The message loadRouteDirStrict(dir) fails with (fails the test when it loads). */
+async function strictFailure (dir: string): Promise<string> {
+  try {
+    await loadRouteDirStrict(dir)
+  } catch (err) {
+    assert.ok(err instanceof ConfigRoutesError, `expected ConfigRoutesError, got ${String(err)}`)
+    assert.equal(err.code, 'GATEHOUSE_ERR_CONFIG_ROUTES')
+    return err.message
+  }
+  assert.fail(`${dir} loaded`)
+}
+
+const failureLines = (r: Resolution): string[] => r.failures.flatMap(f => f.message.split('\n'))
+
+test('valid folder: every route file loads, keyed by file name', async t => {
+  const dir = await tempDir(t, {
+    'users.yaml': routeFile([T1], ['/api/users']),
+    'orders.yml': routeFile([T2], ['/api/orders']),
+    'billing.json': JSON.stringify({ targets: [{ url: T3 }], routes: [{ path: '/api/billing' }] })
+  })
+  const accepted = await loadRouteDirStrict(dir)
+  assert.deepEqual([...accepted.keys()].sort(), ['billing.json', 'orders.yml', 'users.yaml'])
+  assert.deepEqual([...accepted.values()].map(a => a.config.name).sort(), ['billing', 'orders', 'users'])
+})
+
+test('two files claiming the same path, method and host: refused, naming both files', async t => {
+  const dir = await tempDir(t, {
+    'a.yaml': routeFile([T1], ['/api/users']),
+    'b.yaml': routeFile([T2], ['/api/users'])
+  })
+  const message = await strictFailure(dir)
+  assert.deepEqual(message.split('\n'), [
+    'Invalid route files:',
+    'b.yaml: /routes/0: GET (any host) /api/users is already claimed by a.yaml'
+  ])
+})
+
+test('two files claiming the same path for one method and host: refused', async t => {
+  const dir = await tempDir(t, {
+    'a.yaml': routeFile([T1], ['/api'], '    methods: [GET, POST]\n    hosts: [api.example.com]'),
+    'b.yaml': routeFile([T2], ['/api'], '    methods: [POST]\n    hosts: [API.example.com]')
+  })
+  const message = await strictFailure(dir)
+  assert.match(message, /^b\.yaml: \/routes\/0: POST api\.example\.com \/api is already claimed by a\.yaml$/m)
+})
+
+test('same path in two files with different hosts or different methods: both load', async t => {
+  const dir = await tempDir(t, {
+    'a.yaml': routeFile([T1], ['/api'], '    hosts: [a.example.com]'),
+    'b.yaml': routeFile([T2], ['/api'], '    hosts: [b.example.com]'),
+    'c.yaml': routeFile([T3], ['/shop'], '    methods: [GET, HEAD]'),
+    'd.yaml': routeFile(['http://127.0.0.1:9004'], ['/shop'], '    methods: [POST, PUT]')
+  })
+  const accepted = await loadRouteDirStrict(dir)
+  assert.deepEqual([...accepted.keys()].sort(), ['a.yaml', 'b.yaml', 'c.yaml', 'd.yaml'])
+})
+
+test('two files with the same upstream name: refused, naming the file that has it', async t => {
+  const dir = await tempDir(t, {
+    'users.yaml': routeFile([T1], ['/api/users']),
+    'users-v2.json': JSON.stringify({ name: 'users', targets: [{ url: T2 }], routes: [{ path: '/api/v2/users' }] })
+  })
+  const message = await strictFailure(dir)
+  assert.match(message, /^users\.yaml: \/name: upstream name "users" is already used by users-v2\.json$/m)
+})
+
+test('hidden files and files that are not YAML or JSON are ignored', async t => {
+  const broken = 'targets: [\n'
+  const dir = await tempDir(t, {
+    'users.yaml': routeFile([T1], ['/api/users']),
+    '.users.yaml.swp': broken,
+    '.hidden.yaml': broken,
+    '..data.json': broken,
+    'README.md': broken,
+    'notes.txt': broken,
+    'users.yaml.bak': broken
+  })
+  const accepted = await loadRouteDirStrict(dir)
+  assert.deepEqual([...accepted.keys()], ['users.yaml'])
+})
+
+test('every broken file of the folder is listed in one error', async t => {
+  const dir = await tempDir(t, {
+    'a.yaml': routeFile(['10.0.0.5:9001'], ['/a']),
+    'b.json': '{',
+    'c.yaml': routeFile([T3], ['/c'])
+  })
+  const message = await strictFailure(dir)
+  assert.match(message, /^a\.yaml: \/targets\/0\/url: must be an http\(s\) URL with no path/m)
+  assert.match(message, /^b\.json: not valid JSON/m)
+  assert.doesNotMatch(message, /c\.yaml/)
+})
+
+test('empty folder: loads with no files', async t => {
+  const dir = await tempDir(t, {})
+  assert.equal((await loadRouteDirStrict(dir)).size, 0)
+})
+
+test('missing folder: refused, naming the folder', async () => {
+  const message = await strictFailure('/nonexistent/gatehouse-routes')
+  assert.match(message, /^\/nonexistent\/gatehouse-routes: cannot be read: ENOENT/m)
+})
+
+test('reload: a changed file that is broken keeps serving its previous version, and is reported', async t => {
+  const dir = await tempDir(t, { 'a.yaml': routeFile([T1], ['/a']), 'b.yaml': routeFile([T2], ['/b']) })
+  const first = await resolveDir(dir)
+  assert.deepEqual(first.failures, [])
+
+  await writeRoutes(dir, { 'b.yaml': routeFile([T2], ['/b/']) })
+  const second = await resolveDir(dir, first.accepted)
+  assert.deepEqual([...second.accepted.keys()].sort(), ['a.yaml', 'b.yaml'])
+  assert.equal(second.accepted.get('b.yaml'), first.accepted.get('b.yaml'))
+  assert.deepEqual(second.failures.map(f => f.file), ['b.yaml'])
+  assert.match(failureLines(second)[0] ?? '', /^b\.yaml: \/routes\/0\/path: must be a path prefix/)
+})
+
+test('reload: a changed file cannot take a route an unchanged file serves; it keeps its old version', async t => {
+  // z.yaml sorts after a.yaml: an unchanged file must win whatever the order.
+  const dir = await tempDir(t, { 'a.yaml': routeFile([T1], ['/orders']), 'z.yaml': routeFile([T2], ['/users']) })
+  const first = await resolveDir(dir)
+  assert.deepEqual(first.failures, [])
+
+  await writeRoutes(dir, { 'a.yaml': routeFile([T1], ['/orders', '/users']) })
+  const second = await resolveDir(dir, first.accepted)
+  assert.equal(second.accepted.get('z.yaml'), first.accepted.get('z.yaml'))
+  assert.equal(second.accepted.get('a.yaml'), first.accepted.get('a.yaml'))
+  assert.deepEqual(second.accepted.get('a.yaml')?.config.routes.map(r => r.path), ['/orders'])
+  assert.deepEqual(failureLines(second), ['a.yaml: /routes/1: GET (any host) /users is already claimed by z.yaml'])
+})
+
+test('reload: a new file cannot take a route or name already served', async t => {
+  const dir = await tempDir(t, { 'z.yaml': routeFile([T1], ['/users']) })
+  const first = await resolveDir(dir)
+
+  await writeRoutes(dir, {
+    'a.yaml': routeFile([T2], ['/users']),
+    'b.json': JSON.stringify({ name: 'z', targets: [{ url: T3 }], routes: [{ path: '/other' }] })
+  })
+  const second = await resolveDir(dir, first.accepted)
+  assert.deepEqual([...second.accepted.keys()], ['z.yaml'])
+  assert.deepEqual(second.failures.map(f => f.file).sort(), ['a.yaml', 'b.json'])
+})
+
+test('reload: a removed file disappears', async t => {
+  const dir = await tempDir(t, { 'a.yaml': routeFile([T1], ['/a']), 'b.yaml': routeFile([T2], ['/b']) })
+  const first = await resolveDir(dir)
+
+  await removeRoute(dir, 'b.yaml')
+  const second = await resolveDir(dir, first.accepted)
+  assert.deepEqual([...second.accepted.keys()], ['a.yaml'])
+  assert.deepEqual(second.failures, [])
+})
+
+test('reload: a route freed by a removed file can be taken by another file', async t => {
+  const dir = await tempDir(t, { 'a.yaml': routeFile([T1], ['/a']), 'b.yaml': routeFile([T2], ['/b']) })
+  const first = await resolveDir(dir)
+
+  await removeRoute(dir, 'b.yaml')
+  await writeRoutes(dir, { 'a.yaml': routeFile([T1], ['/a', '/b']) })
+  const second = await resolveDir(dir, first.accepted)
+  assert.deepEqual(second.failures, [])
+  assert.deepEqual(second.accepted.get('a.yaml')?.config.routes.map(r => r.path), ['/a', '/b'])
+})
+
+test('reload: unchanged files are not parsed again (same config object)', async t => {
+  const dir = await tempDir(t, { 'a.yaml': routeFile([T1], ['/a']), 'b.yaml': routeFile([T2], ['/b']) })
+  const first = await resolveDir(dir)
+
+  await writeRoutes(dir, { 'b.yaml': routeFile([T2], ['/b', '/b2']) })
+  const second = await resolveDir(dir, first.accepted)
+  assert.deepEqual(second.failures, [])
+  assert.equal(second.accepted.get('a.yaml')?.config, first.accepted.get('a.yaml')?.config)
+  assert.notEqual(second.accepted.get('b.yaml')?.config, first.accepted.get('b.yaml')?.config)
+  assert.deepEqual(second.accepted.get('b.yaml')?.config.routes.map(r => r.path), ['/b', '/b2'])
+})

@@ -1,0 +1,273 @@
+import { strict as assert } from 'node:assert'
+import { test } from 'node:test'
+import { parseRouteFile, RouteFileError, type UpstreamConfig } from '../src/config/route-file.js'
+
+const URL_EXPECTED = 'must be an http(s) URL with no path, e.g. http://10.0.0.5:9001'
+const PATH_EXPECTED = 'must be a path prefix such as /api/users: starts with /, no trailing slash, no //, . or .. segments, no : or *'
+const DURATION_EXPECTED = 'must be a duration: milliseconds (30000) or a number with ms, s, m or h (500ms, 2s, 1m)'
+const SIZE_EXPECTED = 'must be a size: bytes (1048576) or a number with b, kb, mb or gb (512kb, 1mb)'
+
+/** A YAML file with one target and one route, plus `extra` lines at the top level or under the route. */
+function yaml ({ url = 'http://127.0.0.1:9001', path = '/api/users', route = '', top = '' } = {}): string {
+  return `targets:\n  - url: ${url}\nroutes:\n  - path: ${JSON.stringify(path)}\n${route}${top}`
+}
+
+/** The RouteFileError `text` is refused with (fails the test when it is accepted). */
+function rejection (file: string, text: string): RouteFileError {
+  try {
+    parseRouteFile(file, text)
+  } catch (err) {
+    assert.ok(err instanceof RouteFileError, `expected RouteFileError, got ${String(err)}`)
+    assert.equal(err.file, file)
+    return err
+  }
+  assert.fail(`${file} was accepted:\n${text}`)
+}
+
+/** As rejection(), and every message line is `<file>: <problem>`, one line per problem. */
+function refused (file: string, text: string): RouteFileError {
+  const err = rejection(file, text)
+  assert.deepEqual(err.message.split('\n'), err.problems.map(p => `${file}: ${p}`))
+  return err
+}
+
+test('minimal YAML file: defaults filled in, name from the file name', () => {
+  const config = parseRouteFile('users.yaml', yaml())
+  const expected: UpstreamConfig = {
+    name: 'users',
+    file: 'users.yaml',
+    targets: [{ url: 'http://127.0.0.1:9001', origin: 'http://127.0.0.1:9001', maxConnections: 100, weight: 1 }],
+    routes: [{ path: '/api/users', methods: undefined, hosts: undefined, rewritePrefix: undefined, bodyLimit: undefined }],
+    timeouts: { connectMs: 2000, requestMs: 30_000 }
+  }
+  assert.deepEqual(config, expected)
+  assert.ok(Object.isFrozen(config) && Object.isFrozen(config.targets[0]) && Object.isFrozen(config.routes))
+})
+
+test('JSON file with a $schema key: same result as YAML', () => {
+  const text = JSON.stringify({
+    $schema: '../schema/route-file.schema.json',
+    targets: [{ url: 'http://127.0.0.1:9001' }],
+    routes: [{ path: '/api/users' }]
+  })
+  const fromJson = parseRouteFile('users.json', text)
+  const fromYaml = parseRouteFile('users.yaml', yaml())
+  assert.deepEqual({ ...fromJson, file: 'users.yaml' }, fromYaml)
+  assert.equal(fromJson.name, 'users')
+})
+
+test('name: an explicit name wins; .yml/.json and upper case in the file name give a lowercase default', () => {
+  assert.equal(parseRouteFile('users.yaml', yaml({ top: 'name: accounts\n' })).name, 'accounts')
+  assert.equal(parseRouteFile('Orders.yml', yaml()).name, 'orders')
+  assert.equal(parseRouteFile('billing-v2.json', JSON.stringify({ targets: [{ url: 'http://127.0.0.1:9001' }], routes: [{ path: '/b' }] })).name, 'billing-v2')
+})
+
+test('file name that is no valid upstream name: refused, asking for name:', () => {
+  const err = refused('users service.yaml', yaml())
+  assert.deepEqual(err.problems, ['/name: the file name gives the upstream name "users service", which is not a valid name; set name: explicitly'])
+})
+
+test('every option set: values, units and method lists kept', () => {
+  const config = parseRouteFile('users.yaml', [
+    'name: users',
+    'targets:',
+    '  - url: https://10.0.0.5:9001',
+    '    maxConnections: 7',
+    '    weight: 2.5',
+    'routes:',
+    '  - path: /api/users',
+    '    methods: [GET, POST]',
+    '    hosts: [api.example.com]',
+    "    rewritePrefix: ''",
+    '    bodyLimit: 512kb',
+    'timeouts:',
+    '  connect: 500ms',
+    '  request: 1m',
+    ''
+  ].join('\n'))
+  assert.deepEqual(config.targets, [{ url: 'https://10.0.0.5:9001', origin: 'https://10.0.0.5:9001', maxConnections: 7, weight: 2.5 }])
+  assert.deepEqual(config.routes, [{ path: '/api/users', methods: ['GET', 'POST'], hosts: ['api.example.com'], rewritePrefix: '', bodyLimit: 512 * 1024 }])
+  assert.deepEqual(config.timeouts, { connectMs: 500, requestMs: 60_000 })
+})
+
+test('unknown key maxConn under a target: refused at /targets/0/maxConn, listing the allowed keys', () => {
+  const err = refused('users.yaml', yaml({ url: 'http://127.0.0.1:9001\n    maxConn: 5' }))
+  assert.deepEqual(err.problems, ['/targets/0/maxConn: unknown key (allowed: url, maxConnections, weight)'])
+})
+
+test('unknown top-level key (route instead of routes): both the typo and the missing key reported', () => {
+  const err = refused('users.yaml', 'targets:\n  - url: http://127.0.0.1:9001\nroute:\n  - path: /api\n')
+  assert.deepEqual(err.problems.sort(), [
+    '/route: unknown key (allowed: $schema, name, targets, routes, timeouts)',
+    '/routes: is required'
+  ])
+})
+
+test('url without a scheme: the exact message names file, field and an example', () => {
+  const err = refused('users.yaml', yaml({ url: '10.0.0.5:9001' }))
+  assert.equal(err.message, `users.yaml: /targets/0/url: ${URL_EXPECTED}`)
+})
+
+test('url with a path, query or other scheme: refused; a bare trailing slash is fine', () => {
+  for (const url of ['http://10.0.0.5:9001/api', 'http://10.0.0.5:9001?x=1', 'ftp://10.0.0.5', 'http://']) {
+    assert.deepEqual(refused('users.yaml', yaml({ url })).problems, [`/targets/0/url: ${URL_EXPECTED}`], url)
+  }
+  assert.equal(parseRouteFile('users.yaml', yaml({ url: 'http://10.0.0.5:9001/' })).targets[0]?.origin, 'http://10.0.0.5:9001')
+})
+
+test('maxConnections 0 and weight 0: refused at their field paths', () => {
+  const err = refused('users.yaml', yaml({ url: 'http://127.0.0.1:9001\n    maxConnections: 0\n    weight: 0' }))
+  assert.deepEqual(err.problems.map(p => p.slice(0, p.indexOf(':'))).sort(), ['/targets/0/maxConnections', '/targets/0/weight'])
+})
+
+test('durations 500ms, 2s, 1m and 1500 (milliseconds) accepted', () => {
+  const cases: Array<[string, string, number, number]> = [['500ms', '2s', 500, 2000], ['1500', '1m', 1500, 60_000]]
+  for (const [connect, request, connectMs, requestMs] of cases) {
+    const config = parseRouteFile('users.yaml', yaml({ top: `timeouts:\n  connect: ${connect}\n  request: ${request}\n` }))
+    assert.deepEqual(config.timeouts, { connectMs, requestMs })
+  }
+  // Only one given: the other keeps its default.
+  assert.deepEqual(parseRouteFile('users.yaml', yaml({ top: 'timeouts:\n  request: 5s\n' })).timeouts, { connectMs: 2000, requestMs: 5000 })
+})
+
+test('bad duration (2 seconds): refused with the duration forms', () => {
+  for (const bad of ['2 seconds', 'soon', '-5', '1d']) {
+    const err = refused('users.yaml', yaml({ top: `timeouts:\n  connect: ${bad}\n` }))
+    assert.deepEqual(err.problems, [`/timeouts/connect: ${DURATION_EXPECTED}`], bad)
+  }
+})
+
+test('bad bodyLimit: refused with the size forms', () => {
+  const err = refused('users.yaml', yaml({ route: '    bodyLimit: lots\n' }))
+  assert.deepEqual(err.problems, [`/routes/0/bodyLimit: ${SIZE_EXPECTED}`])
+})
+
+test('lowercase method (get): refused at /routes/0/methods/0', () => {
+  const err = refused('users.yaml', yaml({ route: '    methods: [get]\n' }))
+  assert.equal(err.problems.length, 1)
+  assert.match(err.problems[0] ?? '', /^\/routes\/0\/methods\/0: /)
+})
+
+test('lowercase method (get): the message says methods go in capitals', () => {
+  const err = refused('users.yaml', yaml({ route: '    methods: [get]\n' }))
+  assert.equal(err.problems.length, 1)
+  assert.match(err.problems[0] ?? '', /^\/routes\/0\/methods\/0: .*capitals.*GET, HEAD, POST/)
+})
+
+test('empty or missing targets and routes: refused', () => {
+  const empty = refused('users.yaml', 'targets: []\nroutes: []\n')
+  assert.deepEqual(empty.problems.map(p => p.slice(0, p.indexOf(':'))).sort(), ['/routes', '/targets'])
+  const missing = refused('users.yaml', 'name: users\n')
+  assert.deepEqual(missing.problems.sort(), ['/routes: is required', '/targets: is required'])
+  const noMethods = refused('users.yaml', yaml({ route: '    methods: []\n' }))
+  assert.equal(noMethods.problems.length, 1)
+  assert.match(noMethods.problems[0] ?? '', /^\/routes\/0\/methods: /)
+})
+
+test('path rules: trailing slash, //, . and .., :param, * and no leading slash refused; / accepted', () => {
+  for (const path of ['/api/users/', '/api//users', '/api/../admin', '/api/./users', '/..', '/api/:id', '/api/*', 'api/users', '']) {
+    assert.deepEqual(refused('users.yaml', yaml({ path })).problems, [`/routes/0/path: ${PATH_EXPECTED}`], JSON.stringify(path))
+  }
+  for (const path of ['/', '/api', '/api/v1.2/users', '/~user', '/a-b_c']) {
+    assert.equal(parseRouteFile('users.yaml', yaml({ path })).routes[0]?.path, path)
+  }
+})
+
+test('YAML syntax error: not valid YAML, with the line', () => {
+  const err = refused('users.yaml', 'targets:\n  - url: http://127.0.0.1:9001\n routes: [\n')
+  assert.ok(err.problems.length >= 1)
+  for (const p of err.problems) assert.match(p, /^not valid YAML: .* at line \d+, column \d+/)
+})
+
+test('duplicate YAML key: not valid YAML, keys must be unique', () => {
+  const err = refused('users.yaml', yaml() + 'routes:\n  - path: /other\n')
+  assert.equal(err.problems.length, 1)
+  assert.match(err.problems[0] ?? '', /^not valid YAML: Map keys must be unique at line 5/)
+})
+
+test('JSON syntax error: not valid JSON', () => {
+  const err = refused('users.json', '{"targets": [}')
+  assert.equal(err.problems.length, 1)
+  assert.match(err.problems[0] ?? '', /^not valid JSON: /)
+})
+
+test('YAML inside a .json file: refused as not valid JSON', () => {
+  const err = rejection('users.json', yaml())
+  assert.equal(err.problems.length, 1)
+  assert.match(err.problems[0] ?? '', /^not valid JSON: /)
+})
+
+test('YAML inside a .json file: the JSON error is one line prefixed with the file name', () => {
+  const err = refused('users.json', yaml())
+  assert.equal(err.message.split('\n').length, 1)
+})
+
+test('a document that is no mapping (list, string, number, empty file): refused', () => {
+  for (const [file, text] of [['users.yaml', '- a\n- b\n'], ['users.yaml', 'just a string\n'], ['users.yaml', ''], ['users.json', '[1, 2]'], ['users.json', '42'], ['users.json', 'null']]) {
+    assert.deepEqual(refused(file as string, text as string).problems, ['/: must be a mapping with targets and routes'], `${file}: ${text}`)
+  }
+})
+
+test('three mistakes in one file: three lines, one per mistake', () => {
+  const err = refused('users.yaml', [
+    'targets:',
+    '  - url: ftp://10.0.0.5',
+    '    weight: 0',
+    'routes:',
+    '  - path: /api/',
+    ''
+  ].join('\n'))
+  assert.deepEqual(err.problems, [
+    `/targets/0/url: ${URL_EXPECTED}`,
+    '/targets/0/weight: must be > 0',
+    `/routes/0/path: ${PATH_EXPECTED}`
+  ])
+  assert.equal(err.message.split('\n').length, 3)
+})
+
+test('three mistakes in duration and size fields: three lines, each with its expectation', () => {
+  const err = refused('users.yaml', yaml({ route: '    bodyLimit: lots\n', top: 'timeouts:\n  connect: soon\n  request: later\n' }))
+  assert.deepEqual(err.problems, [
+    `/routes/0/bodyLimit: ${SIZE_EXPECTED}`,
+    `/timeouts/connect: ${DURATION_EXPECTED}`,
+    `/timeouts/request: ${DURATION_EXPECTED}`
+  ])
+})
+
+test('two routes of one file claiming the same method, host and path: refused', () => {
+  const err = refused('users.yaml', yaml({ path: '/api', route: '    methods: [GET]\n  - path: /api\n    methods: [GET, POST]\n' }))
+  assert.deepEqual(err.problems, ['/routes/1: claims GET * /api already claimed by /routes/0'])
+  // The same path with no method list claims every method.
+  const all = refused('users.yaml', yaml({ path: '/api', route: '  - path: /api\n' }))
+  assert.equal(all.problems.length, 1)
+  assert.match(all.problems[0] ?? '', /^\/routes\/1: claims \w+ \* \/api already claimed by \/routes\/0$/)
+})
+
+test('same path in one file with other methods or other hosts: accepted', () => {
+  const byMethod = parseRouteFile('users.yaml', yaml({ path: '/api', route: '    methods: [GET]\n  - path: /api\n    methods: [POST]\n' }))
+  assert.equal(byMethod.routes.length, 2)
+  const byHost = parseRouteFile('users.yaml', yaml({ path: '/api', route: '    hosts: [a.example.com]\n  - path: /api\n    hosts: [b.example.com]\n' }))
+  assert.equal(byHost.routes.length, 2)
+})
+
+test('two targets with the same URL (also with a trailing slash): refused at the second', () => {
+  const same = refused('users.yaml', yaml({ url: 'http://127.0.0.1:9001\n  - url: http://127.0.0.1:9001' }))
+  assert.deepEqual(same.problems, ['/targets/1/url: http://127.0.0.1:9001 is listed twice'])
+  const slash = refused('users.yaml', yaml({ url: 'http://127.0.0.1:9001\n  - url: http://127.0.0.1:9001/' }))
+  assert.deepEqual(slash.problems, ['/targets/1/url: http://127.0.0.1:9001/ is listed twice'])
+})
+
+test('hosts are lowercased; same host in other case is the same claim', () => {
+  const config = parseRouteFile('users.yaml', yaml({ route: '    hosts: [API.Example.COM, www.example.com]\n' }))
+  assert.deepEqual(config.routes[0]?.hosts, ['api.example.com', 'www.example.com'])
+  const err = refused('users.yaml', yaml({ path: '/api', route: '    hosts: [API.example.com]\n  - path: /api\n    hosts: [api.EXAMPLE.com]\n' }))
+  assert.equal(err.problems.length, 1)
+  assert.match(err.problems[0] ?? '', /^\/routes\/1: claims \w+ api\.example\.com \/api already claimed by \/routes\/0$/)
+})
+
+test('host with a port or scheme: refused', () => {
+  for (const host of ['api.example.com:8080', 'http://api.example.com']) {
+    const err = refused('users.yaml', yaml({ route: `    hosts: ["${host}"]\n` }))
+    assert.deepEqual(err.problems, ['/routes/0/hosts/0: must be a host name such as api.example.com (no port, no scheme)'], host)
+  }
+})
