@@ -1,10 +1,10 @@
 import { strict as assert } from 'node:assert'
-import { writeFile } from 'node:fs/promises'
+import { readFile, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { loadEnv, type GatewayEnv } from '../src/config/env.js'
+import { EnvSchema, loadEnv, type GatewayEnv } from '../src/config/env.js'
 import { ConfigEnvError } from '../src/errors.js'
-import { removeDir, routeDir, startGateway } from './helpers.js'
+import { removeDir, ROOT, routeDir, startGateway } from './helpers.js'
 
 const NO_DOTENV = '/nonexistent/.env'
 
@@ -172,4 +172,15 @@ test('a variable set in the environment wins over .env: MAX_HEADER_SIZE=16kb let
   assert.equal(res.status, 404)
   const body = await res.json() as { code: string }
   assert.equal(body.code, 'GATEHOUSE_ERR_ROUTE_NOT_FOUND')
+})
+
+test('.env.example documents every variable and loads as it is', async () => {
+  const text = await readFile(join(ROOT, '.env.example'), 'utf8')
+  const documented = new Set([...text.matchAll(/^#? ?([A-Z][A-Z0-9_]+)=/gm)].map(m => m[1]))
+  assert.deepEqual([...documented].sort(), Object.keys(EnvSchema.properties).sort())
+  const values: Record<string, string> = {}
+  for (const m of text.matchAll(/^([A-Z][A-Z0-9_]+)=(.*)$/gm)) values[m[1] as string] = m[2] as string
+  const env = loadEnv(values, '/nonexistent/.env')
+  assert.equal(env.port, 8080)
+  assert.equal(env.shutdownTimeoutMs, 30_000)
 })

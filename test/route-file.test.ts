@@ -271,3 +271,11 @@ test('host with a port or scheme: refused', () => {
     assert.deepEqual(err.problems, ['/routes/0/hosts/0: must be a host name such as api.example.com (no port, no scheme)'], host)
   }
 })
+
+test('a route on /health, /ready or /metrics is refused: the gateway answers those itself', () => {
+  for (const path of ['/health', '/ready', '/metrics']) {
+    const err = refused('ops.yaml', yaml({ path }))
+    assert.deepEqual(err.problems, [`/routes/0/path: ${path} is served by the gateway itself`])
+  }
+  assert.equal(parseRouteFile('ops.yaml', yaml({ path: '/health/deep' })).routes[0]?.path, '/health/deep')
+})

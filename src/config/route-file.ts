@@ -101,6 +101,9 @@ export class RouteFileError extends Error {
   }
 }
 
+/** Paths the gateway answers itself; a route may sit below them but not on them. */
+export const RESERVED_PATHS = ['/health', '/ready', '/metrics']
+
 export const ROUTE_FILE_EXTENSIONS = ['.yaml', '.yml', '.json']
 
 /** Parses and checks one route file; throws RouteFileError listing every problem. */
@@ -158,6 +161,7 @@ function checkUpstream (upstream: UpstreamConfig): string[] {
   })
   const claims = new Map<string, number>()
   upstream.routes.forEach((route, i) => {
+    if (RESERVED_PATHS.includes(route.path)) problems.push(`/routes/${i}/path: ${route.path} is served by the gateway itself`)
     for (const claim of routeClaims(route)) {
       const other = claims.get(claim)
       if (other !== undefined) {
