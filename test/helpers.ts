@@ -4,7 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtemp, rm, writeFile, unlink } from 'node:fs/promises'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import net, { type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -176,15 +176,30 @@ export async function buildTestApp (routesDir: string, env: Record<string, strin
   return app
 }
 
-/** Runs the CLI to completion. */
+/** Runs the CLI to completion; killed after 10 s so a `start` that wrongly succeeds fails the test. */
 export async function runCli (args: string[], env: Record<string, string> = {}): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  const proc = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const proc = spawn(process.execPath, [CLI, ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    timeout: 10_000,
+    killSignal: 'SIGKILL'
+  })
   let stdout = ''
   let stderr = ''
   proc.stdout.on('data', (c: Buffer) => { stdout += c.toString() })
   proc.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
   const [code] = await once(proc, 'exit') as [number | null]
   return { code, stdout, stderr }
+}
+
+/** A port nothing listens on. */
+export async function closedPort (): Promise<number> {
+  const server = net.createServer()
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const port = (server.address() as AddressInfo).port
+  await new Promise<void>(resolve => server.close(() => resolve()))
+  return port
 }
 
 export async function removeDir (dir: string): Promise<void> {

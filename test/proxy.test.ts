@@ -5,10 +5,10 @@ import { strict as assert } from 'node:assert'
 import { createHash, randomBytes } from 'node:crypto'
 import { once } from 'node:events'
 import http from 'node:http'
-import net, { type AddressInfo } from 'node:net'
+import net from 'node:net'
 import { test, type TestContext } from 'node:test'
 import {
-  removeDir, routeDir, startGateway, startUpstream, type GatewayProcess, type Upstream, type UpstreamHandler
+  closedPort, removeDir, routeDir, startGateway, startUpstream, type GatewayProcess, type Upstream, type UpstreamHandler
 } from './helpers.js'
 
 // ---- fixtures ---------------------------------------------------------------------------------
@@ -52,16 +52,6 @@ async function gateway (t: TestContext, files: Record<string, FileSpec>, env: Re
   const gw = await startGateway(dir, env)
   t.after(() => gw.stop())
   return gw
-}
-
-/** A port nothing listens on. */
-async function closedPort (): Promise<number> {
-  const server = net.createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const port = (server.address() as AddressInfo).port
-  await new Promise<void>(resolve => server.close(() => resolve()))
-  return port
 }
 
 // ---- clients ----------------------------------------------------------------------------------
