@@ -29,6 +29,9 @@ export const UpstreamTimeoutError = createError<'GATEHOUSE_ERR_UPSTREAM_TIMEOUT'
 export const UpstreamSaturatedError = createError<'GATEHOUSE_ERR_UPSTREAM_SATURATED', 503, [string, ErrorOptions?]>(
   'GATEHOUSE_ERR_UPSTREAM_SATURATED', 'Every target of upstream %s is at its connection limit', 503)
 
+export const UpstreamUnavailableError = createError<'GATEHOUSE_ERR_UPSTREAM_UNAVAILABLE', 503, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_UPSTREAM_UNAVAILABLE', 'No target of upstream %s can take requests: their circuit breakers are open', 503)
+
 export const NotReadyError = createError<'GATEHOUSE_ERR_NOT_READY', 503, [string, ErrorOptions?]>(
   'GATEHOUSE_ERR_NOT_READY', 'Gateway is not ready: %s', 503)
 

@@ -40,10 +40,12 @@ export async function start (): Promise<void> {
     app.log.info({ signal, delayMs: env.shutdownDelayMs, timeoutMs }, 'draining: not ready, finishing requests in flight')
     app.markDraining()
     if (env.shutdownDelayMs > 0) await sleep(env.shutdownDelayMs)
+    let forced = false
     const timer = setTimeout(() => {
+      forced = true
       app.log.warn({ timeoutMs }, 'shutdown timeout: closing the connections still open')
       app.server.closeAllConnections()
-      setTimeout(() => process.exit(1), 100).unref()
+      setTimeout(() => process.exit(1), 1000).unref()
     }, timeoutMs)
     // Keep-alive connections that finish their last request while we drain would otherwise
     // stay open until their keep-alive timeout and hold the exit back.
@@ -52,8 +54,8 @@ export async function start (): Promise<void> {
       await app.close()
       clearInterval(sweeper)
       clearTimeout(timer)
-      app.log.info('stopped')
-      process.exit(0)
+      app.log.info({ forced }, 'stopped')
+      process.exit(forced ? 1 : 0)
     } catch (err) {
       app.log.error({ err }, 'error while stopping')
       process.exit(1)

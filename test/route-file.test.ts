@@ -38,7 +38,19 @@ test('minimal YAML file: defaults filled in, name from the file name', () => {
     file: 'users.yaml',
     targets: [{ url: 'http://127.0.0.1:9001', origin: 'http://127.0.0.1:9001', maxConnections: 100, weight: 1 }],
     routes: [{ path: '/api/users', methods: undefined, hosts: undefined, rewritePrefix: undefined, bodyLimit: undefined }],
-    timeouts: { connectMs: 2000, requestMs: 30_000 }
+    timeouts: { connectMs: 2000, requestMs: 30_000, idleMs: 30_000 },
+    retry: { attempts: 1, backoffMs: 25, maxBackoffMs: 250, on: ['connect-failure', 'reset', 'timeout', 502, 503, 504], budget: 0.2, bufferBody: 65_536 },
+    breaker: {
+      consecutiveFailures: 5,
+      failureRatio: 0.5,
+      minRequests: 20,
+      windowMs: 10_000,
+      openForMs: 5000,
+      maxOpenForMs: 5000,
+      halfOpenProbes: 1,
+      closeAfter: 2,
+      failureStatuses: [502, 503, 504]
+    }
   }
   assert.deepEqual(config, expected)
   assert.ok(Object.isFrozen(config) && Object.isFrozen(config.targets[0]) && Object.isFrozen(config.routes))

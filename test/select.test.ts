@@ -8,7 +8,7 @@ interface T extends Selectable {
 }
 
 function target (name: string, inFlight: number, maxConnections: number, weight = 1): T {
-  return { name, inFlight, maxConnections, weight }
+  return { name, inFlight, maxConnections, weight, admits () { return this.inFlight < this.maxConnections } }
 }
 
 function total (targets: readonly T[]): number {

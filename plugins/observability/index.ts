@@ -4,6 +4,14 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fastifyMetrics from 'fastify-metrics'
 import fp from 'fastify-plugin'
+import type { CallObserver } from '../proxy/upstream-call.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Where the proxy reports each try and retry. */
+    upstreamObserver: CallObserver
+  }
+}
 
 async function observabilityPlugin (app: FastifyInstance): Promise<void> {
   // A CommonJS module whose plugin is its `default` export.
@@ -60,6 +68,63 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
       for (const t of targets()) this.set({ upstream: t.upstream, target: t.origin }, t.maxConnections)
     }
   })
+  const states = { closed: 0, open: 1, 'half-open': 2 }
+  new client.Gauge({
+    name: 'circuit_breaker_state',
+    help: 'Breaker state per target: 0 closed, 1 open, 2 half-open.',
+    labelNames: ['upstream', 'target'],
+    collect () {
+      this.reset()
+      for (const t of targets()) this.set({ upstream: t.upstream, target: t.origin }, states[t.breaker.state])
+    }
+  })
+  new client.Counter({
+    name: 'circuit_breaker_transitions_total',
+    help: 'Breaker transitions per target, by the state entered.',
+    labelNames: ['upstream', 'target', 'to'],
+    collect () {
+      this.reset()
+      for (const t of targets()) {
+        for (const [to, n] of Object.entries(t.transitions)) this.inc({ upstream: t.upstream, target: t.origin, to }, n)
+      }
+    }
+  })
+  new client.Counter({
+    name: 'upstream_retry_budget_exhausted_total',
+    help: 'Retries not made because the upstream\'s retry budget was spent.',
+    labelNames: ['upstream'],
+    collect () {
+      this.reset()
+      for (const u of app.routeTable.table.upstreams) this.inc({ upstream: u.name }, u.budget.denied)
+    }
+  })
+  const retries = new client.Counter({
+    name: 'upstream_retries_total',
+    help: 'Retries sent, by what the try before them ran into.',
+    labelNames: ['upstream', 'reason']
+  })
+  const requests = new client.Counter({
+    name: 'upstream_requests_total',
+    help: 'Tries sent to each target, by outcome: ok, bad-status (a breaker failure status), connect-failure, reset, timeout, aborted (the client left).',
+    labelNames: ['upstream', 'target', 'outcome']
+  })
+  const durations = new client.Histogram({
+    name: 'upstream_request_duration_seconds',
+    help: 'Time from sending a try to its response headers (or its failure), per target.',
+    labelNames: ['upstream', 'target', 'status_class'],
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+  })
+  app.decorate('upstreamObserver', {
+    tryFinished (target, outcome, statusCode, seconds) {
+      const labels = { upstream: target.upstream, target: target.origin }
+      requests.inc({ ...labels, outcome })
+      durations.observe({ ...labels, status_class: statusCode === undefined ? 'error' : `${Math.floor(statusCode / 100)}xx` }, seconds)
+    },
+    retried (upstream, reason) {
+      retries.inc({ upstream, reason })
+    }
+  } satisfies CallObserver)
+
   new client.Counter({
     name: 'config_reloads_total',
     help: 'Route reloads; failure: at least one file was rejected (its last good version kept serving).',

@@ -1,5 +1,5 @@
 // The proxy path: one lookup in the route table, pick a target, stream the request to it.
-import { Transform, type TransformCallback } from 'node:stream'
+import { Transform, type Readable, type TransformCallback } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import replyFrom, { type FastifyReplyFromHooks } from '@fastify/reply-from'
 import fp from 'fastify-plugin'
@@ -7,14 +7,15 @@ import type { TrustProxy } from '../../src/config/env.js'
 import { HTTP_METHODS } from '../../src/config/route-file.js'
 import {
   BadPathError, BodyTooLargeError, RouteNotFoundError, UpstreamResetError, UpstreamSaturatedError,
-  UpstreamTimeoutError, UpstreamUnreachableError
+  UpstreamTimeoutError, UpstreamUnavailableError, UpstreamUnreachableError
 } from '../../src/errors.js'
 import { selectTarget } from '../../src/upstream/select.js'
 import type { Target } from '../../src/upstream/target.js'
 import type { CompiledUpstream } from '../route-table/route-table.js'
 import { compileTrust, stripResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import { normalizePath } from './normalize-path.js'
-import { TargetDispatcher } from './target-dispatcher.js'
+import { CallDispatcher } from './call-dispatcher.js'
+import { UpstreamCall } from './upstream-call.js'
 
 export interface ProxyOptions {
   trustProxy: TrustProxy
@@ -34,7 +35,7 @@ const TIMEOUT = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'FST
 const RETRY_AFTER_SATURATED = '1'
 
 async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<void> {
-  const dispatcher = new TargetDispatcher()
+  const dispatcher = new CallDispatcher()
   // Retries are off: reply-from would otherwise retry a GET on 503 up to ten times.
   await app.register(replyFrom, { undici: dispatcher as never, disableRequestLogging: true, disableCache: true })
   app.decorateRequest('target', null)
@@ -45,12 +46,11 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
 
   const trusted = compileTrust(opts.trustProxy)
   const tooLarge = new WeakMap<FastifyRequest, number>()
-  const fromOptions = new WeakMap<CompiledUpstream, FastifyReplyFromHooks & { timeout: number, retryDelay: () => null }>()
+  const fromOptions = new WeakMap<CompiledUpstream, FastifyReplyFromHooks & { retryDelay: () => null }>()
   const optionsFor = (upstream: CompiledUpstream) => {
     let options = fromOptions.get(upstream)
     if (options === undefined) {
       options = {
-        timeout: upstream.requestTimeoutMs,
         retryDelay: () => null,
         // reply-from types its hooks for HTTP/2 too; this server is HTTP/1.1 only.
         rewriteRequestHeaders: (request, headers) => upstreamRequestHeaders(request as FastifyRequest, headers, trusted),
@@ -82,25 +82,67 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
     }
 
     const upstream = route.upstream
-    const target = selectTarget(upstream.targets, upstream.totalWeight)
-    if (target === undefined) {
-      reply.header('retry-after', RETRY_AFTER_SATURATED)
-      throw new UpstreamSaturatedError(upstream.name)
-    }
-    target.inFlight++
-    request.target = target
-    // 'close' fires once the response is finished or the client has gone, whichever comes first.
-    reply.raw.once('close', () => { target.inFlight-- })
+    const first = selectTarget(upstream.targets, upstream.totalWeight)
+    if (first === undefined) throw unavailable(upstream, reply)
 
+    // 'close' before the response finished: the client left. Cancel whatever try is running.
+    const cancel = new AbortController()
+    reply.raw.once('close', () => { if (!reply.raw.writableFinished) cancel.abort() })
     const forward = route.rewritePrefix === undefined ? path : rewrite(route.rewritePrefix, path.slice(route.prefixLength))
-    dispatcher.use(target.pool, q === -1 ? forward : forward + url.slice(q))
-    return reply.from(target.origin + '/', optionsFor(upstream))
+    const start = (replay: Buffer | undefined, replayable: boolean): void => {
+      dispatcher.use(new UpstreamCall({
+        upstream,
+        first,
+        request,
+        path: q === -1 ? forward : forward + url.slice(q),
+        replay,
+        replayable,
+        signal: cancel.signal,
+        observer: app.upstreamObserver
+      }))
+      reply.from(first.origin + '/', optionsFor(upstream))
+    }
+
+    const body = request.body as Readable | undefined
+    if (body === undefined) {
+      start(undefined, true)
+    } else if (declared !== undefined && Number(declared) <= upstream.retry.bufferBody && upstream.retry.attempts > 0) {
+      // Small enough to keep: a retry can send it again.
+      readAll(body).then(buffer => start(buffer, true), err => reply.send(err))
+    } else {
+      // Streamed: it cannot be sent twice, so it is never retried.
+      start(undefined, false)
+    }
+    return reply
   }
 
   app.route({ method: HTTP_METHODS as string[], url: '/*', handler: proxy })
   app.route({ method: HTTP_METHODS as string[], url: '/', handler: proxy })
   app.setNotFoundHandler((request, reply) => {
     reply.send(new RouteNotFoundError(request.method, request.url.split('?')[0] ?? ''))
+  })
+}
+
+/** 503 when no target admits a request: saturated, or every breaker open (then Retry-After says until the next probe). */
+function unavailable (upstream: CompiledUpstream, reply: FastifyReply): Error {
+  let soonest = Infinity
+  for (const t of upstream.targets) {
+    if (t.breaker.state !== 'open') {
+      reply.header('retry-after', RETRY_AFTER_SATURATED)
+      return new UpstreamSaturatedError(upstream.name)
+    }
+    soonest = Math.min(soonest, t.breaker.retryAfterMs())
+  }
+  reply.header('retry-after', String(Math.max(1, Math.ceil(soonest / 1000))))
+  return new UpstreamUnavailableError(upstream.name)
+}
+
+function readAll (stream: Readable): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    stream.on('data', (chunk: Buffer) => chunks.push(chunk))
+    stream.once('end', () => resolve(Buffer.concat(chunks)))
+    stream.once('error', reject)
   })
 }
 
@@ -111,7 +153,13 @@ function upstreamError (reply: FastifyReply, upstream: CompiledUpstream, error: 
     reply.header('connection', 'close')
     return new BodyTooLargeError(limit, { cause: error })
   }
-  const code = (error.cause as { code?: string } | undefined)?.code ?? (error as { code?: string }).code ?? ''
+  const cause = error.cause as { code?: string } | undefined
+  // The call's own errors (no target left to retry on) are already ours.
+  if (cause instanceof UpstreamUnavailableError || cause instanceof UpstreamSaturatedError) {
+    reply.header('retry-after', RETRY_AFTER_SATURATED)
+    return cause
+  }
+  const code = cause?.code ?? (error as { code?: string }).code ?? ''
   const where = `${upstream.name} (${request.target?.origin ?? '?'})`
   if (UNREACHABLE.has(code)) return new UpstreamUnreachableError(where, { cause: error })
   if (TIMEOUT.has(code)) return new UpstreamTimeoutError(where, { cause: error })
@@ -147,4 +195,4 @@ function limitBody (limit: number, onExceeded: () => void): Transform {
   })
 }
 
-export default fp(proxyPlugin, { name: 'gatehouse-proxy', fastify: '5.x', dependencies: ['gatehouse-route-table'] })
+export default fp(proxyPlugin, { name: 'gatehouse-proxy', fastify: '5.x', dependencies: ['gatehouse-route-table', 'gatehouse-observability'] })

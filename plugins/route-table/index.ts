@@ -4,6 +4,7 @@ import { watch, type FSWatcher } from 'node:fs'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
 import { loadRouteDirStrict, readRouteDir, resolveRouteFiles, type AcceptedFile } from '../../src/config/route-dir.js'
+import type { TargetTransitionListener } from '../../src/upstream/target.js'
 import { buildRouteTable, type RouteTable } from './route-table.js'
 
 export interface RouteTableOptions {
@@ -38,8 +39,11 @@ declare module 'fastify' {
 }
 
 async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions): Promise<void> {
+  const onTransition: TargetTransitionListener = (target, from, to, cause) => {
+    app.log[to === 'open' ? 'warn' : 'info']({ upstream: target.upstream, target: target.origin, from, to, cause }, 'circuit breaker state changed')
+  }
   let accepted: Map<string, AcceptedFile> = await loadRouteDirStrict(opts.routesDir)
-  let table = buildRouteTable(configsOf(accepted), opts.defaultBodyLimit).table
+  let table = buildRouteTable(configsOf(accepted), opts.defaultBodyLimit, undefined, onTransition).table
   const reloads = { success: 0, failure: 0 }
   app.log.info({ version: table.version, files: [...accepted.keys()] }, 'route table loaded')
   if (accepted.size === 0) app.log.warn({ routesDir: opts.routesDir }, 'no route files: every request will get 404')
@@ -53,7 +57,7 @@ async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions):
     const failures = [...read.failures, ...resolution.failures]
     const applied = [...resolution.accepted.keys()].filter(f => accepted.get(f) !== resolution.accepted.get(f))
     const removedFiles = [...accepted.keys()].filter(f => !resolution.accepted.has(f))
-    const built = buildRouteTable(configsOf(resolution.accepted), opts.defaultBodyLimit, table)
+    const built = buildRouteTable(configsOf(resolution.accepted), opts.defaultBodyLimit, table, onTransition)
     // The swap: one assignment. A request reads `table` once, so it never sees half a reload.
     table = built.table
     accepted = resolution.accepted

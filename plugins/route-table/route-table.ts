@@ -1,7 +1,8 @@
 // The compiled route table: built once per load or reload, never changed after, swapped whole.
 import FindMyWay, { type HTTPVersion, type Instance } from 'find-my-way'
 import { HTTP_METHODS, type UpstreamConfig } from '../../src/config/route-file.js'
-import { Target } from '../../src/upstream/target.js'
+import { RetryBudget, type RetryOptions } from '../../src/upstream/retry.js'
+import { Target, type TargetTransitionListener } from '../../src/upstream/target.js'
 
 export interface CompiledUpstream {
   readonly name: string
@@ -9,6 +10,12 @@ export interface CompiledUpstream {
   readonly targets: readonly Target[]
   readonly totalWeight: number
   readonly requestTimeoutMs: number
+  readonly idleTimeoutMs: number
+  readonly retry: RetryOptions
+  /** Upstream statuses that count as breaker failures. */
+  readonly failureStatuses: ReadonlySet<number>
+  /** Kept across reloads, like targets: it counts requests in progress. */
+  readonly budget: RetryBudget
 }
 
 export interface CompiledRoute {
@@ -45,15 +52,18 @@ export interface BuildResult {
  * Compiles upstream configs into a radix router. Targets whose identity is unchanged since
  * `previous` are carried over with their pool and in-flight count.
  */
-export function buildRouteTable (configs: readonly UpstreamConfig[], defaultBodyLimit: number, previous?: RouteTable): BuildResult {
+export function buildRouteTable (configs: readonly UpstreamConfig[], defaultBodyLimit: number, previous?: RouteTable, onTransition?: TargetTransitionListener): BuildResult {
   const router = FindMyWay({ caseSensitive: true, ignoreTrailingSlash: false, ignoreDuplicateSlashes: false })
   const targets = new Map<string, Target>()
   const upstreams: CompiledUpstream[] = []
   for (const config of configs) {
     const upstreamTargets = config.targets.map(t => {
-      const options = { upstream: config.name, origin: t.origin, maxConnections: t.maxConnections, weight: t.weight, connectTimeoutMs: config.timeouts.connectMs }
+      const options = { upstream: config.name, origin: t.origin, maxConnections: t.maxConnections, weight: t.weight, connectTimeoutMs: config.timeouts.connectMs, breaker: config.breaker }
       const key = Target.key(options)
-      const target = previous?.targets.get(key) ?? new Target(options)
+      const kept = previous?.targets.get(key)
+      // A kept target keeps its breaker state; only its settings change.
+      kept?.breaker.configure(config.breaker)
+      const target = kept ?? new Target(options, onTransition)
       target.weight = t.weight
       targets.set(key, target)
       return target
@@ -63,7 +73,11 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaultBody
       file: config.file,
       targets: Object.freeze(upstreamTargets),
       totalWeight: upstreamTargets.reduce((sum, t) => sum + t.weight, 0),
-      requestTimeoutMs: config.timeouts.requestMs
+      requestTimeoutMs: config.timeouts.requestMs,
+      idleTimeoutMs: config.timeouts.idleMs,
+      retry: config.retry,
+      failureStatuses: new Set(config.breaker.failureStatuses),
+      budget: budgetOf(previous, config)
     })
     upstreams.push(upstream)
     for (const route of config.routes) {
@@ -84,6 +98,12 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaultBody
   }
   const removed = previous === undefined ? [] : [...previous.targets].filter(([key]) => !targets.has(key)).map(([, t]) => t)
   return { table: new RouteTable((previous?.version ?? 0) + 1, upstreams, targets, router), removed }
+}
+
+function budgetOf (previous: RouteTable | undefined, config: UpstreamConfig): RetryBudget {
+  const budget = previous?.upstreams.find(u => u.name === config.name)?.budget ?? new RetryBudget(config.retry.budget)
+  budget.share = config.retry.budget
+  return budget
 }
 
 function noop (): void {}

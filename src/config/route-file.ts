@@ -3,6 +3,8 @@
 import Type, { type Static } from 'typebox'
 import Value from 'typebox/value'
 import YAML from 'yaml'
+import type { BreakerOptions } from '../upstream/breaker.js'
+import type { RetryOptions } from '../upstream/retry.js'
 import { Duration, Size, toBytes, toMs } from './units.js'
 import { schemaErrors } from './validate.js'
 
@@ -55,8 +57,34 @@ export const RouteFileSchema = Type.Object({
   routes: Type.Array(Route, { minItems: 1, description: 'Path rules that send requests to this upstream.' }),
   timeouts: Type.Optional(Type.Object({
     connect: Duration({ default: '2s', description: 'TCP/TLS connect timeout. Default 2s.' }),
-    request: Duration({ default: '30s', description: 'Time for the upstream to answer with headers, and longest silence while streaming its body. Default 30s.' })
-  }, { additionalProperties: false, default: {}, description: 'Upstream timeouts.' }))
+    request: Duration({ default: '30s', description: 'Per try: time for the upstream to answer with its headers. Default 30s.' }),
+    idle: Duration({ default: '30s', description: 'Longest silence while the upstream streams its body; the response is cut after it. Default 30s.' })
+  }, { additionalProperties: false, default: {}, description: 'Upstream timeouts.' })),
+  retry: Type.Optional(Type.Object({
+    attempts: Type.Integer({ minimum: 0, maximum: 10, default: 1, description: 'Retries after the first try; 0 disables. Default 1.' }),
+    backoff: Duration({ default: '25ms', description: 'Base of exponential backoff with full jitter. Default 25ms.' }),
+    maxBackoff: Duration({ default: '250ms', description: 'Cap of the backoff. Default 250ms.' }),
+    on: Type.Array(Type.Union([
+      Type.Literal('connect-failure'), Type.Literal('reset'), Type.Literal('timeout'), Type.Integer({ minimum: 500, maximum: 599 })
+    ], { errorMessage: 'must be connect-failure, reset, timeout or a status from 500 to 599' }), {
+      uniqueItems: true, default: ['connect-failure', 'reset', 'timeout', 502, 503, 504], description: 'What is retried. Default [connect-failure, reset, timeout, 502, 503, 504].'
+    }),
+    budget: Type.Number({ minimum: 0, maximum: 1, default: 0.2, description: 'Retries in progress may be at most this share of requests in progress (at least 3). Default 0.2.' }),
+    bufferBody: Size({ default: '64kb', description: 'Request bodies up to this size are kept so a retry can send them again; larger or chunked bodies are never retried. Default 64kb.' })
+  }, { additionalProperties: false, default: {}, description: 'Retries: to another target where there is one. Connect failures are retried for any method; other failures only for GET, HEAD, OPTIONS, PUT, DELETE, TRACE.' })),
+  circuitBreaker: Type.Optional(Type.Object({
+    consecutiveFailures: Type.Integer({ minimum: 0, default: 5, description: 'Failures in a row that open a target\'s breaker; 0 turns this rule off. Default 5.' }),
+    failureRatio: Type.Number({ minimum: 0, maximum: 1, default: 0.5, description: 'Or: this share of requests failed within the window; 0 turns this rule off. Default 0.5.' }),
+    minRequests: Type.Integer({ minimum: 1, default: 20, description: '... among at least this many requests. Default 20.' }),
+    window: Duration({ default: '10s', description: 'Sliding window of the ratio rule. Default 10s.' }),
+    openFor: Duration({ default: '5s', description: 'Time open before a probe is let through; doubles on each consecutive re-open. Default 5s.' }),
+    maxOpenFor: Type.Optional(Duration({ description: 'Cap of the doubling. Default: openFor.' })),
+    halfOpenProbes: Type.Integer({ minimum: 1, default: 1, description: 'Concurrent trial requests while half-open. Default 1.' }),
+    closeAfter: Type.Integer({ minimum: 1, default: 2, description: 'Successful probes that close the breaker. Default 2.' }),
+    failureStatuses: Type.Array(Type.Integer({ minimum: 500, maximum: 599 }), {
+      uniqueItems: true, default: [502, 503, 504], description: 'Upstream statuses that count as failures (connect errors, resets and timeouts always do). Default [502, 503, 504].'
+    })
+  }, { additionalProperties: false, default: {}, description: 'One breaker per target: an open target gets no traffic.' }))
 }, {
   additionalProperties: false,
   $id: 'https://gatehouse.dev/schema/route-file.schema.json',
@@ -90,7 +118,9 @@ export interface UpstreamConfig {
   file: string
   targets: TargetConfig[]
   routes: RouteConfig[]
-  timeouts: { connectMs: number, requestMs: number }
+  timeouts: { connectMs: number, requestMs: number, idleMs: number }
+  retry: RetryOptions
+  breaker: BreakerOptions & { failureStatuses: number[] }
 }
 
 /** A route file that cannot be used, with one line per problem. */
@@ -141,7 +171,17 @@ export function parseRouteFile (file: string, text: string): UpstreamConfig {
       rewritePrefix: r.rewritePrefix,
       bodyLimit: r.bodyLimit === undefined ? undefined : toBytes(r.bodyLimit)
     })),
-    timeouts: { connectMs: toMs(raw.timeouts?.connect ?? '2s'), requestMs: toMs(raw.timeouts?.request ?? '30s') }
+    // Default() has filled every key that has a default, nested objects included.
+    timeouts: { connectMs: toMs(raw.timeouts!.connect), requestMs: toMs(raw.timeouts!.request), idleMs: toMs(raw.timeouts!.idle) },
+    retry: {
+      attempts: raw.retry!.attempts,
+      backoffMs: toMs(raw.retry!.backoff),
+      maxBackoffMs: toMs(raw.retry!.maxBackoff),
+      on: raw.retry!.on,
+      budget: raw.retry!.budget,
+      bufferBody: toBytes(raw.retry!.bufferBody)
+    },
+    breaker: breakerOptions(raw.circuitBreaker!)
   }
   const semantic = checkUpstream(upstream)
   if (semantic.length > 0) throw new RouteFileError(file, semantic)
@@ -181,6 +221,21 @@ export function routeClaims (route: RouteConfig): string[] {
     for (const host of route.hosts ?? ['*']) claims.push(`${method} ${host} ${route.path}`)
   }
   return claims
+}
+
+function breakerOptions (raw: NonNullable<RawRouteFile['circuitBreaker']>): UpstreamConfig['breaker'] {
+  const openForMs = toMs(raw.openFor)
+  return {
+    consecutiveFailures: raw.consecutiveFailures,
+    failureRatio: raw.failureRatio,
+    minRequests: raw.minRequests,
+    windowMs: toMs(raw.window),
+    openForMs,
+    maxOpenForMs: raw.maxOpenFor === undefined ? openForMs : toMs(raw.maxOpenFor),
+    halfOpenProbes: raw.halfOpenProbes,
+    closeAfter: raw.closeAfter,
+    failureStatuses: raw.failureStatuses
+  }
 }
 
 function defaultName (file: string): string {

@@ -5,6 +5,8 @@ export interface Selectable {
   inFlight: number
   maxConnections: number
   weight: number
+  /** Not full, and its breaker lets a request through. */
+  admits: () => boolean
 }
 
 /** Load relative to the target's share: saturation divided by weight. Lower is better. */
@@ -13,31 +15,35 @@ function load (t: Selectable): number {
 }
 
 /**
- * Picks the target for one request, or undefined when every target is full.
+ * Picks the target for one try, or undefined when no target admits a request.
  *
  * Two candidates are drawn at random, each with probability proportional to its weight; the
- * less loaded one that is not full wins (ties go to the first draw). If both are full, a scan
- * finds the least loaded target that is not, so a free target is never missed.
- * `random` returns [0, 1), injected so tests are deterministic.
+ * less loaded one that admits wins (ties go to the first draw). If neither admits, a scan finds
+ * the least loaded target that does, so a free target is never missed. Targets in `exclude`
+ * (already tried by this request) do not count. `random` returns [0, 1), injected so tests are
+ * deterministic.
  */
-export function selectTarget<T extends Selectable> (targets: readonly T[], totalWeight: number, random: () => number = Math.random): T | undefined {
+export function selectTarget<T extends Selectable> (targets: readonly T[], totalWeight: number, random: () => number = Math.random, exclude?: ReadonlySet<T>): T | undefined {
   const n = targets.length
+  const usable = exclude === undefined || exclude.size === 0
+    ? (t: T) => t.admits()
+    : (t: T) => !exclude.has(t) && t.admits()
   if (n === 1) {
     const only = targets[0] as T
-    return only.inFlight < only.maxConnections ? only : undefined
+    return usable(only) ? only : undefined
   }
   const a = draw(targets, totalWeight, random())
   let b = draw(targets, totalWeight, random())
   // A second draw of the same target would waste the choice: take its neighbour instead.
   if (b === a) b = targets[(targets.indexOf(a) + 1) % n] as T
-  const aFree = a.inFlight < a.maxConnections
-  const bFree = b.inFlight < b.maxConnections
+  const aFree = usable(a)
+  const bFree = usable(b)
   if (aFree && bFree) return load(b) < load(a) ? b : a
   if (aFree) return a
   if (bFree) return b
   let best: T | undefined
   for (const t of targets) {
-    if (t.inFlight < t.maxConnections && (best === undefined || load(t) < load(best))) best = t
+    if (usable(t) && (best === undefined || load(t) < load(best))) best = t
   }
   return best
 }

@@ -1,5 +1,6 @@
-// One origin of an upstream service: its connection pool and how loaded it is.
+// One origin of an upstream service: its connection pool, its load and its breaker.
 import { Pool } from 'undici'
+import { CircuitBreaker, type BreakerOptions, type BreakerState } from './breaker.js'
 
 export interface TargetOptions {
   upstream: string
@@ -7,7 +8,10 @@ export interface TargetOptions {
   maxConnections: number
   weight: number
   connectTimeoutMs: number
+  breaker: BreakerOptions
 }
+
+export type TargetTransitionListener = (target: Target, from: BreakerState, to: BreakerState, cause: string) => void
 
 export class Target {
   readonly upstream: string
@@ -17,17 +21,23 @@ export class Target {
   /** Requests sent to this target whose response has not finished. */
   inFlight = 0
   readonly pool: Pool
+  readonly breaker: CircuitBreaker
+  /** Breaker transitions since start, by the state entered (for metrics). */
+  readonly transitions: Record<BreakerState, number> = { closed: 0, open: 0, 'half-open': 0 }
 
-  constructor (options: TargetOptions) {
+  constructor (options: TargetOptions, onTransition: TargetTransitionListener = () => {}) {
     this.upstream = options.upstream
     this.origin = options.origin
     this.maxConnections = options.maxConnections
     this.weight = options.weight
-    // The pool never opens more sockets than the cap, even if a client left early and its
-    // request is still running upstream.
+    // The pool never opens more sockets than the cap.
     this.pool = new Pool(options.origin, {
       connections: options.maxConnections,
       connect: { timeout: options.connectTimeoutMs }
+    })
+    this.breaker = new CircuitBreaker(options.breaker, (from, to, cause) => {
+      this.transitions[to]++
+      onTransition(this, from, to, cause)
     })
   }
 
@@ -41,7 +51,8 @@ export class Target {
     return this.inFlight / this.maxConnections
   }
 
-  get full (): boolean {
-    return this.inFlight >= this.maxConnections
+  /** Not full, and its breaker lets a request through. */
+  admits (): boolean {
+    return this.inFlight < this.maxConnections && this.breaker.admits()
   }
 }

@@ -1,0 +1,181 @@
+// One client request's way to an upstream: a series of tries, each to a target chosen when it
+// starts, with backoff, the retry budget and the targets' breakers deciding. @fastify/reply-from
+// sees a single dispatch; it writes the final response (its own retries are off).
+import type { FastifyRequest } from 'fastify'
+import type { Dispatcher } from 'undici'
+import { UpstreamUnavailableError } from '../../src/errors.js'
+import { backoffMs, retryable, retryAfterMs, type TryFailure } from '../../src/upstream/retry.js'
+import { selectTarget } from '../../src/upstream/select.js'
+import type { Target } from '../../src/upstream/target.js'
+import type { CompiledUpstream } from '../route-table/route-table.js'
+
+/** How one try ended. */
+export type TryOutcome = 'ok' | 'bad-status' | TryFailure | 'aborted'
+
+/** Where tries and retries are counted (metrics). */
+export interface CallObserver {
+  tryFinished: (target: Target, outcome: TryOutcome, statusCode: number | undefined, seconds: number) => void
+  retried: (upstream: string, reason: string) => void
+}
+
+type Callback = (err: Error | null, data: Dispatcher.ResponseData) => void
+
+// undici error codes by what they mean for a retry. A connect failure never reached the upstream.
+const CONNECT_FAILURE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT'])
+const TIMEOUT = new Set(['UND_ERR_HEADERS_TIMEOUT'])
+const ABORTED = new Set(['UND_ERR_ABORTED', 'ABORT_ERR'])
+
+function classify (err: Error & { code?: string }): TryFailure | 'aborted' {
+  const code = err.code ?? ''
+  if (CONNECT_FAILURE.has(code)) return 'connect-failure'
+  if (TIMEOUT.has(code)) return 'timeout'
+  if (ABORTED.has(code) || err.name === 'AbortError') return 'aborted'
+  return 'reset'
+}
+
+export interface CallOptions {
+  upstream: CompiledUpstream
+  /** The target of the first try, already selected (so "none available" is answered before any proxying). */
+  first: Target
+  /** The client request: its method, its logger; `target` is set to each try's target. */
+  request: FastifyRequest
+  /** Normalised, rewritten path with the query string. */
+  path: string
+  /** The request body kept for replay; undefined when there is none or it is streamed. */
+  replay: Buffer | undefined
+  /** Whether a try may be repeated at all (false for a streamed body). */
+  replayable: boolean
+  /** Aborted when the client goes away: cancels the try in progress, whatever its phase. */
+  signal: AbortSignal
+  observer: CallObserver
+  random?: () => number
+}
+
+export class UpstreamCall {
+  private readonly tried = new Set<Target>()
+  private readonly startedAt = Date.now()
+  private tries = 0
+  private done = false
+
+  constructor (private readonly o: CallOptions) {}
+
+  /** Runs the tries; `callback` gets the final response or the last error. */
+  run (options: Dispatcher.RequestOptions, callback: Callback): void {
+    const { upstream, first, random } = this.o
+    upstream.budget.active++
+    // After a wait for the body the first choice may have filled up or tripped: choose again.
+    const target = first.admits() ? first : selectTarget(upstream.targets, upstream.totalWeight, random)
+    if (target === undefined) {
+      this.finish(callback, new UpstreamUnavailableError(upstream.name))
+      return
+    }
+    this.attempt(options, callback, target, false)
+  }
+
+  private attempt (options: Dispatcher.RequestOptions, callback: Callback, target: Target, isRetry: boolean): void {
+    const { upstream, signal, observer } = this.o
+    const probe = target.breaker.acquire()
+    this.tries++
+    this.tried.add(target)
+    this.o.request.target = target
+    target.inFlight++
+    const began = performance.now()
+    const tryOptions = {
+      ...options,
+      path: this.o.path,
+      body: this.o.replay ?? options.body,
+      signal,
+      headersTimeout: upstream.requestTimeoutMs,
+      bodyTimeout: upstream.idleTimeoutMs
+    }
+    target.pool.request(tryOptions, (err, data) => {
+      const seconds = (performance.now() - began) / 1000
+      if (isRetry) upstream.budget.retrying--
+      if (err !== null) {
+        target.inFlight--
+        const why = signal.aborted ? 'aborted' : classify(err)
+        observer.tryFinished(target, why, undefined, seconds)
+        if (why === 'aborted') {
+          target.breaker.release(probe)
+          this.finish(callback, err)
+          return
+        }
+        target.breaker.record(probe, false, why)
+        this.next(options, callback, why, err, undefined)
+        return
+      }
+      const status = data.statusCode
+      const failed = upstream.failureStatuses.has(status)
+      target.breaker.record(probe, !failed, `status ${status}`)
+      observer.tryFinished(target, failed ? 'bad-status' : 'ok', status, seconds)
+      // The target stays busy until its body is over (or cut).
+      data.body.once('close', () => { target.inFlight-- })
+      this.next(options, callback, status, null, data)
+    })
+  }
+
+  /** After a try: retry it, or hand the outcome to reply-from. */
+  private next (options: Dispatcher.RequestOptions, callback: Callback, why: TryFailure | number, err: Error | null, data: Dispatcher.ResponseData | undefined): void {
+    const delay = this.retryDelay(why, data)
+    if (delay === undefined) {
+      if (data === undefined) {
+        this.finish(callback, err as Error)
+        return
+      }
+      data.body.once('close', () => this.settle())
+      callback(null, data)
+      return
+    }
+    const { upstream, observer, request, random } = this.o
+    // The failed response is not needed: read it out so its connection can be reused.
+    if (data !== undefined) data.body.dump().catch(() => {})
+    upstream.budget.retrying++
+    observer.retried(upstream.name, String(why))
+    request.log.debug({ upstream: upstream.name, reason: why, retry: this.tries, delayMs: delay }, 'retrying upstream request')
+    setTimeout(() => {
+      if (this.o.signal.aborted) {
+        upstream.budget.retrying--
+        this.finish(callback, this.o.signal.reason as Error)
+        return
+      }
+      // Another target where there is one; the same one only when it is the only one left.
+      const target = selectTarget(upstream.targets, upstream.totalWeight, random, this.tried) ??
+        selectTarget(upstream.targets, upstream.totalWeight, random)
+      if (target === undefined) {
+        upstream.budget.retrying--
+        this.finish(callback, err ?? new UpstreamUnavailableError(upstream.name))
+        return
+      }
+      this.attempt(options, callback, target, true)
+    }, delay).unref()
+  }
+
+  /** Milliseconds to wait before the next try, or undefined when there is none. */
+  private retryDelay (why: TryFailure | number, data: Dispatcher.ResponseData | undefined): number | undefined {
+    const { upstream, request, replayable, signal, random } = this.o
+    const retry = upstream.retry
+    if (this.tries > retry.attempts || !replayable || signal.aborted) return undefined
+    if (!retryable(request.method, why, retry.on)) return undefined
+    if (!upstream.budget.allows()) {
+      upstream.budget.denied++
+      return undefined
+    }
+    const delay = backoffMs(this.tries, retry, random)
+    if (why !== 503 || data === undefined) return delay
+    // Honour the upstream's Retry-After when it fits the time this request has left.
+    const after = retryAfterMs(data.headers['retry-after'])
+    if (after === undefined) return delay
+    return after <= upstream.requestTimeoutMs - (Date.now() - this.startedAt) ? after : undefined
+  }
+
+  private finish (callback: Callback, err: Error): void {
+    this.settle()
+    callback(err, undefined as unknown as Dispatcher.ResponseData)
+  }
+
+  private settle (): void {
+    if (this.done) return
+    this.done = true
+    this.o.upstream.budget.active--
+  }
+}
