@@ -4,7 +4,11 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fastifyMetrics from 'fastify-metrics'
 import fp from 'fastify-plugin'
+import type { Counter, Histogram } from 'prom-client'
+import type { Target } from '../../src/upstream/target.js'
 import type { CallObserver } from '../proxy/upstream-call.js'
+
+const STATUS_CLASSES = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx']
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -114,11 +118,29 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
     labelNames: ['upstream', 'target', 'status_class'],
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
   })
+  // Label lookups hash their values on every call: keep each target's series at hand instead.
+  const series = new WeakMap<Target, { requests: Map<string, Counter.Internal>, durations: Map<string, Histogram.Internal<string>> }>()
   app.decorate('upstreamObserver', {
     tryFinished (target, outcome, statusCode, seconds) {
+      let own = series.get(target)
+      if (own === undefined) {
+        own = { requests: new Map(), durations: new Map() }
+        series.set(target, own)
+      }
       const labels = { upstream: target.upstream, target: target.origin }
-      requests.inc({ ...labels, outcome })
-      durations.observe({ ...labels, status_class: statusCode === undefined ? 'error' : `${Math.floor(statusCode / 100)}xx` }, seconds)
+      let counter = own.requests.get(outcome)
+      if (counter === undefined) {
+        counter = requests.labels({ ...labels, outcome })
+        own.requests.set(outcome, counter)
+      }
+      counter.inc()
+      const statusClass = statusCode === undefined ? 'error' : STATUS_CLASSES[Math.floor(statusCode / 100)] ?? 'error'
+      let histogram = own.durations.get(statusClass)
+      if (histogram === undefined) {
+        histogram = durations.labels({ ...labels, status_class: statusClass })
+        own.durations.set(statusClass, histogram)
+      }
+      histogram.observe(seconds)
     },
     retried (upstream, reason) {
       retries.inc({ upstream, reason })

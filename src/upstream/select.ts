@@ -25,27 +25,28 @@ function load (t: Selectable): number {
  */
 export function selectTarget<T extends Selectable> (targets: readonly T[], totalWeight: number, random: () => number = Math.random, exclude?: ReadonlySet<T>): T | undefined {
   const n = targets.length
-  const usable = exclude === undefined || exclude.size === 0
-    ? (t: T) => t.admits()
-    : (t: T) => !exclude.has(t) && t.admits()
   if (n === 1) {
     const only = targets[0] as T
-    return usable(only) ? only : undefined
+    return usable(only, exclude) ? only : undefined
   }
   const a = draw(targets, totalWeight, random())
   let b = draw(targets, totalWeight, random())
   // A second draw of the same target would waste the choice: take its neighbour instead.
   if (b === a) b = targets[(targets.indexOf(a) + 1) % n] as T
-  const aFree = usable(a)
-  const bFree = usable(b)
+  const aFree = usable(a, exclude)
+  const bFree = usable(b, exclude)
   if (aFree && bFree) return load(b) < load(a) ? b : a
   if (aFree) return a
   if (bFree) return b
   let best: T | undefined
   for (const t of targets) {
-    if (usable(t) && (best === undefined || load(t) < load(best))) best = t
+    if (usable(t, exclude) && (best === undefined || load(t) < load(best))) best = t
   }
   return best
+}
+
+function usable<T extends Selectable> (t: T, exclude: ReadonlySet<T> | undefined): boolean {
+  return (exclude === undefined || !exclude.has(t)) && t.admits()
 }
 
 function draw<T extends Selectable> (targets: readonly T[], totalWeight: number, r: number): T {
