@@ -2,7 +2,7 @@ import { strict as assert } from 'node:assert'
 import http from 'node:http'
 import { test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { removeDir, removeRoute, routeDir, routeFile, startGateway, startUpstream, writeRoutes, type GatewayProcess } from './helpers.js'
+import { closedPort, removeDir, removeRoute, routeDir, routeFile, startGateway, startUpstream, writeRoutes, type GatewayProcess } from './helpers.js'
 
 const reloaded = (version: number) => (l: Record<string, unknown>) => l.msg === 'route table reloaded' && l.version === version
 
@@ -235,4 +235,28 @@ test('SIGTERM with a request that outlasts SHUTDOWN_TIMEOUT: connections are clo
   await gw.waitForLog(l => l.msg === 'shutdown timeout: closing the connections still open')
   assert.equal(await gw.exit, 1)
   assert.equal(await inFlight, 'closed')
+})
+
+test('breaker state survives a reload for an unchanged target', async t => {
+  const live = await startUpstream()
+  t.after(() => live.close())
+  const dead = `http://127.0.0.1:${await closedPort()}`
+  const breaker = 'circuitBreaker:\n  consecutiveFailures: 2\n  openFor: 1m\n'
+  const dir = await routeDir({ 'svc.yaml': routeFile([live.url, dead], ['/svc'], breaker) })
+  t.after(() => removeDir(dir))
+  const gw = await startGateway(dir, { WATCH_ROUTES: 'false' })
+  t.after(() => gw.stop())
+
+  const state = `circuit_breaker_state{upstream="svc",target="${dead}"}`
+  for (let i = 0; i < 20 && await metric(gw, state) !== 1; i++) assert.equal(await status(`${gw.url}/svc`), 200)
+  assert.equal(await metric(gw, state), 1, 'the dead target opened')
+
+  await writeRoutes(dir, { 'svc.yaml': routeFile([live.url, dead], ['/svc', '/more'], breaker) })
+  gw.signal('SIGUSR1')
+  await gw.waitForLog(reloaded(2))
+  assert.equal(await metric(gw, state), 1, 'still open after the reload')
+  const before = live.requests.length
+  for (let i = 0; i < 10; i++) assert.equal(await status(`${gw.url}/more`), 200)
+  assert.equal(live.requests.length - before, 10, 'the open target got nothing')
+  assert.equal(await metric(gw, `upstream_requests_total{upstream="svc",target="${dead}",outcome="connect-failure"}`), 2)
 })
