@@ -547,9 +547,13 @@ test('gateway with default settings', { timeout: 60_000 }, async t => {
     assert.ok(reset.requests.length >= 1)
   })
 
-  await t.test('upstream that never answers, with timeouts.request 300ms: 504 GATEHOUSE_ERR_UPSTREAM_TIMEOUT', SUBTEST, async () => {
+  await t.test('upstream that never answers, with timeouts.request 300ms: GET tried twice (default retry.attempts 1), then 504 GATEHOUSE_ERR_UPSTREAM_TIMEOUT; POST tried once', SUBTEST, async () => {
     assertError(await send(gw, '/hang/x'), 504, 'GATEHOUSE_ERR_UPSTREAM_TIMEOUT')
-    assert.equal(hang.requests.length, 1)
+    // One try and one retry on the only target, each timed out: no more.
+    assert.deepEqual(hang.requests.map(r => `${r.method} ${r.url}`), ['GET /hang/x', 'GET /hang/x'])
+    // A timed-out POST may have reached the upstream: not idempotent, so never sent twice.
+    assertError(await send(gw, '/hang/y', { method: 'POST', body: 'once' }), 504, 'GATEHOUSE_ERR_UPSTREAM_TIMEOUT')
+    assert.deepEqual(hang.requests.slice(2).map(r => `${r.method} ${r.url} ${r.body}`), ['POST /hang/y once'])
   })
 })
 

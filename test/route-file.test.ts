@@ -95,11 +95,41 @@ test('every option set: values, units and method lists kept', () => {
     'timeouts:',
     '  connect: 500ms',
     '  request: 1m',
+    '  idle: 2.5s',
+    'retry:',
+    '  attempts: 3',
+    '  backoff: 10ms',
+    '  maxBackoff: 1s',
+    '  on: [connect-failure, 503, 500]',
+    '  budget: 0.5',
+    '  bufferBody: 1mb',
+    'circuitBreaker:',
+    '  consecutiveFailures: 0',
+    '  failureRatio: 0.25',
+    '  minRequests: 4',
+    '  window: 1m',
+    '  openFor: 2s',
+    '  maxOpenFor: 1h',
+    '  halfOpenProbes: 3',
+    '  closeAfter: 5',
+    '  failureStatuses: [500, 503]',
     ''
   ].join('\n'))
   assert.deepEqual(config.targets, [{ url: 'https://10.0.0.5:9001', origin: 'https://10.0.0.5:9001', maxConnections: 7, weight: 2.5 }])
   assert.deepEqual(config.routes, [{ path: '/api/users', methods: ['GET', 'POST'], hosts: ['api.example.com'], rewritePrefix: '', bodyLimit: 512 * 1024 }])
-  assert.deepEqual(config.timeouts, { connectMs: 500, requestMs: 60_000 })
+  assert.deepEqual(config.timeouts, { connectMs: 500, requestMs: 60_000, idleMs: 2500 })
+  assert.deepEqual(config.retry, { attempts: 3, backoffMs: 10, maxBackoffMs: 1000, on: ['connect-failure', 503, 500], budget: 0.5, bufferBody: 1024 ** 2 })
+  assert.deepEqual(config.breaker, {
+    consecutiveFailures: 0,
+    failureRatio: 0.25,
+    minRequests: 4,
+    windowMs: 60_000,
+    openForMs: 2000,
+    maxOpenForMs: 3_600_000,
+    halfOpenProbes: 3,
+    closeAfter: 5,
+    failureStatuses: [500, 503]
+  })
 })
 
 test('unknown key maxConn under a target: refused at /targets/0/maxConn, listing the allowed keys', () => {
@@ -110,7 +140,7 @@ test('unknown key maxConn under a target: refused at /targets/0/maxConn, listing
 test('unknown top-level key (route instead of routes): both the typo and the missing key reported', () => {
   const err = refused('users.yaml', 'targets:\n  - url: http://127.0.0.1:9001\nroute:\n  - path: /api\n')
   assert.deepEqual(err.problems.sort(), [
-    '/route: unknown key (allowed: $schema, name, targets, routes, timeouts)',
+    '/route: unknown key (allowed: $schema, name, targets, routes, timeouts, retry, circuitBreaker)',
     '/routes: is required'
   ])
 })
@@ -133,13 +163,13 @@ test('maxConnections 0 and weight 0: refused at their field paths', () => {
 })
 
 test('durations 500ms, 2s, 1m and 1500 (milliseconds) accepted', () => {
-  const cases: Array<[string, string, number, number]> = [['500ms', '2s', 500, 2000], ['1500', '1m', 1500, 60_000]]
-  for (const [connect, request, connectMs, requestMs] of cases) {
-    const config = parseRouteFile('users.yaml', yaml({ top: `timeouts:\n  connect: ${connect}\n  request: ${request}\n` }))
-    assert.deepEqual(config.timeouts, { connectMs, requestMs })
+  const cases: Array<[string, string, string, number, number, number]> = [['500ms', '2s', '1m', 500, 2000, 60_000], ['1500', '1m', '0.5s', 1500, 60_000, 500]]
+  for (const [connect, request, idle, connectMs, requestMs, idleMs] of cases) {
+    const config = parseRouteFile('users.yaml', yaml({ top: `timeouts:\n  connect: ${connect}\n  request: ${request}\n  idle: ${idle}\n` }))
+    assert.deepEqual(config.timeouts, { connectMs, requestMs, idleMs })
   }
-  // Only one given: the other keeps its default.
-  assert.deepEqual(parseRouteFile('users.yaml', yaml({ top: 'timeouts:\n  request: 5s\n' })).timeouts, { connectMs: 2000, requestMs: 5000 })
+  // Only one given: the others keep their defaults.
+  assert.deepEqual(parseRouteFile('users.yaml', yaml({ top: 'timeouts:\n  request: 5s\n' })).timeouts, { connectMs: 2000, requestMs: 5000, idleMs: 30_000 })
 })
 
 test('bad duration (2 seconds): refused with the duration forms', () => {
@@ -290,4 +320,73 @@ test('a route on /health, /ready or /metrics is refused: the gateway answers tho
     assert.deepEqual(err.problems, [`/routes/0/path: ${path} is served by the gateway itself`])
   }
   assert.equal(parseRouteFile('ops.yaml', yaml({ path: '/health/deep' })).routes[0]?.path, '/health/deep')
+})
+
+const RETRY_DEFAULTS = { attempts: 1, backoffMs: 25, maxBackoffMs: 250, on: ['connect-failure', 'reset', 'timeout', 502, 503, 504], budget: 0.2, bufferBody: 65_536 }
+const BREAKER_DEFAULTS = {
+  consecutiveFailures: 5,
+  failureRatio: 0.5,
+  minRequests: 20,
+  windowMs: 10_000,
+  openForMs: 5000,
+  maxOpenForMs: 5000,
+  halfOpenProbes: 1,
+  closeAfter: 2,
+  failureStatuses: [502, 503, 504]
+}
+
+test('retry and circuitBreaker: absent or empty, every key gets its default; one key set leaves the others at default', () => {
+  for (const top of ['', 'retry: {}\ncircuitBreaker: {}\n']) {
+    const config = parseRouteFile('users.yaml', yaml({ top }))
+    assert.deepEqual(config.retry, RETRY_DEFAULTS, JSON.stringify(top))
+    assert.deepEqual(config.breaker, BREAKER_DEFAULTS, JSON.stringify(top))
+  }
+  const some = parseRouteFile('users.yaml', yaml({ top: 'retry:\n  attempts: 0\ncircuitBreaker:\n  closeAfter: 4\n' }))
+  assert.deepEqual(some.retry, { ...RETRY_DEFAULTS, attempts: 0 })
+  assert.deepEqual(some.breaker, { ...BREAKER_DEFAULTS, closeAfter: 4 })
+})
+
+test('retry.on with 418 or sometimes: refused at the entry, naming the conditions and the 500–599 range', () => {
+  const expected = '/retry/on/0: must be connect-failure, reset, timeout or a status from 500 to 599'
+  for (const bad of ['418', 'sometimes', '404', '600', 'Reset']) {
+    assert.deepEqual(refused('users.yaml', yaml({ top: `retry:\n  on: [${bad}]\n` })).problems, [expected], bad)
+  }
+  // Each bad entry at its own index; the good ones pass.
+  const two = refused('users.yaml', yaml({ top: 'retry:\n  on: [connect-failure, 418, sometimes, 503]\n' }))
+  assert.deepEqual(two.problems, [
+    '/retry/on/1: must be connect-failure, reset, timeout or a status from 500 to 599',
+    '/retry/on/2: must be connect-failure, reset, timeout or a status from 500 to 599'
+  ])
+  assert.deepEqual(parseRouteFile('users.yaml', yaml({ top: 'retry:\n  on: [reset, timeout, 500, 599]\n' })).retry.on, ['reset', 'timeout', 500, 599])
+})
+
+test('retry.attempts over 10, budget over 1 and a failureStatuses entry below 500: refused at their fields', () => {
+  const err = refused('users.yaml', yaml({ top: 'retry:\n  attempts: 11\n  budget: 1.5\ncircuitBreaker:\n  failureStatuses: [404]\n' }))
+  assert.deepEqual(err.problems, ['/retry/attempts: must be <= 10', '/retry/budget: must be <= 1', '/circuitBreaker/failureStatuses/0: must be >= 500'])
+})
+
+test('circuitBreaker.maxOpenFor left out: it equals openFor (no doubling)', () => {
+  const config = parseRouteFile('users.yaml', yaml({ top: 'circuitBreaker:\n  openFor: 3s\n' }))
+  assert.equal(config.breaker.openForMs, 3000)
+  assert.equal(config.breaker.maxOpenForMs, 3000)
+  const capped = parseRouteFile('users.yaml', yaml({ top: 'circuitBreaker:\n  openFor: 3s\n  maxOpenFor: 1m\n' }))
+  assert.equal(capped.breaker.maxOpenForMs, 60_000)
+})
+
+test('unknown key under circuitBreaker (threshold) or retry (tries): refused, listing the allowed keys', () => {
+  assert.deepEqual(refused('users.yaml', yaml({ top: 'circuitBreaker:\n  threshold: 5\n' })).problems, [
+    '/circuitBreaker/threshold: unknown key (allowed: consecutiveFailures, failureRatio, minRequests, window, openFor, maxOpenFor, halfOpenProbes, closeAfter, failureStatuses)'
+  ])
+  assert.deepEqual(refused('users.yaml', yaml({ top: 'retry:\n  tries: 2\n' })).problems, [
+    '/retry/tries: unknown key (allowed: attempts, backoff, maxBackoff, on, budget, bufferBody)'
+  ])
+})
+
+test('bad durations and sizes under retry and circuitBreaker: refused with the duration and size forms', () => {
+  const err = refused('users.yaml', yaml({ top: 'retry:\n  backoff: quick\n  bufferBody: big\ncircuitBreaker:\n  openFor: 5 seconds\n' }))
+  assert.deepEqual(err.problems, [
+    `/retry/backoff: ${DURATION_EXPECTED}`,
+    `/retry/bufferBody: ${SIZE_EXPECTED}`,
+    `/circuitBreaker/openFor: ${DURATION_EXPECTED}`
+  ])
 })

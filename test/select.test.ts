@@ -165,3 +165,78 @@ test('a random() of just under 1 draws the last target', () => {
   const busyA = [target('a', 5, 10), target('b', 0, 10)]
   assert.equal(pick(busyA, sequence(0.9999999999, 0.1)), 'b')
 })
+
+// ---- exclude (targets this request already tried) and admits() false (breaker open) ---------
+
+/** A target with room whose breaker is open: admits() says no although it is not full. */
+function open (name: string, inFlight = 0, maxConnections = 10, weight = 1): T {
+  return { name, inFlight, maxConnections, weight, admits: () => false }
+}
+
+function pickExcluding (targets: T[], random: () => number, ...excluded: string[]): string | undefined {
+  const exclude = new Set(targets.filter(t => excluded.includes(t.name)))
+  return selectTarget(targets, total(targets), random, exclude)?.name
+}
+
+test('exclude: a tried target is skipped when another one admits, even when it is the less loaded', () => {
+  const targets = [target('a', 0, 10), target('b', 5, 10)]
+  assert.equal(pickExcluding(targets, sequence(0.1, 0.9)), 'a')
+  assert.equal(pickExcluding(targets, sequence(0.1, 0.9), 'a'), 'b')
+  assert.equal(pickExcluding(targets, sequence(0.9, 0.1), 'a'), 'b')
+})
+
+test('exclude: both draws excluded, the scan finds the least loaded target not tried yet', () => {
+  const targets = [target('a', 0, 10), target('b', 0, 10), target('c', 8, 10, 0.001), target('d', 3, 10, 0.001)]
+  assert.equal(pickExcluding(targets, sequence(0.1, 0.6), 'a', 'b'), 'd')
+})
+
+test('exclude: undefined when only excluded targets admit', () => {
+  const targets = [target('a', 0, 10), target('b', 10, 10), open('c')]
+  assert.equal(pickExcluding(targets, sequence(0.1, 0.5), 'a'), undefined)
+  assert.equal(pickExcluding(targets, sequence(0.9, 0.5), 'a'), undefined)
+  // A single target that was tried: undefined too (the caller decides whether to go back to it).
+  assert.equal(pickExcluding([target('only', 0, 10)], sequence(), 'only'), undefined)
+  // An empty exclude set changes nothing.
+  assert.equal(pickExcluding(targets, sequence(0.1, 0.5)), 'a')
+})
+
+test('breaker open (admits() false): skipped like a full target, even when idle and drawn first', () => {
+  const targets = [open('tripped'), target('busy', 9, 10)]
+  assert.equal(pick(targets, sequence(0.1, 0.9)), 'busy')
+  assert.equal(pick(targets, sequence(0.9, 0.1)), 'busy')
+  assert.equal(pick(targets, sequence(0.1, 0.1)), 'busy')
+})
+
+test('breaker open on both draws: the scan finds the admitting target; every breaker open: undefined', () => {
+  const targets = [open('a'), open('b'), target('c', 5, 10, 0.001)]
+  assert.equal(pick(targets, sequence(0.1, 0.6)), 'c')
+  assert.equal(pick([open('a'), open('b'), open('c')], sequence(0.1, 0.6)), undefined)
+  assert.equal(pick([open('only')], sequence()), undefined)
+})
+
+test('over many random states with open breakers and exclusions: never an excluded or refusing target; undefined only when none is usable', () => {
+  const random = prng(7)
+  let undefinedSeen = 0
+  let picked = 0
+  for (let round = 0; round < 5000; round++) {
+    const n = 1 + Math.floor(random() * 5)
+    const targets: T[] = []
+    for (let i = 0; i < n; i++) {
+      const max = 1 + Math.floor(random() * 4)
+      const inFlight = Math.floor(random() * (max + 1))
+      const weight = 0.1 + random() * 3
+      targets.push(random() < 0.3 ? open(`t${i}`, inFlight, max, weight) : target(`t${i}`, inFlight, max, weight))
+    }
+    const exclude = new Set(targets.filter(() => random() < 0.3))
+    const usable = targets.filter(t => t.admits() && !exclude.has(t))
+    const choice = selectTarget(targets, total(targets), random, exclude)
+    if (choice === undefined) {
+      undefinedSeen++
+      assert.equal(usable.length, 0, `undefined although ${usable.map(t => t.name).join(', ')} could take it`)
+    } else {
+      picked++
+      assert.ok(usable.includes(choice), `picked ${choice.name}, which is excluded or refuses: ${JSON.stringify(targets)}`)
+    }
+  }
+  assert.ok(undefinedSeen > 0 && picked > 0)
+})

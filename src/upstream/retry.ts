@@ -37,11 +37,17 @@ export function backoffMs (retry: number, options: Pick<RetryOptions, 'backoffMs
   return Math.floor(random() * Math.min(options.maxBackoffMs, options.backoffMs * 2 ** (retry - 1)))
 }
 
+// HTTP-date (RFC 9110 §5.6.7): IMF-fixdate, RFC 850 and asctime. Date.parse alone would also
+// take "1.5" or "-1" for dates.
+const HTTP_DATE = /^(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT|(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day, \d{2}-[A-Z][a-z]{2}-\d{2} \d{2}:\d{2}:\d{2} GMT|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2} \d{4})$/
+
 /** A Retry-After header (delay-seconds or HTTP-date, RFC 9110 §10.2.3) in ms, or undefined. */
 export function retryAfterMs (value: string | string[] | undefined, now: number = Date.now()): number | undefined {
   if (typeof value !== 'string') return undefined
   if (/^\d+$/.test(value)) return Number(value) * 1000
-  const date = Date.parse(value)
+  if (!HTTP_DATE.test(value)) return undefined
+  // asctime carries no zone but means GMT; Date.parse would read it as local time.
+  const date = Date.parse(value.endsWith('GMT') ? value : `${value} GMT`)
   return Number.isNaN(date) ? undefined : Math.max(0, date - now)
 }
 
