@@ -32,6 +32,10 @@ export const UpstreamSaturatedError = createError<'GATEHOUSE_ERR_UPSTREAM_SATURA
 export const UpstreamUnavailableError = createError<'GATEHOUSE_ERR_UPSTREAM_UNAVAILABLE', 503, [string, ErrorOptions?]>(
   'GATEHOUSE_ERR_UPSTREAM_UNAVAILABLE', 'No target of upstream %s can take requests: their circuit breakers are open', 503)
 
+// nginx's 499: nobody receives it, but the access log and metrics say who gave up.
+export const ClientClosedError = createError<'GATEHOUSE_ERR_CLIENT_CLOSED', 499, [ErrorOptions?]>(
+  'GATEHOUSE_ERR_CLIENT_CLOSED', 'The client closed the connection before the response', 499)
+
 export const NotReadyError = createError<'GATEHOUSE_ERR_NOT_READY', 503, [string, ErrorOptions?]>(
   'GATEHOUSE_ERR_NOT_READY', 'Gateway is not ready: %s', 503)
 

@@ -6,7 +6,7 @@ import fp from 'fastify-plugin'
 import type { TrustProxy } from '../../src/config/env.js'
 import { HTTP_METHODS } from '../../src/config/route-file.js'
 import {
-  BadPathError, BodyTooLargeError, RouteNotFoundError, UpstreamResetError, UpstreamSaturatedError,
+  BadPathError, BodyTooLargeError, ClientClosedError, RouteNotFoundError, UpstreamResetError, UpstreamSaturatedError,
   UpstreamTimeoutError, UpstreamUnavailableError, UpstreamUnreachableError
 } from '../../src/errors.js'
 import { selectTarget } from '../../src/upstream/select.js'
@@ -153,6 +153,7 @@ function upstreamError (reply: FastifyReply, upstream: CompiledUpstream, error: 
     reply.header('connection', 'close')
     return new BodyTooLargeError(limit, { cause: error })
   }
+  if (request.raw.socket.destroyed) return new ClientClosedError({ cause: error })
   const cause = error.cause as { code?: string } | undefined
   // The call's own errors (no target left to retry on) are already ours.
   if (cause instanceof UpstreamUnavailableError || cause instanceof UpstreamSaturatedError) {

@@ -2,7 +2,7 @@
 // starts, with backoff, the retry budget and the targets' breakers deciding. @fastify/reply-from
 // sees a single dispatch; it writes the final response (its own retries are off).
 import type { FastifyRequest } from 'fastify'
-import type { Dispatcher } from 'undici'
+import { errors, type Dispatcher } from 'undici'
 import { UpstreamUnavailableError } from '../../src/errors.js'
 import { backoffMs, retryable, retryAfterMs, type TryFailure } from '../../src/upstream/retry.js'
 import { selectTarget } from '../../src/upstream/select.js'
@@ -17,6 +17,8 @@ export interface CallObserver {
   tryFinished: (target: Target, outcome: TryOutcome, statusCode: number | undefined, seconds: number) => void
   retried: (upstream: string, reason: string) => void
 }
+
+const PRECISE_BELOW_MS = 2000
 
 type Callback = (err: Error | null, data: Dispatcher.ResponseData) => void
 
@@ -80,15 +82,25 @@ export class UpstreamCall {
     this.o.request.target = target
     target.inFlight++
     const began = performance.now()
+    // undici checks its timeouts on a timer that ticks every ~500 ms, so a short request timeout
+    // would fire up to a second late: below PRECISE_BELOW_MS the try gets a timer of its own.
+    let deadline: NodeJS.Timeout | undefined
+    let trySignal = signal
+    if (upstream.requestTimeoutMs < PRECISE_BELOW_MS) {
+      const timeout = new AbortController()
+      deadline = setTimeout(() => timeout.abort(new errors.HeadersTimeoutError()), upstream.requestTimeoutMs)
+      trySignal = AbortSignal.any([signal, timeout.signal])
+    }
     const tryOptions = {
       ...options,
       path: this.o.path,
       body: this.o.replay ?? options.body,
-      signal,
+      signal: trySignal,
       headersTimeout: upstream.requestTimeoutMs,
       bodyTimeout: upstream.idleTimeoutMs
     }
     target.pool.request(tryOptions, (err, data) => {
+      clearTimeout(deadline)
       const seconds = (performance.now() - began) / 1000
       if (isRetry) upstream.budget.retrying--
       if (err !== null) {
@@ -156,7 +168,9 @@ export class UpstreamCall {
     const retry = upstream.retry
     if (this.tries > retry.attempts || !replayable || signal.aborted) return undefined
     if (!retryable(request.method, why, retry.on)) return undefined
-    if (!upstream.budget.allows()) {
+    // A connect failure never reached an upstream: retrying it adds no load there, so it does not
+    // spend the budget (and a dead target does not fail requests while its breaker trips).
+    if (why !== 'connect-failure' && !upstream.budget.allows()) {
       upstream.budget.denied++
       return undefined
     }
