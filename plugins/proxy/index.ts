@@ -15,6 +15,7 @@ import type { CompiledUpstream } from '../route-table/route-table.js'
 import { compileTrust, stripResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import { normalizePath } from './normalize-path.js'
 import { CallDispatcher } from './call-dispatcher.js'
+import { CancelSignal } from './cancel-signal.js'
 import { UpstreamCall } from './upstream-call.js'
 
 export interface ProxyOptions {
@@ -86,8 +87,8 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
     if (first === undefined) throw unavailable(upstream, reply)
 
     // 'close' before the response finished: the client left. Cancel whatever try is running.
-    const cancel = new AbortController()
-    reply.raw.once('close', () => { if (!reply.raw.writableFinished) cancel.abort() })
+    const cancel = new CancelSignal()
+    reply.raw.once('close', () => { if (!reply.raw.writableFinished) cancel.abort(new ClientClosedError()) })
     const forward = route.rewritePrefix === undefined ? path : rewrite(route.rewritePrefix, path.slice(route.prefixLength))
     const start = (replay: Buffer | undefined, replayable: boolean): void => {
       dispatcher.use(new UpstreamCall({
@@ -97,7 +98,7 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
         path: q === -1 ? forward : forward + url.slice(q),
         replay,
         replayable,
-        signal: cancel.signal,
+        signal: cancel,
         observer: app.upstreamObserver
       }))
       reply.from(first.origin + '/', optionsFor(upstream))

@@ -8,6 +8,7 @@ import { backoffMs, retryable, retryAfterMs, type TryFailure } from '../../src/u
 import { selectTarget } from '../../src/upstream/select.js'
 import type { Target } from '../../src/upstream/target.js'
 import type { CompiledUpstream } from '../route-table/route-table.js'
+import { CancelSignal } from './cancel-signal.js'
 
 /** How one try ended. */
 export type TryOutcome = 'ok' | 'bad-status' | TryFailure | 'aborted'
@@ -48,13 +49,15 @@ export interface CallOptions {
   /** Whether a try may be repeated at all (false for a streamed body). */
   replayable: boolean
   /** Aborted when the client goes away: cancels the try in progress, whatever its phase. */
-  signal: AbortSignal
+  signal: CancelSignal
   observer: CallObserver
   random?: () => number
 }
 
 export class UpstreamCall {
-  private readonly tried = new Set<Target>()
+  /** Targets tried so far; made on the first retry (most requests never need it). */
+  private tried: Set<Target> | undefined
+  private last: Target | undefined
   private readonly startedAt = Date.now()
   private tries = 0
   private done = false
@@ -78,29 +81,35 @@ export class UpstreamCall {
     const { upstream, signal, observer } = this.o
     const probe = target.breaker.acquire()
     this.tries++
-    this.tried.add(target)
+    if (this.last !== undefined) (this.tried ??= new Set([this.last])).add(target)
+    this.last = target
     this.o.request.target = target
     target.inFlight++
     const began = performance.now()
     // undici checks its timeouts on a timer that ticks every ~500 ms, so a short request timeout
     // would fire up to a second late: below PRECISE_BELOW_MS the try gets a timer of its own.
     let deadline: NodeJS.Timeout | undefined
+    let detach: (() => void) | undefined
     let trySignal = signal
     if (upstream.requestTimeoutMs < PRECISE_BELOW_MS) {
-      const timeout = new AbortController()
+      const timeout = new CancelSignal()
+      const cancel = (): void => timeout.abort(signal.reason as Error)
+      signal.once('abort', cancel)
+      detach = () => signal.removeListener('abort', cancel)
       deadline = setTimeout(() => timeout.abort(new errors.HeadersTimeoutError()), upstream.requestTimeoutMs)
-      trySignal = AbortSignal.any([signal, timeout.signal])
+      trySignal = timeout
     }
-    const tryOptions = {
-      ...options,
+    target.pool.request({
+      method: options.method,
+      headers: options.headers,
       path: this.o.path,
       body: this.o.replay ?? options.body,
       signal: trySignal,
       headersTimeout: upstream.requestTimeoutMs,
       bodyTimeout: upstream.idleTimeoutMs
-    }
-    target.pool.request(tryOptions, (err, data) => {
+    }, (err, data) => {
       clearTimeout(deadline)
+      detach?.()
       const seconds = (performance.now() - began) / 1000
       if (isRetry) upstream.budget.retrying--
       if (err !== null) {
@@ -151,7 +160,7 @@ export class UpstreamCall {
         return
       }
       // Another target where there is one; the same one only when it is the only one left.
-      const target = selectTarget(upstream.targets, upstream.totalWeight, random, this.tried) ??
+      const target = selectTarget(upstream.targets, upstream.totalWeight, random, this.tried ?? new Set([this.last!])) ??
         selectTarget(upstream.targets, upstream.totalWeight, random)
       if (target === undefined) {
         upstream.budget.retrying--
