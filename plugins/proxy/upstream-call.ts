@@ -122,34 +122,39 @@ export class UpstreamCall {
           return
         }
         target.breaker.record(probe, false, why)
-        this.next(options, callback, why, err, undefined)
+        this.next(options, callback, target, why, err, undefined)
         return
       }
       const status = data.statusCode
       const failed = upstream.failureStatuses.has(status)
-      target.breaker.record(probe, !failed, `status ${status}`)
+      target.breaker.record(probe, !failed, failed ? `status ${status}` : '')
       observer.tryFinished(target, failed ? 'bad-status' : 'ok', status, seconds)
-      // The target stays busy until its body is over (or cut).
-      data.body.once('close', () => { target.inFlight-- })
-      this.next(options, callback, status, null, data)
+      this.next(options, callback, target, status, null, data)
     })
   }
 
   /** After a try: retry it, or hand the outcome to reply-from. */
-  private next (options: Dispatcher.RequestOptions, callback: Callback, why: TryFailure | number, err: Error | null, data: Dispatcher.ResponseData | undefined): void {
+  private next (options: Dispatcher.RequestOptions, callback: Callback, target: Target, why: TryFailure | number, err: Error | null, data: Dispatcher.ResponseData | undefined): void {
     const delay = this.retryDelay(why, data)
     if (delay === undefined) {
       if (data === undefined) {
         this.finish(callback, err as Error)
         return
       }
-      data.body.once('close', () => this.settle())
+      // The target stays busy until the body is over (or cut); then the call is done.
+      data.body.once('close', () => {
+        target.inFlight--
+        this.settle()
+      })
       callback(null, data)
       return
     }
     const { upstream, observer, request, random } = this.o
     // The failed response is not needed: read it out so its connection can be reused.
-    if (data !== undefined) data.body.dump().catch(() => {})
+    if (data !== undefined) {
+      data.body.once('close', () => { target.inFlight-- })
+      data.body.dump().catch(() => {})
+    }
     upstream.budget.retrying++
     observer.retried(upstream.name, String(why))
     request.log.debug({ upstream: upstream.name, reason: why, retry: this.tries, delayMs: delay }, 'retrying upstream request')
@@ -173,6 +178,8 @@ export class UpstreamCall {
 
   /** Milliseconds to wait before the next try, or undefined when there is none. */
   private retryDelay (why: TryFailure | number, data: Dispatcher.ResponseData | undefined): number | undefined {
+    // Statuses below 500 are never retried (the schema allows 500-599 only): most answers stop here.
+    if (typeof why === 'number' && why < 500) return undefined
     const { upstream, request, replayable, signal, random } = this.o
     const retry = upstream.retry
     if (this.tries > retry.attempts || !replayable || signal.aborted) return undefined
