@@ -708,3 +708,28 @@ test('a dead target of three under a burst of 50 concurrent GETs: every request 
   assert.ok(failures !== undefined && failures >= 1, 'the burst did reach the dead target')
   assert.equal(await metric(gw, 'upstream_retry_budget_exhausted_total', { upstream: 'burst' }), 0)
 })
+
+test('metrics of tries: upstream_requests_total by outcome, upstream_retries_total by reason, and a well-formed upstream_request_duration_seconds histogram', CASE, async t => {
+  const busy = await upstream(t, unavailable())
+  const fine = await upstream(t)
+  const gw = await gateway({
+    'counted.json': upstreamFile('counted', [{ url: busy.url, weight: FIRST }, { url: fine.url, weight: SECOND }], { circuitBreaker: NO_BREAKER, retry: { backoff: '1ms' } })
+  })
+  for (let i = 0; i < 4; i++) assert.equal((await send(gw, '/counted/x')).status, 200)
+
+  assert.equal(await metric(gw, 'upstream_requests_total', { upstream: 'counted', target: busy.url, outcome: 'bad-status' }), 4)
+  assert.equal(await metric(gw, 'upstream_requests_total', { upstream: 'counted', target: fine.url, outcome: 'ok' }), 4)
+  assert.equal(await metric(gw, 'upstream_retries_total', { upstream: 'counted', reason: '503' }), 4)
+  assert.equal(await metric(gw, 'upstream_request_duration_seconds_count', { upstream: 'counted', target: busy.url, status_class: '5xx' }), 4)
+  assert.equal(await metric(gw, 'upstream_request_duration_seconds_count', { upstream: 'counted', target: fine.url, status_class: '2xx' }), 4)
+
+  // Buckets are cumulative, end at +Inf with the count, and the sum is a plausible number of seconds.
+  const text = await (await fetch(`${gw.url}/metrics`)).text()
+  const series = `upstream="counted",target="${fine.url}",status_class="2xx"`
+  const buckets = text.split('\n').filter(l => l.startsWith(`upstream_request_duration_seconds_bucket{${series},le=`)).map(l => Number(l.slice(l.lastIndexOf(' ') + 1)))
+  assert.equal(buckets.length, 15)
+  assert.deepEqual(buckets, [...buckets].sort((a, b) => a - b), 'cumulative')
+  assert.equal(buckets.at(-1), 4)
+  const sum = await metric(gw, 'upstream_request_duration_seconds_sum', { upstream: 'counted', target: fine.url, status_class: '2xx' })
+  assert.ok(sum !== undefined && sum > 0 && sum < 4, `sum ${sum}`)
+})

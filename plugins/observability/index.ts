@@ -4,18 +4,9 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fastifyMetrics from 'fastify-metrics'
 import fp from 'fastify-plugin'
-import type { Counter, Histogram } from 'prom-client'
+import type { Metric } from 'prom-client'
+import { DURATION_BUCKETS } from '../../src/upstream/try-stats.js'
 import type { Target } from '../../src/upstream/target.js'
-import type { CallObserver } from '../proxy/upstream-call.js'
-
-const STATUS_CLASSES = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx']
-
-declare module 'fastify' {
-  interface FastifyInstance {
-    /** Where the proxy reports each try and retry. */
-    upstreamObserver: CallObserver
-  }
-}
 
 async function observabilityPlugin (app: FastifyInstance): Promise<void> {
   // A CommonJS module whose plugin is its `default` export.
@@ -99,53 +90,34 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
     labelNames: ['upstream'],
     collect () {
       this.reset()
-      for (const u of app.routeTable.table.upstreams) this.inc({ upstream: u.name }, u.budget.denied)
+      for (const u of upstreams()) this.inc({ upstream: u.name }, u.budget.denied)
     }
   })
-  const retries = new client.Counter({
+  const upstreams = () => app.routeTable.table.upstreams
+  new client.Counter({
     name: 'upstream_retries_total',
     help: 'Retries sent, by what the try before them ran into.',
-    labelNames: ['upstream', 'reason']
+    labelNames: ['upstream', 'reason'],
+    collect () {
+      this.reset()
+      for (const u of upstreams()) {
+        for (const [reason, n] of Object.entries(u.budget.retries)) this.inc({ upstream: u.name, reason }, n)
+      }
+    }
   })
-  const requests = new client.Counter({
+  new client.Counter({
     name: 'upstream_requests_total',
     help: 'Tries sent to each target, by outcome: ok, bad-status (a breaker failure status), connect-failure, reset, timeout, aborted (the client left).',
-    labelNames: ['upstream', 'target', 'outcome']
-  })
-  const durations = new client.Histogram({
-    name: 'upstream_request_duration_seconds',
-    help: 'Time from sending a try to its response headers (or its failure), per target.',
-    labelNames: ['upstream', 'target', 'status_class'],
-    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
-  })
-  // Label lookups hash their values on every call: keep each target's series at hand instead.
-  const series = new WeakMap<Target, { requests: Map<string, Counter.Internal>, durations: Map<string, Histogram.Internal<string>> }>()
-  app.decorate('upstreamObserver', {
-    tryFinished (target, outcome, statusCode, seconds) {
-      let own = series.get(target)
-      if (own === undefined) {
-        own = { requests: new Map(), durations: new Map() }
-        series.set(target, own)
+    labelNames: ['upstream', 'target', 'outcome'],
+    collect () {
+      this.reset()
+      for (const t of targets()) {
+        for (const [outcome, n] of Object.entries(t.tries.outcomes)) this.inc({ upstream: t.upstream, target: t.origin, outcome }, n)
       }
-      const labels = { upstream: target.upstream, target: target.origin }
-      let counter = own.requests.get(outcome)
-      if (counter === undefined) {
-        counter = requests.labels({ ...labels, outcome })
-        own.requests.set(outcome, counter)
-      }
-      counter.inc()
-      const statusClass = statusCode === undefined ? 'error' : STATUS_CLASSES[Math.floor(statusCode / 100)] ?? 'error'
-      let histogram = own.durations.get(statusClass)
-      if (histogram === undefined) {
-        histogram = durations.labels({ ...labels, status_class: statusClass })
-        own.durations.set(statusClass, histogram)
-      }
-      histogram.observe(seconds)
-    },
-    retried (upstream, reason) {
-      retries.inc({ upstream, reason })
     }
-  } satisfies CallObserver)
+  })
+  // The registry reads only name, help, type and get(); its types list only prom-client's own classes.
+  client.register.registerMetric(new TryDurations(targets) as unknown as Metric)
 
   new client.Counter({
     name: 'config_reloads_total',
@@ -162,6 +134,38 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
     help: 'Version of the route table serving; goes up by one per reload.',
     collect () { this.set(app.routeTable.table.version) }
   })
+}
+
+/**
+ * upstream_request_duration_seconds, built at scrape time from the targets' own bucket counts
+ * (a prom-client Histogram would hash its labels on every try).
+ */
+class TryDurations {
+  readonly name = 'upstream_request_duration_seconds'
+  readonly help = 'Time from sending a try to its response headers (or its failure), per target and status class.'
+  readonly type = 'histogram'
+  readonly aggregator = 'sum'
+
+  constructor (private readonly targets: () => Iterable<Target>) {}
+
+  async get () {
+    const values: Array<{ metricName: string, labels: Record<string, string | number>, value: number }> = []
+    for (const t of this.targets()) {
+      for (const [statusClass, h] of Object.entries(t.tries.durations)) {
+        if (h === undefined) continue
+        const labels = { upstream: t.upstream, target: t.origin, status_class: statusClass }
+        let cumulative = 0
+        DURATION_BUCKETS.forEach((le, i) => {
+          cumulative += h.counts[i] as number
+          values.push({ metricName: `${this.name}_bucket`, labels: { ...labels, le }, value: cumulative })
+        })
+        values.push({ metricName: `${this.name}_bucket`, labels: { ...labels, le: '+Inf' }, value: h.count })
+        values.push({ metricName: `${this.name}_sum`, labels, value: h.sum })
+        values.push({ metricName: `${this.name}_count`, labels, value: h.count })
+      }
+    }
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values }
+  }
 }
 
 export default fp(observabilityPlugin, { name: 'gatehouse-observability', fastify: '5.x', dependencies: ['gatehouse-route-table'] })

@@ -98,8 +98,7 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
         path: q === -1 ? forward : forward + url.slice(q),
         replay,
         replayable,
-        signal: cancel,
-        observer: app.upstreamObserver
+        signal: cancel
       }))
       reply.from(first.origin + '/', optionsFor(upstream))
     }
@@ -197,4 +196,4 @@ function limitBody (limit: number, onExceeded: () => void): Transform {
   })
 }
 
-export default fp(proxyPlugin, { name: 'gatehouse-proxy', fastify: '5.x', dependencies: ['gatehouse-route-table', 'gatehouse-observability'] })
+export default fp(proxyPlugin, { name: 'gatehouse-proxy', fastify: '5.x', dependencies: ['gatehouse-route-table'] })

@@ -10,15 +10,6 @@ import type { Target } from '../../src/upstream/target.js'
 import type { CompiledUpstream } from '../route-table/route-table.js'
 import { CancelSignal } from './cancel-signal.js'
 
-/** How one try ended. */
-export type TryOutcome = 'ok' | 'bad-status' | TryFailure | 'aborted'
-
-/** Where tries and retries are counted (metrics). */
-export interface CallObserver {
-  tryFinished: (target: Target, outcome: TryOutcome, statusCode: number | undefined, seconds: number) => void
-  retried: (upstream: string, reason: string) => void
-}
-
 const PRECISE_BELOW_MS = 2000
 
 type Callback = (err: Error | null, data: Dispatcher.ResponseData) => void
@@ -50,7 +41,6 @@ export interface CallOptions {
   replayable: boolean
   /** Aborted when the client goes away: cancels the try in progress, whatever its phase. */
   signal: CancelSignal
-  observer: CallObserver
   random?: () => number
 }
 
@@ -78,7 +68,7 @@ export class UpstreamCall {
   }
 
   private attempt (options: Dispatcher.RequestOptions, callback: Callback, target: Target, isRetry: boolean): void {
-    const { upstream, signal, observer } = this.o
+    const { upstream, signal } = this.o
     const probe = target.breaker.acquire()
     this.tries++
     if (this.last !== undefined) (this.tried ??= new Set([this.last])).add(target)
@@ -115,7 +105,7 @@ export class UpstreamCall {
       if (err !== null) {
         target.inFlight--
         const why = signal.aborted ? 'aborted' : classify(err)
-        observer.tryFinished(target, why, undefined, seconds)
+        target.tries.record(why, undefined, seconds)
         if (why === 'aborted') {
           target.breaker.release(probe)
           this.finish(callback, err)
@@ -128,7 +118,7 @@ export class UpstreamCall {
       const status = data.statusCode
       const failed = upstream.failureStatuses.has(status)
       target.breaker.record(probe, !failed, failed ? `status ${status}` : '')
-      observer.tryFinished(target, failed ? 'bad-status' : 'ok', status, seconds)
+      target.tries.record(failed ? 'bad-status' : 'ok', status, seconds)
       this.next(options, callback, target, status, null, data)
     })
   }
@@ -149,14 +139,14 @@ export class UpstreamCall {
       callback(null, data)
       return
     }
-    const { upstream, observer, request, random } = this.o
+    const { upstream, request, random } = this.o
     // The failed response is not needed: read it out so its connection can be reused.
     if (data !== undefined) {
       data.body.once('close', () => { target.inFlight-- })
       data.body.dump().catch(() => {})
     }
     upstream.budget.retrying++
-    observer.retried(upstream.name, String(why))
+    upstream.budget.retries[why] = (upstream.budget.retries[why] ?? 0) + 1
     request.log.debug({ upstream: upstream.name, reason: why, retry: this.tries, delayMs: delay }, 'retrying upstream request')
     setTimeout(() => {
       if (this.o.signal.aborted) {

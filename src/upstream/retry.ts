@@ -62,6 +62,8 @@ export class RetryBudget {
   retrying = 0
   /** Retries refused because the budget was spent (for metrics). */
   denied = 0
+  /** Retries sent, by what the try before them ran into (for metrics). */
+  readonly retries: Record<string, number> = {}
 
   constructor (public share: number, private readonly floor = 3) {}
 

@@ -1,6 +1,7 @@
 // One origin of an upstream service: its connection pool, its load and its breaker.
 import { Pool } from 'undici'
 import { CircuitBreaker, type BreakerOptions, type BreakerState } from './breaker.js'
+import { TryStats } from './try-stats.js'
 
 export interface TargetOptions {
   upstream: string
@@ -22,6 +23,8 @@ export class Target {
   inFlight = 0
   readonly pool: Pool
   readonly breaker: CircuitBreaker
+  /** Tries sent to this target and how they ended (for metrics). */
+  readonly tries = new TryStats()
   /** Breaker transitions since start, by the state entered (for metrics). */
   readonly transitions: Record<BreakerState, number> = { closed: 0, open: 0, 'half-open': 0 }
 
