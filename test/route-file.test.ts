@@ -31,6 +31,19 @@ function refused (file: string, text: string): RouteFileError {
   return err
 }
 
+const RETRY_DEFAULTS: UpstreamConfig['retry'] = { attempts: 1, backoffMs: 25, maxBackoffMs: 250, on: ['connect-failure', 'reset', 'timeout', 502, 503, 504], budget: 0.2, bufferBody: 65_536 }
+const BREAKER_DEFAULTS: UpstreamConfig['breaker'] = {
+  consecutiveFailures: 5,
+  failureRatio: 0.5,
+  minRequests: 20,
+  windowMs: 10_000,
+  openForMs: 5000,
+  maxOpenForMs: 5000,
+  halfOpenProbes: 1,
+  closeAfter: 2,
+  failureStatuses: [502, 503, 504]
+}
+
 test('minimal YAML file: defaults filled in, name from the file name', () => {
   const config = parseRouteFile('users.yaml', yaml())
   const expected: UpstreamConfig = {
@@ -39,18 +52,8 @@ test('minimal YAML file: defaults filled in, name from the file name', () => {
     targets: [{ url: 'http://127.0.0.1:9001', origin: 'http://127.0.0.1:9001', maxConnections: 100, weight: 1 }],
     routes: [{ path: '/api/users', methods: undefined, hosts: undefined, rewritePrefix: undefined, bodyLimit: undefined }],
     timeouts: { connectMs: 2000, requestMs: 30_000, idleMs: 30_000 },
-    retry: { attempts: 1, backoffMs: 25, maxBackoffMs: 250, on: ['connect-failure', 'reset', 'timeout', 502, 503, 504], budget: 0.2, bufferBody: 65_536 },
-    breaker: {
-      consecutiveFailures: 5,
-      failureRatio: 0.5,
-      minRequests: 20,
-      windowMs: 10_000,
-      openForMs: 5000,
-      maxOpenForMs: 5000,
-      halfOpenProbes: 1,
-      closeAfter: 2,
-      failureStatuses: [502, 503, 504]
-    }
+    retry: RETRY_DEFAULTS,
+    breaker: BREAKER_DEFAULTS
   }
   assert.deepEqual(config, expected)
   assert.ok(Object.isFrozen(config) && Object.isFrozen(config.targets[0]) && Object.isFrozen(config.routes))
@@ -321,19 +324,6 @@ test('a route on /health, /ready or /metrics is refused: the gateway answers tho
   }
   assert.equal(parseRouteFile('ops.yaml', yaml({ path: '/health/deep' })).routes[0]?.path, '/health/deep')
 })
-
-const RETRY_DEFAULTS = { attempts: 1, backoffMs: 25, maxBackoffMs: 250, on: ['connect-failure', 'reset', 'timeout', 502, 503, 504], budget: 0.2, bufferBody: 65_536 }
-const BREAKER_DEFAULTS = {
-  consecutiveFailures: 5,
-  failureRatio: 0.5,
-  minRequests: 20,
-  windowMs: 10_000,
-  openForMs: 5000,
-  maxOpenForMs: 5000,
-  halfOpenProbes: 1,
-  closeAfter: 2,
-  failureStatuses: [502, 503, 504]
-}
 
 test('retry and circuitBreaker: absent or empty, every key gets its default; one key set leaves the others at default', () => {
   for (const top of ['', 'retry: {}\ncircuitBreaker: {}\n']) {

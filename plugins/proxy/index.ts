@@ -1,4 +1,5 @@
-// The proxy path: one lookup in the route table, pick a target, stream the request to it.
+// The proxy path: one lookup in the route table, a first target, then an UpstreamCall that runs
+// the tries (retries, breakers, cancellation) and hands the final response to reply-from.
 import { Transform, type Readable, type TransformCallback } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import replyFrom, { type FastifyReplyFromHooks } from '@fastify/reply-from'
