@@ -1,0 +1,157 @@
+// Redis rate-limit store: each hit() is one EVALSHA of sliding-log.lua or sliding-window.lua, so
+// every gateway replica shares one exact count and Redis's clock. Fails fast: a dead or slow
+// Redis makes hit() reject within commandTimeoutMs, and the caller decides the fallback.
+import { existsSync, readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { Redis } from 'ioredis'
+import { checkHitArgs } from './memory.js'
+import type { LimitAlgorithm, LimitDecision, LimitStore } from './types.js'
+
+export interface RedisLimitStoreOptions {
+  /** Prepended to every key. Default 'gatehouse:rl:'. */
+  keyPrefix?: string
+  /** Longest wait for one hit() before it rejects. Default 50 ms. */
+  commandTimeoutMs?: number
+}
+
+/** hit() could not get an answer from Redis (down, timed out, or an error reply). */
+export class LimitStoreError extends Error {
+  readonly code = 'GATEHOUSE_ERR_RATE_LIMIT_STORE'
+  constructor (message: string, options?: ErrorOptions) {
+    super(message, options)
+    this.name = 'LimitStoreError'
+  }
+}
+
+// The scripts ship beside this module's source. tsc does not copy .lua files into dist/, so look
+// next to the compiled module first (a build that copies them), then in the source tree.
+function readScript (name: string): string {
+  const candidates = [
+    new URL(`./${name}`, import.meta.url),
+    new URL(`../../../../plugins/rate-limit/store/${name}`, import.meta.url)
+  ]
+  for (const url of candidates) if (existsSync(url)) return readFileSync(url, 'utf8')
+  throw new Error(`rate-limit script ${name} not found; looked in ${candidates.map(u => fileURLToPath(u)).join(', ')}`)
+}
+
+let scripts: { log: string, window: string } | undefined
+function loadScripts (): { log: string, window: string } {
+  scripts ??= { log: readScript('sliding-log.lua'), window: readScript('sliding-window.lua') }
+  return scripts
+}
+
+/** What each script returns: allowed (0|1), remaining, retryAfterMs, resetMs. */
+type ScriptReply = [number, number, number, number]
+
+/** The commands defineCommand adds to the client (ioredis types them only at run time). */
+interface ScriptCommands {
+  gatehouseRlSlidingLog: (log: string, seq: string, max: number, windowMs: number) => Promise<ScriptReply>
+  gatehouseRlSlidingWindow: (cur: string, prev: string, max: number, windowMs: number) => Promise<ScriptReply>
+}
+
+export class RedisLimitStore implements LimitStore {
+  readonly #client: Redis & ScriptCommands
+  readonly #owned: boolean
+  readonly #prefix: string
+  readonly #timeoutMs: number
+
+  /**
+   * `client`: an ioredis client to share (left open by close(); give it `enableOfflineQueue: false`
+   * so a hit that times out while Redis is down is not replayed later), or a redis:// URL, for
+   * which the store creates and owns a fail-fast client.
+   */
+  constructor (client: Redis | string, options: RedisLimitStoreOptions = {}) {
+    this.#prefix = options.keyPrefix ?? 'gatehouse:rl:'
+    this.#timeoutMs = options.commandTimeoutMs ?? 50
+    if (!(this.#timeoutMs > 0)) throw new RangeError(`commandTimeoutMs must be > 0, got ${this.#timeoutMs}`)
+    const { log, window } = loadScripts()
+    let redis: Redis
+    if (typeof client === 'string') {
+      redis = new Redis(client, {
+        // No ioredis `commandTimeout`: its timer rejects a command whose reply is already in the
+        // socket buffer when the event loop was stalled; #deadline() covers every client instead.
+        // Never queue while disconnected, never resend after a drop: reject at once instead.
+        enableOfflineQueue: false,
+        maxRetriesPerRequest: 0,
+        connectTimeout: Math.max(1000, this.#timeoutMs)
+      })
+      // Failures reach the caller through hit(); without a listener ioredis prints every
+      // reconnect error to stderr.
+      redis.on('error', () => {})
+      this.#owned = true
+    } else {
+      redis = client
+      this.#owned = false
+    }
+    // Registered once: ioredis sends EVALSHA and, on NOSCRIPT (restart, SCRIPT FLUSH, failover),
+    // resends the script with EVAL by itself.
+    redis.defineCommand('gatehouseRlSlidingLog', { numberOfKeys: 2, lua: log })
+    redis.defineCommand('gatehouseRlSlidingWindow', { numberOfKeys: 2, lua: window })
+    this.#client = redis as Redis & ScriptCommands
+  }
+
+  /** Resolves once the client is connected (a created client connects in the background). */
+  async ready (timeoutMs = 5000): Promise<void> {
+    const client = this.#client
+    if (client.status === 'ready') return
+    let onReady = (): void => {}
+    let onEnd = (): void => {}
+    try {
+      await this.#deadline(new Promise<void>((resolve, reject) => {
+        onReady = resolve
+        onEnd = () => reject(new Error('connection closed'))
+        client.once('ready', onReady)
+        client.once('end', onEnd)
+      }), timeoutMs, 'connect')
+    } finally {
+      client.off('ready', onReady)
+      client.off('end', onEnd)
+    }
+  }
+
+  async hit (key: string, max: number, windowMs: number, algorithm: LimitAlgorithm): Promise<LimitDecision> {
+    checkHitArgs(key, max, windowMs, algorithm)
+    // The hash tag {key} puts every key of one limit in one Redis Cluster slot.
+    const base = `${this.#prefix}{${key}}`
+    const reply = algorithm === 'sliding-log'
+      ? this.#client.gatehouseRlSlidingLog(`${base}:log`, `${base}:seq`, max, windowMs)
+      : this.#client.gatehouseRlSlidingWindow(`${base}:cur`, `${base}:prev`, max, windowMs)
+    const [allowed, remaining, retryAfterMs, resetMs] = await this.#deadline(reply, this.#timeoutMs, algorithm)
+    return { allowed: allowed === 1, limit: max, remaining, retryAfterMs, resetMs }
+  }
+
+  /** Quits the client if the store created it; a client it was given stays open. */
+  async close (): Promise<void> {
+    if (!this.#owned) return
+    const client = this.#client
+    if (client.status === 'end') return
+    try {
+      await this.#deadline(client.quit(), Math.max(1000, this.#timeoutMs), 'quit')
+    } catch {
+      // Redis is unreachable or slow to answer QUIT: drop the connection instead.
+    }
+    client.disconnect()
+  }
+
+  // Rejects with a LimitStoreError when `work` fails or has not settled within `ms`. A command
+  // that times out is not cancelled (Redis may still run it); its late answer is ignored.
+  async #deadline<T> (work: Promise<T>, ms: number, what: string): Promise<T> {
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((resolve, reject) => {
+      // After an event-loop stall the timer runs before pending socket reads; setImmediate lets
+      // a reply that already arrived settle first, so a stall alone is not reported as a timeout.
+      timer = setTimeout(() => {
+        setImmediate(() => reject(new LimitStoreError(`rate-limit store: redis ${what} timed out after ${ms} ms`)))
+      }, ms)
+    })
+    try {
+      return await Promise.race([work, timeout])
+    } catch (err) {
+      if (err instanceof LimitStoreError) throw err
+      const message = err instanceof Error ? err.message : String(err)
+      throw new LimitStoreError(`rate-limit store: redis ${what} failed: ${message}`, { cause: err })
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+}

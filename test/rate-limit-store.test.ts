@@ -1,0 +1,465 @@
+// Rate-limit stores against a REAL redis-server that this file starts on an ephemeral port of
+// 127.0.0.1 (never the shared one on 6379), plus the in-memory store with an injected clock.
+// Every test uses its own key prefix. Windows are short (300-1000 ms) and waits bounded.
+import { strict as assert } from 'node:assert'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { once } from 'node:events'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import net, { type AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { performance } from 'node:perf_hooks'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { after, before, test, type TestContext } from 'node:test'
+import { Redis } from 'ioredis'
+import { MemoryLimitStore } from '../plugins/rate-limit/store/memory.js'
+import { LimitStoreError, RedisLimitStore } from '../plugins/rate-limit/store/redis.js'
+import type { LimitDecision } from '../plugins/rate-limit/store/types.js'
+import { ROOT } from './helpers.js'
+
+interface RedisServer {
+  port: number
+  url: string
+  child: ChildProcess
+  stop: () => Promise<void>
+}
+
+async function freePort (): Promise<number> {
+  const server = net.createServer()
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  const { port } = server.address() as AddressInfo
+  server.close()
+  await once(server, 'close')
+  return port
+}
+
+/** redis-server on a free port of 127.0.0.1, no persistence, resolved once it accepts connections. */
+async function startRedis (): Promise<RedisServer> {
+  const port = await freePort()
+  const dir = await mkdtemp(join(tmpdir(), 'gatehouse-redis-'))
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  const started = new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`redis-server did not start in 5 s:\n${output}`)), 5000)
+    child.stdout?.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+      if (output.includes('Ready to accept connections')) { clearTimeout(timer); resolve() }
+    })
+    child.stderr?.on('data', (chunk: Buffer) => { output += chunk.toString() })
+    child.once('error', err => { clearTimeout(timer); reject(new Error(`cannot run redis-server (is it installed?): ${err.message}`)) })
+    child.once('exit', code => { clearTimeout(timer); reject(new Error(`redis-server exited (${code}) before it was ready:\n${output}`)) })
+  })
+  const stop = async (): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL')
+      await once(child, 'exit')
+    }
+    await rm(dir, { recursive: true, force: true })
+  }
+  try {
+    await started
+  } catch (err) {
+    await stop()
+    throw err
+  }
+  return { port, url: `redis://127.0.0.1:${port}`, child, stop }
+}
+
+let server: RedisServer
+let admin: Redis
+let prefixes = 0
+
+before(async () => {
+  server = await startRedis()
+  admin = new Redis(server.port, '127.0.0.1', { lazyConnect: true })
+  await admin.connect()
+})
+
+after(async () => {
+  admin?.disconnect()
+  await server?.stop()
+})
+
+/** A prefix no other test uses. */
+function prefix (): string {
+  return `t${process.pid}-${++prefixes}:`
+}
+
+/** A store with its own fail-fast client (and a generous timeout: these tests are not about it). */
+async function store (t: TestContext, keyPrefix: string, commandTimeoutMs = 2000): Promise<RedisLimitStore> {
+  const s = new RedisLimitStore(server.url, { keyPrefix, commandTimeoutMs })
+  t.after(() => s.close())
+  await s.ready()
+  return s
+}
+
+/** Redis's clock, µs. */
+async function redisTimeUs (): Promise<number> {
+  const [sec, usec] = await admin.time()
+  return Number(sec) * 1_000_000 + Number(usec)
+}
+
+async function sequential (n: number, hit: () => Promise<LimitDecision>): Promise<LimitDecision[]> {
+  const out: LimitDecision[] = []
+  for (let i = 0; i < n; i++) out.push(await hit())
+  return out
+}
+
+/** Sleeps until performance.now() reaches `at` (not at all if it has). */
+async function sleepUntil (at: number): Promise<void> {
+  const ms = at - performance.now()
+  if (ms > 0) await sleep(ms)
+}
+
+const allowedCount = (ds: LimitDecision[]): number => ds.filter(d => d.allowed).length
+
+test('sliding-log, max 5: exactly 5 of 20 admitted (remaining 4..0), rejects consume nothing, 5 again after the window', async t => {
+  const p = prefix()
+  const s = await store(t, p)
+  const window = 500
+  const first = await sequential(20, () => s.hit('client-a', 5, window, 'sliding-log'))
+  assert.deepEqual(first.map(d => d.allowed), [...Array(5).fill(true), ...Array(15).fill(false)])
+  assert.deepEqual(first.slice(0, 5).map(d => d.remaining), [4, 3, 2, 1, 0])
+  for (const d of first) assert.equal(d.limit, 5)
+  for (const d of first.slice(0, 4)) assert.equal(d.retryAfterMs, 0, 'no wait while slots remain')
+  for (const d of first.slice(5)) {
+    assert.equal(d.remaining, 0)
+    assert.ok(d.retryAfterMs > 0 && d.retryAfterMs <= window, `retryAfterMs ${d.retryAfterMs}`)
+  }
+  // Only the 5 admitted requests are in the log: the 15 rejected ones wrote nothing.
+  assert.equal(await admin.zcard(`${p}{client-a}:log`), 5)
+
+  await sleep(window + 50)
+  const second = await sequential(20, () => s.hit('client-a', 5, window, 'sliding-log'))
+  assert.equal(allowedCount(second), 5)
+  assert.deepEqual(second.slice(0, 5).map(d => d.remaining), [4, 3, 2, 1, 0])
+  // Another key has its own budget.
+  assert.equal((await s.hit('client-b', 5, window, 'sliding-log')).remaining, 4)
+})
+
+test('200 parallel hits with max 50 through 3 separate clients: exactly 50 admitted (both algorithms)', async t => {
+  const p = prefix()
+  const stores = await Promise.all([store(t, p), store(t, p), store(t, p)])
+  for (const algorithm of ['sliding-log', 'sliding-window'] as const) {
+    if (algorithm === 'sliding-window') {
+      // A burst that straddles a fixed-window boundary may admit a little more by design: use a
+      // 60 s window and stay clear of its end.
+      const now = await redisTimeUs()
+      const left = 60_000_000 - (now % 60_000_000)
+      if (left < 2_000_000) await sleep(left / 1000 + 20)
+    }
+    const decisions = await Promise.all(Array.from({ length: 200 }, (_, i) =>
+      (stores[i % 3] as RedisLimitStore).hit(`burst-${algorithm}`, 50, 60_000, algorithm)))
+    assert.equal(allowedCount(decisions), 50, algorithm)
+    // Atomic: each remaining value 49..0 was handed out exactly once.
+    const remaining = decisions.filter(d => d.allowed).map(d => d.remaining).sort((a, b) => a - b)
+    assert.deepEqual(remaining, Array.from({ length: 50 }, (_, i) => i), algorithm)
+  }
+  assert.equal(await admin.zcard(`${p}{burst-sliding-log}:log`), 50)
+  assert.equal(await admin.hget(`${p}{burst-sliding-window}:cur`, 'c'), '50')
+})
+
+test('sliding-log: 50 pipelined hits, many in the same millisecond, are 50 log entries', async t => {
+  const p = prefix()
+  const s = await store(t, p)
+  await s.hit('warm', 1, 1000, 'sliding-log') // the script is loaded, so the burst is all EVALSHA
+  const decisions = await Promise.all(Array.from({ length: 50 }, () => s.hit('same-ms', 1000, 10_000, 'sliding-log')))
+  assert.equal(allowedCount(decisions), 50)
+  assert.equal(await admin.zcard(`${p}{same-ms}:log`), 50)
+  // The burst really had requests sharing a millisecond (else this test proved nothing).
+  const scores = (await admin.zrange(`${p}{same-ms}:log`, 0, '-1', 'WITHSCORES')).filter((_, i) => i % 2 === 1)
+  const millis = new Set(scores.map(us => Math.floor(Number(us) / 1000)))
+  assert.ok(millis.size < 50, `50 entries in ${millis.size} distinct milliseconds`)
+})
+
+test('sliding-log, max 4 per 1 s: rejected at +0.5 s, one slot frees when the first request ages out', async t => {
+  const s = await store(t, prefix())
+  const hit = async (): Promise<[LimitDecision, number]> => {
+    const at = performance.now()
+    return [await s.hit('slide', 4, 1000, 'sliding-log'), at]
+  }
+  const [a, tA] = await hit()
+  assert.equal(a.remaining, 3)
+  await sleep(300)
+  const [, tB] = await hit()
+  await hit()
+  const [d] = await hit()
+  assert.equal(d.allowed, true)
+  assert.equal(d.remaining, 0)
+  await sleepUntil(tA + 500)
+  const [e, tE] = await hit()
+  assert.equal(e.allowed, false)
+  // The oldest (A) leaves at tA + 1000: about 500 ms from now, not a whole window.
+  assert.ok(Math.abs(e.retryAfterMs - (tA + 1000 - tE)) <= 25, `retryAfterMs ${e.retryAfterMs}, expected ~${Math.round(tA + 1000 - tE)}`)
+
+  await sleep(e.retryAfterMs + 30)
+  const [f] = await hit()
+  assert.equal(f.allowed, true, 'A left the window: one slot is free')
+  assert.equal(f.remaining, 0, 'only one: B, C, D are still in the window')
+  const [g, tG] = await hit()
+  assert.equal(g.allowed, false)
+  // Next to leave is B (admitted at tB).
+  assert.ok(Math.abs(g.retryAfterMs - (tB + 1000 - tG)) <= 25, `retryAfterMs ${g.retryAfterMs}, expected ~${Math.round(tB + 1000 - tG)}`)
+})
+
+test('sliding-log: retryAfterMs is the time until the oldest entry leaves (0 < it <= window), resetMs until the newest does', async t => {
+  const s = await store(t, prefix())
+  const t0 = performance.now()
+  const a = await s.hit('retry', 2, 1000, 'sliding-log')
+  assert.deepEqual([a.allowed, a.remaining, a.retryAfterMs], [true, 1, 0])
+  assert.ok(a.resetMs >= 990 && a.resetMs <= 1000, `resetMs ${a.resetMs}`)
+  await sleep(400)
+  const t1 = performance.now()
+  const b = await s.hit('retry', 2, 1000, 'sliding-log')
+  // Admitted but the last slot: it already says when the next one frees.
+  assert.deepEqual([b.allowed, b.remaining], [true, 0])
+  assert.ok(Math.abs(b.retryAfterMs - (t0 + 1000 - t1)) <= 25, `retryAfterMs ${b.retryAfterMs}`)
+  const t2 = performance.now()
+  const c = await s.hit('retry', 2, 1000, 'sliding-log')
+  assert.equal(c.allowed, false)
+  assert.ok(c.retryAfterMs > 0 && c.retryAfterMs < 1000 - 300, `retryAfterMs ${c.retryAfterMs} is not the whole window`)
+  assert.ok(Math.abs(c.retryAfterMs - (t0 + 1000 - t2)) <= 25, `retryAfterMs ${c.retryAfterMs}, expected ~${Math.round(t0 + 1000 - t2)}`)
+  assert.ok(Math.abs(c.resetMs - (t1 + 1000 - t2)) <= 25, `resetMs ${c.resetMs}, expected ~${Math.round(t1 + 1000 - t2)}`)
+})
+
+test('sliding-window: the previous window weighs by its overlap (prev 100 at fraction f admits ceil(100·f))', async t => {
+  const p = prefix()
+  const s = await store(t, p)
+  const W = 10_000_000 // µs
+  let now = await redisTimeUs()
+  if (W - (now % W) < 1_000_000) { // too close to the end of a window: start in the next one
+    await sleep((W - (now % W)) / 1000 + 20)
+    now = await redisTimeUs()
+  }
+  const start = now - (now % W)
+  // The previous window took its full 100.
+  await admin.hset(`${p}{weighted}:prev`, 's', String(start - W), 'c', '100')
+  const t1 = await redisTimeUs()
+  const decisions = await Promise.all(Array.from({ length: 150 }, () => s.hit('weighted', 100, 10_000, 'sliding-window')))
+  const t2 = await redisTimeUs()
+  const admitted = allowedCount(decisions)
+  // Estimate = 100 × (1 − f) + admitted-so-far, admitted while < 100: i.e. while count < 100 f.
+  const f1 = (t1 - start) / W
+  const f2 = (t2 - start) / W
+  assert.ok(admitted >= Math.ceil(100 * f1) && admitted <= Math.floor(100 * f2) + 1,
+    `admitted ${admitted}, expected between ${Math.ceil(100 * f1)} and ${Math.floor(100 * f2) + 1}`)
+  assert.ok(admitted < 100, 'the previous window counted')
+  // A rejected request waits until the weight has fallen by one request: ≤ W/100 = 100 ms.
+  const rejected = decisions.filter(d => !d.allowed)
+  assert.ok(rejected.length > 0)
+  for (const d of rejected) {
+    assert.equal(d.remaining, 0)
+    assert.ok(d.retryAfterMs >= 1 && d.retryAfterMs <= 101, `retryAfterMs ${d.retryAfterMs}`)
+  }
+  // resetMs: this window's requests weigh until the end of the next one.
+  const last = decisions.at(-1) as LimitDecision
+  const expectReset = (start + 2 * W - t2) / 1000
+  assert.ok(last.resetMs >= expectReset && last.resetMs <= expectReset + (t2 - t1) / 1000 + 1, `resetMs ${last.resetMs}, expected ~${Math.round(expectReset)}`)
+})
+
+// Bound asserted for the approximation: every fixed (aligned) window admits at most max, so a run
+// touching N aligned windows admits at most N × max (hence fewer than 2 × max in any rolling
+// window); and it keeps admitting under continuous traffic: at least max/2 per full window.
+test('sliding-window, max 10 per 300 ms, continuous traffic for ~1 s: at most max per fixed window, keeps admitting, O(1) keys', async t => {
+  const p = prefix()
+  const s = await store(t, p)
+  const W = 300
+  const t0 = await redisTimeUs()
+  const deadline = performance.now() + 1000
+  const decisions: LimitDecision[] = []
+  while (performance.now() < deadline) {
+    decisions.push(await s.hit('steady', 10, W, 'sliding-window'))
+    await sleep(2)
+  }
+  const t1 = await redisTimeUs()
+  const touched = Math.floor(t1 / (W * 1000)) - Math.floor(t0 / (W * 1000)) + 1
+  const full = touched - 2
+  const admitted = allowedCount(decisions)
+  assert.ok(admitted <= 10 * touched, `admitted ${admitted} in ${touched} windows`)
+  assert.ok(admitted >= 5 * full && admitted > 10, `admitted ${admitted} in ${full} full windows`)
+  assert.ok(decisions.length > admitted, 'traffic exceeded the limit')
+  // O(1) memory: two small hashes, however many requests.
+  assert.deepEqual((await admin.keys(`${p}*`)).sort(), [`${p}{steady}:cur`, `${p}{steady}:prev`].sort())
+  assert.ok(Number(await admin.hget(`${p}{steady}:cur`, 'c')) <= 10)
+})
+
+test('scripts flushed from Redis (SCRIPT FLUSH): the next hit reloads them by itself and counts on', async t => {
+  const p = prefix()
+  const s = await store(t, p)
+  const lua = await readFile(join(ROOT, 'plugins/rate-limit/store/sliding-log.lua'), 'utf8')
+  const sha = createHash('sha1').update(lua).digest('hex')
+  const noscript = async (): Promise<number> => Number(/errorstat_NOSCRIPT:count=(\d+)/.exec(await admin.info('errorstats'))?.[1] ?? 0)
+
+  assert.equal((await s.hit('flush', 3, 10_000, 'sliding-log')).remaining, 2)
+  assert.equal((await s.hit('flush', 3, 10_000, 'sliding-log')).remaining, 1) // by EVALSHA
+  assert.deepEqual(await admin.script('EXISTS', sha), [1])
+  const before = await noscript()
+  await admin.script('FLUSH')
+  assert.deepEqual(await admin.script('EXISTS', sha), [0])
+
+  const d = await s.hit('flush', 3, 10_000, 'sliding-log')
+  assert.deepEqual([d.allowed, d.remaining], [true, 0], 'counted on from the earlier two')
+  assert.equal(await noscript(), before + 1, 'the EVALSHA met NOSCRIPT once')
+  assert.deepEqual(await admin.script('EXISTS', sha), [1], 'the script is loaded again')
+  assert.equal((await s.hit('flush', 3, 10_000, 'sliding-log')).allowed, false)
+})
+
+test('an event-loop stall longer than the timeout does not turn an answered hit into an error', async t => {
+  const s = await store(t, prefix(), 50)
+  await s.hit('stall', 10, 1000, 'sliding-log')
+  const pending = s.hit('stall', 10, 1000, 'sliding-log')
+  const until = performance.now() + 150
+  while (performance.now() < until) { /* busy: Redis answers meanwhile, the timer expires */ }
+  assert.equal((await pending).remaining, 8)
+})
+
+test('Redis killed (SIGKILL): hit() rejects within milliseconds with LimitStoreError, never hangs', async t => {
+  const own = await startRedis()
+  t.after(() => own.stop())
+  const owned = new RedisLimitStore(own.url, { keyPrefix: prefix() }) // default 50 ms timeout
+  t.after(() => owned.close())
+  await owned.ready()
+  // A shared client with ioredis defaults (offline queue on, retries): only the store's timer stops it.
+  const shared = new Redis(own.port, '127.0.0.1', { lazyConnect: true })
+  shared.on('error', () => {})
+  t.after(() => shared.disconnect())
+  await shared.connect()
+  const given = new RedisLimitStore(shared, { keyPrefix: prefix() })
+  t.after(() => given.close())
+  for (const s of [owned, given]) assert.equal((await s.hit('k', 5, 1000, 'sliding-log')).allowed, true)
+
+  own.child.kill('SIGKILL')
+  const timed = async (s: RedisLimitStore): Promise<number> => {
+    const t0 = performance.now()
+    await assert.rejects(s.hit('k', 5, 1000, 'sliding-log'), (err: unknown) => {
+      assert.ok(err instanceof LimitStoreError, String(err))
+      assert.equal(err.code, 'GATEHOUSE_ERR_RATE_LIMIT_STORE')
+      assert.match(err.message, /^rate-limit store: redis sliding-log (failed|timed out)/)
+      return true
+    })
+    return performance.now() - t0
+  }
+  // While the kill lands, then once it has.
+  const during = await Promise.all([timed(owned), timed(given)])
+  if (own.child.exitCode === null && own.child.signalCode === null) await once(own.child, 'exit')
+  const afterwards = await Promise.all([timed(owned), timed(given), timed(owned), timed(given)])
+  for (const ms of [...during, ...afterwards]) assert.ok(ms < 500, `hit() took ${Math.round(ms)} ms to fail`)
+  t.diagnostic(`hit() failed after ${[...during, ...afterwards].map(ms => ms.toFixed(1)).join(', ')} ms (owned, given, ...)`)
+
+  const t0 = performance.now()
+  await owned.close()
+  assert.ok(performance.now() - t0 < 1500, 'close() of a store whose Redis is gone does not hang')
+})
+
+test('close() quits a client the store created, and leaves a given client open', async t => {
+  const client = new Redis(server.port, '127.0.0.1', { lazyConnect: true, enableOfflineQueue: false })
+  t.after(() => client.disconnect())
+  await client.connect()
+  const given = new RedisLimitStore(client, { keyPrefix: prefix() })
+  await given.hit('k', 1, 1000, 'sliding-window')
+  await given.close()
+  assert.equal(client.status, 'ready')
+  assert.equal(await client.ping(), 'PONG')
+
+  const owned = new RedisLimitStore(server.url, { keyPrefix: prefix() })
+  await owned.ready()
+  await owned.close()
+  await assert.rejects(owned.hit('k', 1, 1000, 'sliding-log'), LimitStoreError)
+})
+
+test('keys carry the limit key as a hash tag; bad arguments are refused by both stores', async t => {
+  const p = prefix()
+  const s = await store(t, p)
+  await s.hit('user:42', 5, 1000, 'sliding-log')
+  await s.hit('user:42', 5, 1000, 'sliding-window')
+  assert.deepEqual((await admin.keys(`${p}*`)).sort(), [`${p}{user:42}:cur`, `${p}{user:42}:log`, `${p}{user:42}:seq`])
+
+  const memory = new MemoryLimitStore()
+  t.after(() => memory.close())
+  for (const st of [s, memory]) {
+    await assert.rejects(st.hit('', 5, 1000, 'sliding-log'), TypeError)
+    await assert.rejects(st.hit('k', 0, 1000, 'sliding-log'), RangeError)
+    await assert.rejects(st.hit('k', 1.5, 1000, 'sliding-log'), RangeError)
+    await assert.rejects(st.hit('k', 5, 0, 'sliding-log'), RangeError)
+    await assert.rejects(st.hit('k', 1e9, 1e9, 'sliding-window'), RangeError)
+    // @ts-expect-error: an algorithm the type does not allow
+    await assert.rejects(st.hit('k', 5, 1000, 'fixed'), TypeError)
+  }
+})
+
+test('memory store gives the same sliding-log decisions as Redis for the same request times', async t => {
+  const redis = await store(t, prefix())
+  let clock = 0
+  const memory = new MemoryLimitStore({ now: () => clock })
+  t.after(() => memory.close())
+  // max 3 per 600 ms; bursts at ~0, 250, 850, 1100, 1600 ms: every entry is ≥ 150 ms away from
+  // leaving the window when a burst comes, so both stores see the same entries.
+  const schedule: Array<[atMs: number, hits: number]> = [[0, 4], [250, 1], [850, 4], [1100, 1], [1600, 2]]
+  const t0 = performance.now()
+  let compared = 0
+  for (const [atMs, hits] of schedule) {
+    await sleepUntil(t0 + atMs)
+    for (let i = 0; i < hits; i++) {
+      clock = performance.now()
+      const r = await redis.hit('same', 3, 600, 'sliding-log')
+      const m = await memory.hit('same', 3, 600, 'sliding-log')
+      const where = `hit ${i} at ~${atMs} ms: redis ${JSON.stringify(r)}, memory ${JSON.stringify(m)}`
+      assert.deepEqual([m.allowed, m.limit, m.remaining], [r.allowed, r.limit, r.remaining], where)
+      assert.ok(Math.abs(m.retryAfterMs - r.retryAfterMs) <= 20, where)
+      assert.ok(Math.abs(m.resetMs - r.resetMs) <= 20, where)
+      compared++
+    }
+  }
+  assert.equal(compared, 12)
+})
+
+test('memory store, sliding window with an injected clock: exact weights, retry and reset times', async t => {
+  let now = 10_000
+  const m = new MemoryLimitStore({ now: () => now })
+  t.after(() => m.close())
+  const hit = async (): Promise<LimitDecision> => await m.hit('w', 10, 1000, 'sliding-window')
+  // Window [10000, 11000): 10 admitted, then rejected until the next window has begun (by 1 µs).
+  now = 10_100
+  const first = await sequential(11, hit)
+  assert.deepEqual(first.map(d => d.remaining), [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0])
+  assert.equal(first[10]?.allowed, false)
+  assert.equal(first[10]?.retryAfterMs, 901)
+  assert.equal(first[10]?.resetMs, 1900)
+  // 25 % into [11000, 12000): the previous 10 weigh 7.5, so 3 more are admitted (7.5, 8.5, 9.5 < 10).
+  now = 11_250
+  const second = await sequential(4, hit)
+  assert.deepEqual(second.map(d => [d.allowed, d.remaining]), [[true, 2], [true, 1], [true, 0], [false, 0]])
+  // The estimate 10 × (1 − f) + 3 drops below 10 once f > 0.3: 50 ms (+1 µs) from now.
+  assert.equal(second[3]?.retryAfterMs, 51)
+  assert.equal(second[3]?.resetMs, 1750)
+  // 60 % in: 10 × 0.4 + 3 = 7, so 3 more.
+  now = 11_600
+  assert.equal(allowedCount(await sequential(5, hit)), 3)
+  // Two windows later nothing weighs any more: a full 10.
+  now = 13_500
+  assert.equal(allowedCount(await sequential(12, hit)), 10)
+})
+
+test('memory store: keys are swept once their requests have left the window', async t => {
+  let now = 0
+  const m = new MemoryLimitStore({ now: () => now, sweepIntervalMs: 60_000 })
+  t.after(() => m.close())
+  for (let i = 0; i < 100; i++) {
+    await m.hit(`k${i}`, 5, 1000, 'sliding-log')
+    await m.hit(`k${i}`, 5, 1000, 'sliding-window')
+  }
+  assert.equal(m.size, 200)
+  now = 999
+  m.sweep()
+  assert.equal(m.size, 200, 'still in the window')
+  now = 1000
+  m.sweep()
+  assert.equal(m.size, 100, 'logs gone; the window counters still weigh as "previous"')
+  now = 2000
+  m.sweep()
+  assert.equal(m.size, 0)
+  // A swept key starts afresh.
+  assert.equal((await m.hit('k1', 5, 1000, 'sliding-log')).remaining, 4)
+})
