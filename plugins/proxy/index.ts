@@ -12,7 +12,7 @@ import {
 } from '../../src/errors.js'
 import { selectTarget } from '../../src/upstream/select.js'
 import type { Target } from '../../src/upstream/target.js'
-import type { CompiledUpstream } from '../route-table/route-table.js'
+import type { CompiledRoute, CompiledUpstream } from '../route-table/route-table.js'
 import { compileTrust, stripResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import { normalizePath } from './normalize-path.js'
 import { CallDispatcher } from './call-dispatcher.js'
@@ -23,8 +23,19 @@ export interface ProxyOptions {
   trustProxy: TrustProxy
 }
 
+/** What the route table made of a request: resolved before any other per-route work. */
+export interface RouteMatch {
+  route: CompiledRoute
+  /** The normalised path, as matched. */
+  path: string
+  /** Path and query string to send upstream (after rewritePrefix). */
+  forward: string
+}
+
 declare module 'fastify' {
   interface FastifyRequest {
+    /** The route this request matched (set in onRequest, so later hooks can use it). */
+    match: RouteMatch | null
     /** The target this request was sent to, once selected. */
     target: Target | null
   }
@@ -40,6 +51,7 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
   const dispatcher = new CallDispatcher()
   // Retries are off: reply-from would otherwise retry a GET on 503 up to ten times.
   await app.register(replyFrom, { undici: dispatcher as never, disableRequestLogging: true, disableCache: true })
+  app.decorateRequest('match', null)
   app.decorateRequest('target', null)
 
   // Bodies are streamed, never parsed: hand the raw request stream to the proxy.
@@ -64,15 +76,34 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
     return options
   }
 
-  function proxy (request: FastifyRequest, reply: FastifyReply): FastifyReply {
+  // One lookup per request, in onRequest: the body is not read for a request that matches nothing.
+  function resolve (request: FastifyRequest, _reply: FastifyReply, done: (err?: Error) => void): void {
     const url = request.raw.url as string
     const q = url.indexOf('?')
     const rawPath = q === -1 ? url : url.slice(0, q)
-    if (rawPath.charCodeAt(0) !== 47 /* / */) throw new BadPathError('the request target must be a path starting with /')
-    const path = normalizePath(rawPath)
+    if (rawPath.charCodeAt(0) !== 47 /* / */) {
+      done(new BadPathError('the request target must be a path starting with /'))
+      return
+    }
+    let path: string
+    try {
+      path = normalizePath(rawPath)
+    } catch (err) {
+      done(err as Error)
+      return
+    }
     const route = app.routeTable.table.lookup(request.method, hostOf(request.headers.host), path)
-    if (route === null) throw new RouteNotFoundError(request.method, path)
+    if (route === null) {
+      done(new RouteNotFoundError(request.method, path))
+      return
+    }
+    const forward = route.rewritePrefix === undefined ? path : rewrite(route.rewritePrefix, path.slice(route.prefixLength))
+    request.match = { route, path, forward: q === -1 ? forward : forward + url.slice(q) }
+    done()
+  }
 
+  function proxy (request: FastifyRequest, reply: FastifyReply): FastifyReply {
+    const { route, forward } = request.match as RouteMatch
     const declared = request.headers['content-length']
     if (declared !== undefined && Number(declared) > route.bodyLimit) {
       reply.header('connection', 'close')
@@ -90,13 +121,12 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
     // 'close' before the response finished: the client left. Cancel whatever try is running.
     const cancel = new CancelSignal()
     reply.raw.once('close', () => { if (!reply.raw.writableFinished) cancel.abort(new ClientClosedError()) })
-    const forward = route.rewritePrefix === undefined ? path : rewrite(route.rewritePrefix, path.slice(route.prefixLength))
     const start = (replay: Buffer | undefined, replayable: boolean): void => {
       dispatcher.use(new UpstreamCall({
         upstream,
         first,
         request,
-        path: q === -1 ? forward : forward + url.slice(q),
+        path: forward,
         replay,
         replayable,
         signal: cancel
@@ -117,8 +147,8 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
     return reply
   }
 
-  app.route({ method: HTTP_METHODS as string[], url: '/*', handler: proxy })
-  app.route({ method: HTTP_METHODS as string[], url: '/', handler: proxy })
+  app.route({ method: HTTP_METHODS as string[], url: '/*', onRequest: resolve, handler: proxy })
+  app.route({ method: HTTP_METHODS as string[], url: '/', onRequest: resolve, handler: proxy })
   app.setNotFoundHandler((request, reply) => {
     reply.send(new RouteNotFoundError(request.method, request.url.split('?')[0] ?? ''))
   })
