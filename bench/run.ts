@@ -7,14 +7,14 @@
 // live ones, then its breaker opens and lets one probe through every 5 s.
 //   BENCH_DURATION=10 BENCH_CONNECTIONS=50 BENCH_ROUNDS=3 npm run bench [-- --json]
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
-import { once, type EventEmitter } from 'node:events'
+import type { EventEmitter } from 'node:events'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import http from 'node:http'
 import { createRequire } from 'node:module'
-import net, { type AddressInfo } from 'node:net'
+import net from 'node:net'
 import os from 'node:os'
 import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
+import { freePort, httpStatus } from '../scripts/loopback.js'
 import { samples, scrape, total } from './metrics.js'
 
 // ---- autocannon (it ships no types: the part used here) ------------------------------------
@@ -126,15 +126,6 @@ async function stopChildren (): Promise<void> {
 // Last resort (uncaught error, process.exit from elsewhere): no child outlives the runner.
 process.on('exit', () => { for (const c of children.filter(running)) c.proc.kill('SIGKILL') })
 
-async function freePort (): Promise<number> {
-  const server = net.createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const port = (server.address() as AddressInfo).port
-  await new Promise<void>(resolve => server.close(() => resolve()))
-  return port
-}
-
 /** Whether a TCP connect to 127.0.0.1:<port> is refused (nothing listening). */
 function refuses (port: number): Promise<boolean> {
   return new Promise(resolve => {
@@ -145,23 +136,12 @@ function refuses (port: number): Promise<boolean> {
   })
 }
 
-function status (port: number, path: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host: '127.0.0.1', port, path, agent: false, timeout: 1000 }, res => {
-      res.resume()
-      resolve(res.statusCode ?? 0)
-    })
-    req.once('timeout', () => req.destroy(new Error('timeout')))
-    req.once('error', reject)
-  })
-}
-
 async function waitFor200 (child: Child, port: number, path: string): Promise<void> {
   const deadline = Date.now() + START_TIMEOUT_MS
   while (Date.now() < deadline) {
     if (!running(child)) throw new Error(`${child.name} exited while starting:\n${child.output.slice(-20).join('\n')}`)
     try {
-      if (await status(port, path) === 200) return
+      if (await httpStatus(port, path) === 200) return
     } catch {}
     await new Promise(resolve => setTimeout(resolve, 100))
   }

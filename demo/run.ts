@@ -1,10 +1,10 @@
 // npm run demo: three demo upstreams (routes.d/echo.yaml and routes.d/slow.yaml point at them)
 // and the gateway in front, then copy-paste commands to try it. Ctrl-C stops everything.
 import { spawn, type ChildProcess } from 'node:child_process'
-import http from 'node:http'
 import net from 'node:net'
 import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
+import { httpStatus } from '../scripts/loopback.js'
 
 const ROOT = resolve(import.meta.dirname, '..', '..')
 const ROUTES_DIR = join(ROOT, 'routes.d')
@@ -78,17 +78,6 @@ function launch (service: Service): void {
   }
 }
 
-function get (port: number, path: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host: '127.0.0.1', port, path, agent: false, timeout: 1000 }, res => {
-      res.resume()
-      resolve(res.statusCode ?? 0)
-    })
-    req.once('timeout', () => req.destroy(new Error('timeout')))
-    req.once('error', reject)
-  })
-}
-
 async function waitUntilUp (service: Service): Promise<void> {
   const deadline = Date.now() + START_TIMEOUT_MS
   let exitCode: number | null | undefined
@@ -96,7 +85,7 @@ async function waitUntilUp (service: Service): Promise<void> {
   while (Date.now() < deadline) {
     if (exitCode !== undefined) throw new Error(`${service.name} exited with code ${exitCode} while starting (see its output above)`)
     try {
-      if (await get(service.port, service.probe) === 200) return
+      if (await httpStatus(service.port, service.probe) === 200) return
     } catch {}
     await new Promise(resolve => setTimeout(resolve, 100))
   }

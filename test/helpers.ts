@@ -4,13 +4,14 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtemp, rm, writeFile, unlink } from 'node:fs/promises'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
-import net, { type AddressInfo } from 'node:net'
+import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../src/app.js'
 import { loadEnv } from '../src/config/env.js'
+import { freePort } from '../scripts/loopback.js'
 
 export const ROOT = resolve(import.meta.dirname, '..', '..')
 export const CLI = join(ROOT, 'dist', 'src', 'cli.js')
@@ -193,14 +194,7 @@ export async function runCli (args: string[], env: Record<string, string> = {}):
 }
 
 /** A port nothing listens on. */
-export async function closedPort (): Promise<number> {
-  const server = net.createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const port = (server.address() as AddressInfo).port
-  await new Promise<void>(resolve => server.close(() => resolve()))
-  return port
-}
+export const closedPort = freePort
 
 export async function removeDir (dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true })
