@@ -5,6 +5,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOpt
 import healthPlugin from '../plugins/health/index.js'
 import observabilityPlugin from '../plugins/observability/index.js'
 import proxyPlugin from '../plugins/proxy/index.js'
+import rateLimitPlugin from '../plugins/rate-limit/index.js'
 import routeTablePlugin from '../plugins/route-table/index.js'
 import { AccessLog } from './access-log.js'
 import type { GatewayEnv } from './config/env.js'
@@ -47,6 +48,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     watch: env.watchRoutes,
     debounceMs: env.reloadDebounceMs
   })
+  await app.register(rateLimitPlugin, { redisUrl: env.redisUrl })
   await app.register(healthPlugin, {
     maxEventLoopDelayMs: env.maxEventLoopDelayMs,
     maxEventLoopUtilization: env.maxEventLoopUtilization,

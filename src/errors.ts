@@ -36,6 +36,12 @@ export const UpstreamUnavailableError = createError<'GATEHOUSE_ERR_UPSTREAM_UNAV
 export const ClientClosedError = createError<'GATEHOUSE_ERR_CLIENT_CLOSED', 499, [ErrorOptions?]>(
   'GATEHOUSE_ERR_CLIENT_CLOSED', 'The client closed the connection before the response', 499)
 
+export const RateLimitedError = createError<'GATEHOUSE_ERR_RATE_LIMITED', 429, [number, string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_RATE_LIMITED', 'Rate limit of %d requests per %s reached; see Retry-After', 429)
+
+export const RateLimitUnavailableError = createError<'GATEHOUSE_ERR_RATE_LIMIT_UNAVAILABLE', 503, [ErrorOptions?]>(
+  'GATEHOUSE_ERR_RATE_LIMIT_UNAVAILABLE', 'The rate-limit store is unavailable and this route fails closed', 503)
+
 export const NotReadyError = createError<'GATEHOUSE_ERR_NOT_READY', 503, [string, ErrorOptions?]>(
   'GATEHOUSE_ERR_NOT_READY', 'Gateway is not ready: %s', 503)
 

@@ -38,8 +38,8 @@ async function healthPlugin (app: FastifyInstance, opts: HealthOptions): Promise
       reply.header('retry-after', '5')
       throw new NotReadyError('draining for shutdown')
     }
-    return { status: 'ready', routeTableVersion: app.routeTable.table.version }
+    return { status: 'ready', routeTableVersion: app.routeTable.table.version, rateLimitStore: app.rateLimitState.store }
   })
 }
 
-export default fp(healthPlugin, { name: 'gatehouse-health', fastify: '5.x', dependencies: ['gatehouse-route-table'] })
+export default fp(healthPlugin, { name: 'gatehouse-health', fastify: '5.x', dependencies: ['gatehouse-route-table', 'gatehouse-rate-limit'] })

@@ -147,8 +147,9 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
     return reply
   }
 
-  app.route({ method: HTTP_METHODS as string[], url: '/*', onRequest: resolve, handler: proxy })
-  app.route({ method: HTTP_METHODS as string[], url: '/', onRequest: resolve, handler: proxy })
+  // `gatehouseProxy` lets per-route plugins (rate limits) find these routes; they run after resolve.
+  app.route({ method: HTTP_METHODS as string[], url: '/*', config: { gatehouseProxy: true }, onRequest: [resolve], handler: proxy })
+  app.route({ method: HTTP_METHODS as string[], url: '/', config: { gatehouseProxy: true }, onRequest: [resolve], handler: proxy })
   app.setNotFoundHandler((request, reply) => {
     reply.send(new RouteNotFoundError(request.method, request.url.split('?')[0] ?? ''))
   })

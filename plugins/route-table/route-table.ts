@@ -1,6 +1,6 @@
 // The compiled route table: built once per load or reload, never changed after, swapped whole.
 import FindMyWay, { type HTTPVersion, type Instance } from 'find-my-way'
-import { HTTP_METHODS, type UpstreamConfig } from '../../src/config/route-file.js'
+import { HTTP_METHODS, type RateLimitConfig, type UpstreamConfig } from '../../src/config/route-file.js'
 import { RetryBudget, type RetryOptions } from '../../src/upstream/retry.js'
 import { Target, type TargetTransitionListener } from '../../src/upstream/target.js'
 
@@ -18,8 +18,18 @@ export interface CompiledUpstream {
   readonly budget: RetryBudget
 }
 
+/** A route's rate limit, with what its headers say precomputed. */
+export interface CompiledLimit extends RateLimitConfig {
+  /** `<upstream>-<route index>`: names the budget in store keys and in RateLimit-Policy. */
+  readonly id: string
+  /** The RateLimit-Policy header value (draft-ietf-httpapi-ratelimit-headers). */
+  readonly policy: string
+}
+
 export interface CompiledRoute {
   readonly upstream: CompiledUpstream
+  /** Undefined: not limited. */
+  readonly rateLimit: CompiledLimit | undefined
   /** Characters of the request path the prefix covers (0 for `/`). */
   readonly prefixLength: number
   /** Undefined: forward the path unchanged. */
@@ -80,9 +90,12 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaultBody
       budget: budgetOf(previous, config)
     })
     upstreams.push(upstream)
-    for (const route of config.routes) {
+    for (const [index, route] of config.routes.entries()) {
+      const limit = route.rateLimit
+      const id = `${config.name}-${index}`
       const compiled: CompiledRoute = Object.freeze({
         upstream,
+        rateLimit: limit === undefined ? undefined : Object.freeze({ ...limit, id, policy: `"${id}";q=${limit.max};w=${Math.ceil(limit.windowMs / 1000)}` }),
         prefixLength: route.path === '/' ? 0 : route.path.length,
         rewritePrefix: route.rewritePrefix,
         bodyLimit: route.bodyLimit ?? defaultBodyLimit

@@ -3,6 +3,7 @@
 import Type, { type Static } from 'typebox'
 import Value from 'typebox/value'
 import YAML from 'yaml'
+import type { LimitAlgorithm } from '../../plugins/rate-limit/store/types.js'
 import type { BreakerOptions } from '../upstream/breaker.js'
 import type { RetryOptions } from '../upstream/retry.js'
 import { Duration, Size, toBytes, toMs } from './units.js'
@@ -43,7 +44,23 @@ const Route = Type.Object({
     errorMessage: "must be '' or a path starting with /",
     description: "Replaces the matched prefix before forwarding; '' strips it. Default: the path is forwarded unchanged."
   })),
-  bodyLimit: Type.Optional(Size({ description: 'Largest request body on this route. Default: BODY_LIMIT.' }))
+  bodyLimit: Type.Optional(Size({ description: 'Largest request body on this route. Default: BODY_LIMIT.' })),
+  rateLimit: Type.Optional(Type.Object({
+    max: Type.Integer({ minimum: 1, description: 'Requests admitted per window and key.' }),
+    window: Duration({ default: '1m', description: 'Sliding window. Default 1m.' }),
+    key: Type.String({
+      pattern: '^(ip|header:[A-Za-z0-9!#$%&\'*+.^_`|~-]+)$',
+      default: 'ip',
+      errorMessage: 'must be ip or header:<name>',
+      description: 'Whose budget a request spends: ip (the client address; TRUST_PROXY decides whether X-Forwarded-For counts) or header:<name>. Default ip.'
+    }),
+    algorithm: Type.Union([Type.Literal('sliding-log'), Type.Literal('sliding-window')], {
+      default: 'sliding-log', errorMessage: 'must be sliding-log or sliding-window', description: 'sliding-log: exact (one entry per request in the window); sliding-window: two counters, O(1) memory per key, approximate. Default sliding-log.'
+    }),
+    onStoreError: Type.Union([Type.Literal('local'), Type.Literal('open'), Type.Literal('closed')], {
+      default: 'local', errorMessage: 'must be local, open or closed', description: 'When Redis fails: local (an in-process limit with the same window), open (admit), closed (503). Default local.'
+    })
+  }, { additionalProperties: false, description: 'Rate limit of this route: all requests matching it from one key share one budget. Absent: not limited.' }))
 }, { additionalProperties: false })
 
 export const RouteFileSchema = Type.Object({
@@ -102,6 +119,16 @@ export interface RouteConfig {
   hosts: string[] | undefined
   rewritePrefix: string | undefined
   bodyLimit: number | undefined
+  rateLimit: RateLimitConfig | undefined
+}
+
+export interface RateLimitConfig {
+  max: number
+  windowMs: number
+  /** Header name (lowercase) whose value is the key; undefined: the client IP. */
+  keyHeader: string | undefined
+  algorithm: LimitAlgorithm
+  onStoreError: 'local' | 'open' | 'closed'
 }
 
 export interface TargetConfig {
@@ -169,7 +196,16 @@ export function parseRouteFile (file: string, text: string): UpstreamConfig {
       methods: r.methods,
       hosts: r.hosts?.map(h => h.toLowerCase()),
       rewritePrefix: r.rewritePrefix,
-      bodyLimit: r.bodyLimit === undefined ? undefined : toBytes(r.bodyLimit)
+      bodyLimit: r.bodyLimit === undefined ? undefined : toBytes(r.bodyLimit),
+      rateLimit: r.rateLimit === undefined
+        ? undefined
+        : {
+            max: r.rateLimit.max,
+            windowMs: toMs(r.rateLimit.window),
+            keyHeader: r.rateLimit.key.startsWith('header:') ? r.rateLimit.key.slice(7).toLowerCase() : undefined,
+            algorithm: r.rateLimit.algorithm,
+            onStoreError: r.rateLimit.onStoreError
+          }
     })),
     // Default() has filled every key that has a default, nested objects included.
     timeouts: { connectMs: toMs(raw.timeouts!.connect), requestMs: toMs(raw.timeouts!.request), idleMs: toMs(raw.timeouts!.idle) },
@@ -202,6 +238,7 @@ function checkUpstream (upstream: UpstreamConfig): string[] {
   const claims = new Map<string, number>()
   upstream.routes.forEach((route, i) => {
     if (RESERVED_PATHS.includes(route.path)) problems.push(`/routes/${i}/path: ${route.path} is served by the gateway itself`)
+    if (route.rateLimit !== undefined && route.rateLimit.windowMs < 1) problems.push(`/routes/${i}/rateLimit/window: must be at least 1ms`)
     for (const claim of routeClaims(route)) {
       const other = claims.get(claim)
       if (other !== undefined) {

@@ -1,0 +1,139 @@
+// Rate limits of routes: @fastify/rate-limit runs the check on the proxy routes, with a store
+// that asks Redis (REDIS_URL) or memory, and falls back per route when Redis fails.
+import type { FastifyInstance, FastifyRequest } from 'fastify'
+import fastifyRateLimit from '@fastify/rate-limit'
+import fp from 'fastify-plugin'
+import { RateLimitedError, RateLimitUnavailableError } from '../../src/errors.js'
+import type { CompiledLimit } from '../route-table/route-table.js'
+import { MemoryLimitStore } from './store/memory.js'
+import { RedisLimitStore } from './store/redis.js'
+import type { LimitDecision, LimitStore } from './store/types.js'
+
+export interface RateLimitOptions {
+  /** Unset: limits are kept in this process. */
+  redisUrl: string | undefined
+}
+
+/** What /ready and /metrics tell about the limiter. */
+export interface RateLimitState {
+  store: 'memory' | 'redis' | 'fallback'
+  storeErrors: number
+  /** Requests refused with 429, by limit id. */
+  rejected: Map<string, number>
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    rateLimitState: RateLimitState
+  }
+  interface FastifyContextConfig {
+    /** Set by the proxy on its routes: the rate limiter applies to them. */
+    gatehouseProxy?: boolean
+  }
+}
+
+type IncrCallback = (err: Error | null, result?: { current: number, ttl: number }) => void
+
+async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): Promise<void> {
+  const primary: LimitStore = opts.redisUrl === undefined ? new MemoryLimitStore() : new RedisLimitStore(opts.redisUrl)
+  const local = new MemoryLimitStore()
+  const state: RateLimitState = { store: opts.redisUrl === undefined ? 'memory' : 'redis', storeErrors: 0, rejected: new Map() }
+  app.decorate('rateLimitState', state)
+
+  // The switch to and from the fallback is logged once, not per request.
+  const failed = (err: unknown): void => {
+    state.storeErrors++
+    if (state.store !== 'fallback') {
+      state.store = 'fallback'
+      app.log.error({ err }, 'rate-limit store failed: routes fall back to their onStoreError policy')
+    }
+  }
+  const recovered = (): void => {
+    if (state.store === 'fallback') {
+      state.store = 'redis'
+      app.log.info('rate-limit store recovered')
+    }
+  }
+
+  /**
+   * The store @fastify/rate-limit calls. Its key is `<limit id>\n<client key>`; the store does not
+   * see the request, so the key generator leaves each limit here under its id (one entry per
+   * route with a limit; a reload replaces them).
+   */
+  const limits = new Map<string, CompiledLimit>()
+  class GatewayStore {
+    incr (key: string, callback: IncrCallback, _timeWindow: number, _max: number): void {
+      const limit = limits.get(key.slice(0, key.indexOf('\n')))
+      if (limit === undefined) {
+        callback(null, { current: 0, ttl: 0 })
+        return
+      }
+      const answer = (d: LimitDecision): void => {
+        // @fastify/rate-limit: remaining = max - current; refused when current > max; the ttl
+        // becomes x-ratelimit-reset and, when refused, Retry-After (time until a slot frees).
+        callback(null, d.allowed ? { current: limit.max - d.remaining, ttl: d.resetMs } : { current: limit.max + 1, ttl: d.retryAfterMs })
+      }
+      primary.hit(key, limit.max, limit.windowMs, limit.algorithm).then(d => { recovered(); answer(d) }, err => {
+        failed(err)
+        if (limit.onStoreError === 'open') answer({ allowed: true, limit: limit.max, remaining: limit.max, retryAfterMs: 0, resetMs: limit.windowMs })
+        else if (limit.onStoreError === 'closed') callback(new RateLimitUnavailableError({ cause: err }))
+        else local.hit(key, limit.max, limit.windowMs, limit.algorithm).then(answer, e => callback(e as Error))
+      })
+    }
+
+    child (): GatewayStore {
+      return this
+    }
+  }
+
+  const limitOf = (request: FastifyRequest): CompiledLimit | undefined => request.match?.route.rateLimit
+
+  app.addHook('onRoute', route => {
+    if (route.config?.gatehouseProxy !== true) return
+    Object.assign(route.config, {
+      rateLimit: {
+        // Routes without a limit get no check and no headers.
+        allowList: (request: FastifyRequest) => limitOf(request) === undefined,
+        // Called before allowList: a route without a limit gets an empty key and is let through.
+        keyGenerator: (request: FastifyRequest) => {
+          const limit = limitOf(request)
+          if (limit === undefined) return ''
+          const header = limit.keyHeader === undefined ? undefined : request.headers[limit.keyHeader]
+          const who = limit.keyHeader === undefined ? request.ip : `h:${typeof header === 'string' ? header : ''}`
+          limits.set(limit.id, limit)
+          return `${limit.id}\n${who}`
+        },
+        max: (request: FastifyRequest) => (limitOf(request) as CompiledLimit).max,
+        timeWindow: (request: FastifyRequest) => (limitOf(request) as CompiledLimit).windowMs
+      }
+    })
+  })
+
+  await app.register(fastifyRateLimit, {
+    global: false,
+    store: GatewayStore as never,
+    // Retry-After and x-ratelimit-* come from the plugin; the IETF fields are added below.
+    errorResponseBuilder: (request, context) => {
+      const limit = limitOf(request) as CompiledLimit
+      state.rejected.set(limit.id, (state.rejected.get(limit.id) ?? 0) + 1)
+      return new RateLimitedError(context.max, `${Math.ceil(limit.windowMs / 1000)}s`)
+    }
+  })
+
+  // draft-ietf-httpapi-ratelimit-headers: RateLimit-Policy and RateLimit, beside x-ratelimit-*.
+  app.addHook('onSend', (request, reply, payload, done) => {
+    const limit = request.match?.route.rateLimit
+    const remaining = reply.getHeader('x-ratelimit-remaining')
+    if (limit !== undefined && remaining !== undefined) {
+      reply.header('ratelimit-policy', limit.policy)
+      reply.header('ratelimit', `"${limit.id}";r=${String(remaining)};t=${String(reply.getHeader('x-ratelimit-reset') ?? 0)}`)
+    }
+    done(null, payload)
+  })
+
+  app.addHook('onClose', async () => {
+    await Promise.all([primary.close(), local.close()])
+  })
+}
+
+export default fp(rateLimitPlugin, { name: 'gatehouse-rate-limit', fastify: '5.x', dependencies: ['gatehouse-route-table'] })
