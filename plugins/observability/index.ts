@@ -119,6 +119,29 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
   // The registry reads only name, help, type and get(); its types list only prom-client's own classes.
   client.register.registerMetric(new TryDurations(targets) as unknown as Metric)
 
+  const limiter = () => app.rateLimitState
+  new client.Counter({
+    name: 'rate_limiter_rejected_total',
+    help: 'Requests refused with 429, by route limit (<upstream>-<route index>); never by client key.',
+    labelNames: ['route'],
+    collect () {
+      this.reset()
+      for (const [route, n] of limiter().rejected) this.inc({ route }, n)
+    }
+  })
+  new client.Counter({
+    name: 'rate_limiter_store_errors_total',
+    help: 'Rate-limit store (Redis) calls that failed or timed out.',
+    collect () {
+      this.reset()
+      this.inc(limiter().storeErrors)
+    }
+  })
+  new client.Gauge({
+    name: 'rate_limiter_fallback_active',
+    help: '1 while the rate-limit store is failing and routes use their onStoreError policy.',
+    collect () { this.set(limiter().store === 'fallback' ? 1 : 0) }
+  })
   new client.Counter({
     name: 'config_reloads_total',
     help: 'Route reloads; failure: at least one file was rejected (its last good version kept serving).',
@@ -168,4 +191,4 @@ class TryDurations {
   }
 }
 
-export default fp(observabilityPlugin, { name: 'gatehouse-observability', fastify: '5.x', dependencies: ['gatehouse-route-table'] })
+export default fp(observabilityPlugin, { name: 'gatehouse-observability', fastify: '5.x', dependencies: ['gatehouse-route-table', 'gatehouse-rate-limit'] })
