@@ -88,27 +88,6 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
 
   const limitOf = (request: FastifyRequest): CompiledLimit | undefined => request.match?.route.rateLimit
 
-  app.addHook('onRoute', route => {
-    if (route.config?.gatehouseProxy !== true) return
-    Object.assign(route.config, {
-      rateLimit: {
-        // Routes without a limit get no check and no headers.
-        allowList: (request: FastifyRequest) => limitOf(request) === undefined,
-        // Called before allowList: a route without a limit gets an empty key and is let through.
-        keyGenerator: (request: FastifyRequest) => {
-          const limit = limitOf(request)
-          if (limit === undefined) return ''
-          const header = limit.keyHeader === undefined ? undefined : request.headers[limit.keyHeader]
-          const who = limit.keyHeader === undefined ? request.ip : `h:${typeof header === 'string' ? header : ''}`
-          limits.set(limit.id, limit)
-          return `${limit.id}\n${who}`
-        },
-        max: (request: FastifyRequest) => (limitOf(request) as CompiledLimit).max,
-        timeWindow: (request: FastifyRequest) => (limitOf(request) as CompiledLimit).windowMs
-      }
-    })
-  })
-
   await app.register(fastifyRateLimit, {
     global: false,
     store: GatewayStore as never,
@@ -118,6 +97,30 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
       state.rejected.set(limit.id, (state.rejected.get(limit.id) ?? 0) + 1)
       return new RateLimitedError(context.max, `${Math.ceil(limit.windowMs / 1000)}s`)
     }
+  })
+  const check = app.rateLimit({
+    keyGenerator: (request: FastifyRequest) => {
+      const limit = limitOf(request) as CompiledLimit
+      limits.set(limit.id, limit)
+      if (limit.keyHeader === undefined) return `${limit.id}\n${request.ip}`
+      const value = request.headers[limit.keyHeader]
+      return `${limit.id}\nh:${typeof value === 'string' ? value : ''}`
+    },
+    max: (request: FastifyRequest) => (limitOf(request) as CompiledLimit).max,
+    timeWindow: (request: FastifyRequest) => (limitOf(request) as CompiledLimit).windowMs
+  })
+
+  // On the proxy routes, after the route is resolved. A route without a limit costs one check.
+  app.addHook('onRoute', route => {
+    if (route.config?.gatehouseProxy !== true) return
+    const hooks = route.onRequest === undefined ? [] : Array.isArray(route.onRequest) ? route.onRequest : [route.onRequest]
+    route.onRequest = [...hooks, (request, reply, done) => {
+      if (limitOf(request) === undefined) {
+        done()
+        return
+      }
+      check.call(app, request, reply).then(() => done(), done)
+    }]
   })
 
   // draft-ietf-httpapi-ratelimit-headers: RateLimit-Policy and RateLimit, beside x-ratelimit-*.

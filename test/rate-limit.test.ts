@@ -1,0 +1,328 @@
+// Route rate limits end to end: real gateway processes, real upstreams, and for the shared store a
+// real redis-server that this file starts on a free port of 127.0.0.1 (never the one on 6379).
+import { strict as assert } from 'node:assert'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtemp, rm } from 'node:fs/promises'
+import http, { type IncomingHttpHeaders } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { performance } from 'node:perf_hooks'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { test, type TestContext } from 'node:test'
+import { Redis } from 'ioredis'
+import { freePort } from '../scripts/loopback.js'
+import { removeDir, routeDir, startGateway, startUpstream, type GatewayProcess, type Upstream } from './helpers.js'
+
+// The memory-store tests must not pick up a Redis from the environment of whoever runs them.
+delete process.env.REDIS_URL
+
+const FALLBACK_MSG = 'rate-limit store failed: routes fall back to their onStoreError policy'
+
+interface Res {
+  status: number
+  headers: IncomingHttpHeaders
+  body: string
+  /** Wall time from sending to the end of the body. */
+  ms: number
+}
+
+/** One GET on its own connection (so `localAddress` is honoured), bounded at 5 s. */
+async function get (url: string, headers: Record<string, string> = {}, localAddress?: string): Promise<Res> {
+  const t0 = performance.now()
+  return await new Promise<Res>((resolve, reject) => {
+    const req = http.request(url, { headers, localAddress, agent: false }, res => {
+      const chunks: Buffer[] = []
+      res.on('data', (c: Buffer) => chunks.push(c))
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString(), ms: performance.now() - t0 }))
+      res.on('error', reject)
+    })
+    req.setTimeout(5000, () => req.destroy(new Error(`GET ${url} got no answer in 5 s`)))
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+const json = (r: Res): Record<string, unknown> => JSON.parse(r.body) as Record<string, unknown>
+
+async function readyStore (gw: GatewayProcess): Promise<unknown> {
+  return json(await get(`${gw.url}/ready`)).rateLimitStore
+}
+
+const RATE_HEADERS = ['x-ratelimit-limit', 'x-ratelimit-remaining', 'x-ratelimit-reset', 'ratelimit', 'ratelimit-policy', 'retry-after']
+
+function assertNoRateHeaders (r: Res, where: string): void {
+  for (const h of RATE_HEADERS) assert.equal(r.headers[h], undefined, `${where}: ${h}`)
+}
+
+function assertRefused (r: Res, max: number, window: string, maxRetrySeconds: number): number {
+  assert.equal(r.status, 429)
+  assert.match(String(r.headers['content-type']), /^application\/json/)
+  assert.deepEqual(json(r), {
+    statusCode: 429,
+    code: 'GATEHOUSE_ERR_RATE_LIMITED',
+    error: 'Too Many Requests',
+    message: `Rate limit of ${max} requests per ${window} reached; see Retry-After`
+  })
+  const retry = String(r.headers['retry-after'])
+  assert.match(retry, /^\d+$/, `Retry-After ${retry}`)
+  const seconds = Number(retry)
+  assert.ok(seconds >= 1 && seconds <= maxRetrySeconds, `Retry-After ${seconds}`)
+  return seconds
+}
+
+/** A YAML route file: one route per [path, rateLimit YAML lines or ''] pair. */
+function limitedFile (target: string, routes: Array<[path: string, rateLimit: string]>): string {
+  const lines = ['targets:', `  - url: ${target}`, 'routes:']
+  for (const [path, limit] of routes) {
+    lines.push(`  - path: ${path}`)
+    if (limit !== '') lines.push('    rateLimit:', ...limit.split('\n').map(l => `      ${l}`))
+  }
+  return lines.join('\n') + '\n'
+}
+
+interface RedisServer {
+  port: number
+  url: string
+  child: ChildProcess
+  stop: () => Promise<void>
+}
+
+/** redis-server without persistence on `port` (default: a free one), resolved once it accepts connections. */
+async function startRedis (port?: number): Promise<RedisServer> {
+  const p = port ?? await freePort()
+  const dir = await mkdtemp(join(tmpdir(), 'gatehouse-redis-'))
+  const child = spawn('redis-server', ['--port', String(p), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  const started = new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`redis-server did not start in 5 s:\n${output}`)), 5000)
+    child.stdout?.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+      if (output.includes('Ready to accept connections')) { clearTimeout(timer); resolve() }
+    })
+    child.stderr?.on('data', (chunk: Buffer) => { output += chunk.toString() })
+    child.once('error', err => { clearTimeout(timer); reject(new Error(`cannot run redis-server (is it installed?): ${err.message}`)) })
+    child.once('exit', code => { clearTimeout(timer); reject(new Error(`redis-server exited (${code}) before it was ready:\n${output}`)) })
+  })
+  const stop = async (): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL')
+      await once(child, 'exit')
+    }
+    await rm(dir, { recursive: true, force: true })
+  }
+  try {
+    await started
+  } catch (err) {
+    await stop()
+    throw err
+  }
+  return { port: p, url: `redis://127.0.0.1:${p}`, child, stop }
+}
+
+async function upstreamFor (t: TestContext): Promise<Upstream> {
+  const upstream = await startUpstream()
+  t.after(() => upstream.close())
+  return upstream
+}
+
+async function gatewayFor (t: TestContext, files: Record<string, string>, env: Record<string, string> = {}): Promise<GatewayProcess> {
+  const dir = await routeDir(files)
+  t.after(() => removeDir(dir))
+  const gw = await startGateway(dir, env)
+  t.after(() => gw.stop())
+  return gw
+}
+
+test('memory store, max 3 per 10s: three 200s counting down, then 429 JSON with Retry-After; the upstream sees 3; an unlimited route has no rate headers', async t => {
+  const upstream = await upstreamFor(t)
+  const gw = await gatewayFor(t, {
+    'api.yaml': limitedFile(upstream.url, [['/limited', 'max: 3\nwindow: 10s'], ['/free', '']])
+  })
+  assert.equal(await readyStore(gw), 'memory')
+
+  for (const remaining of [2, 1, 0]) {
+    const r = await get(`${gw.url}/limited/x`)
+    assert.equal(r.status, 200, r.body)
+    assert.equal(r.headers['x-ratelimit-limit'], '3')
+    assert.equal(r.headers['x-ratelimit-remaining'], String(remaining))
+    assert.equal(r.headers['x-ratelimit-reset'], '10')
+    assert.equal(r.headers['ratelimit-policy'], '"api-0";q=3;w=10')
+    assert.equal(r.headers.ratelimit, `"api-0";r=${remaining};t=10`)
+    assert.equal(r.headers['retry-after'], undefined)
+  }
+  const refused = await get(`${gw.url}/limited/x`)
+  const retry = assertRefused(refused, 3, '10s', 10)
+  assert.equal(refused.headers['x-ratelimit-limit'], '3')
+  assert.equal(refused.headers['x-ratelimit-remaining'], '0')
+  assert.equal(refused.headers['x-ratelimit-reset'], String(retry))
+  assert.equal(refused.headers['ratelimit-policy'], '"api-0";q=3;w=10')
+  assert.equal(refused.headers.ratelimit, `"api-0";r=0;t=${retry}`)
+  assert.equal(upstream.requests.length, 3, 'the refused request never reached the upstream')
+
+  // Another route of the same upstream, without rateLimit: never limited, no headers.
+  for (let i = 0; i < 5; i++) {
+    const r = await get(`${gw.url}/free/x`)
+    assert.equal(r.status, 200)
+    assertNoRateHeaders(r, `/free request ${i}`)
+  }
+  assert.equal(upstream.requests.length, 8)
+})
+
+test('key header:x-api-key: each key has its own budget; requests without the header share one empty key', async t => {
+  const upstream = await upstreamFor(t)
+  const gw = await gatewayFor(t, { 'keyed.yaml': limitedFile(upstream.url, [['/k', 'max: 2\nwindow: 10s\nkey: header:x-api-key']]) })
+  const status = async (headers: Record<string, string> = {}): Promise<number> => (await get(`${gw.url}/k`, headers)).status
+
+  assert.deepEqual([await status({ 'x-api-key': 'alice' }), await status({ 'x-api-key': 'alice' }), await status({ 'x-api-key': 'alice' })], [200, 200, 429])
+  const bob = await get(`${gw.url}/k`, { 'x-api-key': 'bob' })
+  assert.equal(bob.status, 200, 'bob is not charged for alice')
+  assert.equal(bob.headers['x-ratelimit-remaining'], '1')
+  assert.deepEqual([await status(), await status(), await status()], [200, 200, 429], 'no header: one shared budget')
+  assert.equal(await status({ 'x-api-key': '' }), 429, 'an empty header is the same empty key')
+  assert.equal(await status({ 'x-api-key': 'bob' }), 200)
+  assert.equal(upstream.requests.length, 6)
+})
+
+test('key ip: the budget follows the client address; X-Forwarded-For from an untrusted peer does not buy a new one', async t => {
+  const upstream = await upstreamFor(t)
+  const gw = await gatewayFor(t, { 'byip.yaml': limitedFile(upstream.url, [['/ip', 'max: 2\nwindow: 10s']]) })
+  const status = async (from: string, headers: Record<string, string> = {}): Promise<number> => (await get(`${gw.url}/ip`, headers, from)).status
+
+  assert.deepEqual([await status('127.0.0.1'), await status('127.0.0.1'), await status('127.0.0.1')], [200, 200, 429])
+  assert.equal(await status('127.0.0.1', { 'x-forwarded-for': '10.9.9.9' }), 429)
+  assert.deepEqual([await status('127.0.0.2'), await status('127.0.0.2'), await status('127.0.0.2')], [200, 200, 429])
+  assert.equal(upstream.requests.length, 4)
+})
+
+test('the window slides: max 2 per 1s refuses the 3rd with Retry-After 1, then frees one slot when the oldest request leaves', async t => {
+  const upstream = await upstreamFor(t)
+  const gw = await gatewayFor(t, { 'slide.yaml': limitedFile(upstream.url, [['/s', 'max: 2\nwindow: 1s']]) })
+  const url = `${gw.url}/s`
+
+  const t0 = performance.now()
+  assert.equal((await get(url)).status, 200)
+  await sleep(500)
+  assert.equal((await get(url)).status, 200)
+  const third = await get(url)
+  assertRefused(third, 2, '1s', 1)
+  assert.equal(third.headers['retry-after'], '1')
+  // At ~1.1 s the first request has left the window, the second (at ~0.5 s) has not: one slot.
+  await sleep(Math.max(0, t0 + 1100 - performance.now()))
+  assert.equal((await get(url)).status, 200, 'a slot freed once the oldest request left the window')
+  const again = await get(url)
+  assert.ok(performance.now() - t0 < 1450, 'still inside the second request\'s window; the machine is too slow for this check')
+  assertRefused(again, 2, '1s', 1)
+  assert.equal(upstream.requests.length, 3)
+})
+
+test('three gateways sharing one Redis, max 10: 30 round-robin requests give exactly 10 × 200 and 20 × 429; a concurrent burst of 60 admits exactly 10', async t => {
+  const redis = await startRedis()
+  t.after(() => redis.stop())
+  const upstream = await upstreamFor(t)
+  const files = { 'shared.yaml': limitedFile(upstream.url, [['/shared', 'max: 10\nwindow: 60s\nkey: header:x-api-key']]) }
+  const gws = await Promise.all([0, 1, 2].map(async () => await gatewayFor(t, files, { REDIS_URL: redis.url })))
+  for (const gw of gws) assert.equal(await readyStore(gw), 'redis')
+
+  const sequential: Res[] = []
+  for (let i = 0; i < 30; i++) sequential.push(await get(`${(gws[i % 3] as GatewayProcess).url}/shared`, { 'x-api-key': 'round-robin' }))
+  assert.deepEqual(sequential.map(r => r.status), [...Array(10).fill(200), ...Array(20).fill(429)])
+  // One budget counted down across the three processes.
+  assert.deepEqual(sequential.slice(0, 10).map(r => r.headers['x-ratelimit-remaining']), ['9', '8', '7', '6', '5', '4', '3', '2', '1', '0'])
+  for (const r of sequential.slice(10)) assertRefused(r, 10, '60s', 60)
+  assert.equal(upstream.requests.length, 10)
+
+  const burst = await Promise.all(Array.from({ length: 60 }, async (_, i) => await get(`${(gws[i % 3] as GatewayProcess).url}/shared`, { 'x-api-key': 'burst' })))
+  const counts = new Map<number, number>()
+  for (const r of burst) counts.set(r.status, (counts.get(r.status) ?? 0) + 1)
+  assert.deepEqual(Object.fromEntries(counts), { 200: 10, 429: 50 })
+  assert.deepEqual(burst.filter(r => r.status === 200).map(r => Number(r.headers['x-ratelimit-remaining'])).sort((a, b) => a - b), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+  assert.equal(upstream.requests.length, 20)
+})
+
+test('Redis killed under load: no 5xx and no slow answers, local limits apply, open admits, closed answers 503; after Redis restarts, limits go through it again', async t => {
+  let redis = await startRedis()
+  t.after(() => redis.stop())
+  const upstream = await upstreamFor(t)
+  const gw = await gatewayFor(t, {
+    'store.yaml': limitedFile(upstream.url, [
+      ['/local', 'max: 5\nwindow: 10s\nkey: header:x-api-key\nonStoreError: local'],
+      ['/open', 'max: 2\nwindow: 10s\nkey: header:x-api-key\nonStoreError: open'],
+      ['/closed', 'max: 2\nwindow: 10s\nkey: header:x-api-key\nonStoreError: closed']
+    ])
+  }, { REDIS_URL: redis.url })
+  assert.equal(await readyStore(gw), 'redis')
+  assert.equal((await get(`${gw.url}/closed`, { 'x-api-key': 'c' })).status, 200, 'closed passes while Redis is up')
+
+  // Four clients hammer /local; Redis is SIGKILLed in the middle.
+  const answers: Array<{ worker: number, res: Res }> = []
+  const load = { running: true }
+  const worker = async (n: number): Promise<void> => {
+    while (load.running) answers.push({ worker: n, res: await get(`${gw.url}/local`, { 'x-api-key': `load-${n}` }) })
+  }
+  const workers = [0, 1, 2, 3].map(worker)
+  await sleep(250)
+  const before = answers.length
+  redis.child.kill('SIGKILL')
+  await once(redis.child, 'exit')
+  await redis.stop() // only its data folder is left to remove
+  await sleep(600)
+  load.running = false
+  await Promise.all(workers)
+  assert.ok(before > 0 && answers.length > before + 8, `load before/after the kill: ${before}/${answers.length - before}`)
+  const statuses = new Set(answers.map(a => a.res.status))
+  assert.ok([...statuses].every(s => s === 200 || s === 429), `statuses: ${[...statuses].join(', ')}`)
+  const slowest = Math.max(...answers.map(a => a.res.ms))
+  assert.ok(slowest < 1000, `slowest answer ${Math.round(slowest)} ms`)
+  t.diagnostic(`${answers.length} requests under load, slowest ${slowest.toFixed(1)} ms`)
+  for (const n of [0, 1, 2, 3]) {
+    const admitted = answers.filter(a => a.worker === n && a.res.status === 200).length
+    // At most 5 through Redis before the kill plus 5 from the fresh local count after it.
+    assert.ok(admitted >= 5 && admitted <= 10, `worker ${n} admitted ${admitted}`)
+  }
+
+  // The local limit: same max and window, in this process.
+  const local: Res[] = []
+  for (let i = 0; i < 7; i++) local.push(await get(`${gw.url}/local`, { 'x-api-key': 'after-kill' }))
+  assert.deepEqual(local.map(r => r.status), [200, 200, 200, 200, 200, 429, 429])
+  assert.deepEqual(local.slice(0, 5).map(r => r.headers['x-ratelimit-remaining']), ['4', '3', '2', '1', '0'])
+  assertRefused(local[5] as Res, 5, '10s', 10)
+  assert.equal(await readyStore(gw), 'fallback')
+
+  const open = await Promise.all([1, 2, 3, 4].map(async () => await get(`${gw.url}/open`, { 'x-api-key': 'o' })))
+  assert.deepEqual(open.map(r => r.status), [200, 200, 200, 200], 'open: admitted past max while the store is down')
+
+  const closed = await get(`${gw.url}/closed`, { 'x-api-key': 'c' })
+  assert.equal(closed.status, 503)
+  assert.deepEqual(json(closed), {
+    statusCode: 503,
+    code: 'GATEHOUSE_ERR_RATE_LIMIT_UNAVAILABLE',
+    error: 'Service Unavailable',
+    message: 'The rate-limit store is unavailable and this route fails closed'
+  })
+  assert.ok(closed.ms < 1000)
+  assert.equal(gw.logs.filter(l => l.msg === FALLBACK_MSG).length, 1, 'the failure is logged once, not per request')
+
+  // Redis comes back on the same port, empty: the gateway reconnects by itself.
+  redis = await startRedis(redis.port)
+  const deadline = performance.now() + 8000
+  let store: unknown
+  do {
+    await sleep(100)
+    await get(`${gw.url}/local`, { 'x-api-key': 'probe' })
+    store = await readyStore(gw)
+  } while (store !== 'redis' && performance.now() < deadline)
+  assert.equal(store, 'redis', 'the gateway went back to Redis within 8 s')
+  await gw.waitForLog(l => l.msg === 'rate-limit store recovered', 1000)
+
+  const admin = new Redis(redis.port, '127.0.0.1', { lazyConnect: true })
+  t.after(() => admin.disconnect())
+  await admin.connect()
+  const back: Res[] = []
+  for (let i = 0; i < 6; i++) back.push(await get(`${gw.url}/local`, { 'x-api-key': 'back' }))
+  assert.deepEqual(back.map(r => r.status), [200, 200, 200, 200, 200, 429])
+  assert.equal(await admin.zcard('gatehouse:rl:{store-0\nh:back}:log'), 5, 'the 5 admitted requests are counted in Redis')
+  assert.equal((await get(`${gw.url}/closed`, { 'x-api-key': 'c2' })).status, 200, 'closed passes again')
+  assert.equal(await readyStore(gw), 'redis')
+  assert.equal(gw.logs.filter(l => l.msg === FALLBACK_MSG).length, 1)
+})
