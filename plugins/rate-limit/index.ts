@@ -115,23 +115,19 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
     if (route.config?.gatehouseProxy !== true) return
     const hooks = route.onRequest === undefined ? [] : Array.isArray(route.onRequest) ? route.onRequest : [route.onRequest]
     route.onRequest = [...hooks, (request, reply, done) => {
-      if (limitOf(request) === undefined) {
+      const limit = limitOf(request)
+      if (limit === undefined) {
         done()
         return
       }
-      check.call(app, request, reply).then(() => done(), done)
+      // The check has set x-ratelimit-* (also before a 429): add the IETF fields from them.
+      const ietf = (): void => {
+        if (!reply.hasHeader('x-ratelimit-remaining')) return
+        reply.header('ratelimit-policy', limit.policy)
+        reply.header('ratelimit', `"${limit.id}";r=${String(reply.getHeader('x-ratelimit-remaining') ?? 0)};t=${String(reply.getHeader('x-ratelimit-reset') ?? 0)}`)
+      }
+      check.call(app, request, reply).then(() => { ietf(); done() }, (err: Error) => { ietf(); done(err) })
     }]
-  })
-
-  // draft-ietf-httpapi-ratelimit-headers: RateLimit-Policy and RateLimit, beside x-ratelimit-*.
-  app.addHook('onSend', (request, reply, payload, done) => {
-    const limit = request.match?.route.rateLimit
-    const remaining = reply.getHeader('x-ratelimit-remaining')
-    if (limit !== undefined && remaining !== undefined) {
-      reply.header('ratelimit-policy', limit.policy)
-      reply.header('ratelimit', `"${limit.id}";r=${String(remaining)};t=${String(reply.getHeader('x-ratelimit-reset') ?? 0)}`)
-    }
-    done(null, payload)
   })
 
   app.addHook('onClose', async () => {
