@@ -42,6 +42,10 @@ export const RateLimitedError = createError<'GATEHOUSE_ERR_RATE_LIMITED', 429, [
 export const RateLimitUnavailableError = createError<'GATEHOUSE_ERR_RATE_LIMIT_UNAVAILABLE', 503, [ErrorOptions?]>(
   'GATEHOUSE_ERR_RATE_LIMIT_UNAVAILABLE', 'The rate-limit store is unavailable and this route fails closed', 503)
 
+// Internal: the route's onStoreError policy decides what the client sees.
+export const LimitStoreError = createError<'GATEHOUSE_ERR_RATE_LIMIT_STORE', 503, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_RATE_LIMIT_STORE', 'Rate-limit store failed: %s', 503)
+
 export const NotReadyError = createError<'GATEHOUSE_ERR_NOT_READY', 503, [string, ErrorOptions?]>(
   'GATEHOUSE_ERR_NOT_READY', 'Gateway is not ready: %s', 503)
 

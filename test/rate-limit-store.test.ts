@@ -14,7 +14,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { after, before, test, type TestContext } from 'node:test'
 import { Redis } from 'ioredis'
 import { MemoryLimitStore } from '../plugins/rate-limit/store/memory.js'
-import { LimitStoreError, RedisLimitStore } from '../plugins/rate-limit/store/redis.js'
+import { RedisLimitStore } from '../plugins/rate-limit/store/redis.js'
+import { LimitStoreError } from '../src/errors.js'
 import type { LimitDecision } from '../plugins/rate-limit/store/types.js'
 import { ROOT } from './helpers.js'
 
@@ -336,7 +337,7 @@ test('Redis killed (SIGKILL): hit() rejects within milliseconds with LimitStoreE
     await assert.rejects(s.hit('k', 5, 1000, 'sliding-log'), (err: unknown) => {
       assert.ok(err instanceof LimitStoreError, String(err))
       assert.equal(err.code, 'GATEHOUSE_ERR_RATE_LIMIT_STORE')
-      assert.match(err.message, /^rate-limit store: redis sliding-log (failed|timed out)/)
+      assert.match(err.message, /^Rate-limit store failed: redis sliding-log (failed|timed out)/)
       return true
     })
     return performance.now() - t0

@@ -5,6 +5,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { Redis } from 'ioredis'
 import { checkHitArgs } from './memory.js'
+import { LimitStoreError } from '../../../src/errors.js'
 import type { LimitAlgorithm, LimitDecision, LimitStore } from './types.js'
 
 export interface RedisLimitStoreOptions {
@@ -12,15 +13,6 @@ export interface RedisLimitStoreOptions {
   keyPrefix?: string
   /** Longest wait for one hit() before it rejects. Default 50 ms. */
   commandTimeoutMs?: number
-}
-
-/** hit() could not get an answer from Redis (down, timed out, or an error reply). */
-export class LimitStoreError extends Error {
-  readonly code = 'GATEHOUSE_ERR_RATE_LIMIT_STORE'
-  constructor (message: string, options?: ErrorOptions) {
-    super(message, options)
-    this.name = 'LimitStoreError'
-  }
 }
 
 // The scripts ship beside this module's source. tsc does not copy .lua files into dist/, so look
@@ -141,7 +133,7 @@ export class RedisLimitStore implements LimitStore {
       // After an event-loop stall the timer runs before pending socket reads; setImmediate lets
       // a reply that already arrived settle first, so a stall alone is not reported as a timeout.
       timer = setTimeout(() => {
-        setImmediate(() => reject(new LimitStoreError(`rate-limit store: redis ${what} timed out after ${ms} ms`)))
+        setImmediate(() => reject(new LimitStoreError(`redis ${what} timed out after ${ms} ms`)))
       }, ms)
     })
     try {
@@ -149,7 +141,7 @@ export class RedisLimitStore implements LimitStore {
     } catch (err) {
       if (err instanceof LimitStoreError) throw err
       const message = err instanceof Error ? err.message : String(err)
-      throw new LimitStoreError(`rate-limit store: redis ${what} failed: ${message}`, { cause: err })
+      throw new LimitStoreError(`redis ${what} failed: ${message}`, { cause: err })
     } finally {
       clearTimeout(timer)
     }
