@@ -167,6 +167,15 @@ test('memory store, max 3 per 10s: three 200s counting down, then 429 JSON with 
     assertNoRateHeaders(r, `/free request ${i}`)
   }
   assert.equal(upstream.requests.length, 8)
+
+  // Metrics: one rejection on this limit, one timed decision per limited request, none for /free.
+  const metrics = await (await fetch(`${gw.url}/metrics`)).text()
+  const value = (line: string) => Number(metrics.split('\n').find(l => l.startsWith(line + ' '))?.slice(line.length + 1))
+  assert.equal(value('rate_limiter_rejected_total{route="api-0"}'), 1)
+  assert.equal(value('rate_limiter_duration_seconds_count'), 4)
+  assert.equal(value('rate_limiter_duration_seconds_bucket{le="+Inf"}'), 4)
+  assert.equal(value('rate_limiter_store_errors_total'), 0)
+  assert.equal(value('rate_limiter_fallback_active'), 0)
 })
 
 test('key header:x-api-key: each key has its own budget; requests without the header share one empty key', async t => {

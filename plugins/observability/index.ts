@@ -5,8 +5,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fastifyMetrics from 'fastify-metrics'
 import fp from 'fastify-plugin'
 import type { Metric } from 'prom-client'
-import { DURATION_BUCKETS } from '../../src/upstream/try-stats.js'
-import type { Target } from '../../src/upstream/target.js'
+import { DURATION_BUCKETS, type DurationHistogram } from '../../src/upstream/try-stats.js'
 
 async function observabilityPlugin (app: FastifyInstance): Promise<void> {
   // A CommonJS module whose plugin is its `default` export.
@@ -36,6 +35,7 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
   })
 
   const targets = () => app.routeTable.table.targets.values()
+  const limiter = () => app.rateLimitState
   new client.Gauge({
     name: 'upstream_connection_saturation_ratio',
     help: 'In-flight requests divided by maxConnections, per target.',
@@ -117,9 +117,18 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
     }
   })
   // The registry reads only name, help, type and get(); its types list only prom-client's own classes.
-  client.register.registerMetric(new TryDurations(targets) as unknown as Metric)
+  const histogram = (h: ScrapedHistogram) => client.register.registerMetric(h as unknown as Metric)
+  histogram(new ScrapedHistogram('upstream_request_duration_seconds', 'Time from sending a try to its response headers (or its failure), per target and status class.', function * () {
+    for (const t of targets()) {
+      for (const [statusClass, h] of Object.entries(t.tries.durations)) {
+        if (h !== undefined) yield [{ upstream: t.upstream, target: t.origin, status_class: statusClass }, h]
+      }
+    }
+  }))
+  histogram(new ScrapedHistogram('rate_limiter_duration_seconds', 'Time of one rate-limit decision by the store (Redis or memory; fallbacks included).', function * () {
+    yield [{}, limiter().latency]
+  }))
 
-  const limiter = () => app.rateLimitState
   new client.Counter({
     name: 'rate_limiter_rejected_total',
     help: 'Requests refused with 429, by route limit (<upstream>-<route index>); never by client key.',
@@ -160,32 +169,30 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
 }
 
 /**
- * upstream_request_duration_seconds, built at scrape time from the targets' own bucket counts
- * (a prom-client Histogram would hash its labels on every try).
+ * A histogram built at scrape time from bucket counts kept by the code that measures (a
+ * prom-client Histogram would hash its labels on every observation).
  */
-class TryDurations {
-  readonly name = 'upstream_request_duration_seconds'
-  readonly help = 'Time from sending a try to its response headers (or its failure), per target and status class.'
+class ScrapedHistogram {
   readonly type = 'histogram'
   readonly aggregator = 'sum'
 
-  constructor (private readonly targets: () => Iterable<Target>) {}
+  constructor (
+    readonly name: string,
+    readonly help: string,
+    private readonly series: () => Iterable<[Record<string, string>, DurationHistogram]>
+  ) {}
 
   async get () {
     const values: Array<{ metricName: string, labels: Record<string, string | number>, value: number }> = []
-    for (const t of this.targets()) {
-      for (const [statusClass, h] of Object.entries(t.tries.durations)) {
-        if (h === undefined) continue
-        const labels = { upstream: t.upstream, target: t.origin, status_class: statusClass }
-        let cumulative = 0
-        DURATION_BUCKETS.forEach((le, i) => {
-          cumulative += h.counts[i] as number
-          values.push({ metricName: `${this.name}_bucket`, labels: { ...labels, le }, value: cumulative })
-        })
-        values.push({ metricName: `${this.name}_bucket`, labels: { ...labels, le: '+Inf' }, value: h.count })
-        values.push({ metricName: `${this.name}_sum`, labels, value: h.sum })
-        values.push({ metricName: `${this.name}_count`, labels, value: h.count })
-      }
+    for (const [labels, h] of this.series()) {
+      let cumulative = 0
+      DURATION_BUCKETS.forEach((le, i) => {
+        cumulative += h.counts[i] as number
+        values.push({ metricName: `${this.name}_bucket`, labels: { ...labels, le }, value: cumulative })
+      })
+      values.push({ metricName: `${this.name}_bucket`, labels: { ...labels, le: '+Inf' }, value: h.count })
+      values.push({ metricName: `${this.name}_sum`, labels, value: h.sum })
+      values.push({ metricName: `${this.name}_count`, labels, value: h.count })
     }
     return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values }
   }

@@ -4,6 +4,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fastifyRateLimit from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
 import { RateLimitedError, RateLimitUnavailableError } from '../../src/errors.js'
+import { DurationHistogram } from '../../src/upstream/try-stats.js'
 import type { CompiledLimit } from '../route-table/route-table.js'
 import { MemoryLimitStore } from './store/memory.js'
 import { RedisLimitStore } from './store/redis.js'
@@ -20,6 +21,8 @@ export interface RateLimitState {
   storeErrors: number
   /** Requests refused with 429, by limit id. */
   rejected: Map<string, number>
+  /** Time of each decision, fallbacks included. */
+  latency: DurationHistogram
 }
 
 declare module 'fastify' {
@@ -37,7 +40,7 @@ type IncrCallback = (err: Error | null, result?: { current: number, ttl: number 
 async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): Promise<void> {
   const primary: LimitStore = opts.redisUrl === undefined ? new MemoryLimitStore() : new RedisLimitStore(opts.redisUrl)
   const local = new MemoryLimitStore()
-  const state: RateLimitState = { store: opts.redisUrl === undefined ? 'memory' : 'redis', storeErrors: 0, rejected: new Map() }
+  const state: RateLimitState = { store: opts.redisUrl === undefined ? 'memory' : 'redis', storeErrors: 0, rejected: new Map(), latency: new DurationHistogram() }
   app.decorate('rateLimitState', state)
 
   // The switch to and from the fallback is logged once, not per request.
@@ -68,7 +71,9 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
         callback(null, { current: 0, ttl: 0 })
         return
       }
+      const began = performance.now()
       const answer = (d: LimitDecision): void => {
+        state.latency.observe((performance.now() - began) / 1000)
         // @fastify/rate-limit: remaining = max - current; refused when current > max; the ttl
         // becomes x-ratelimit-reset and, when refused, Retry-After (time until a slot frees).
         callback(null, d.allowed ? { current: limit.max - d.remaining, ttl: d.resetMs } : { current: limit.max + 1, ttl: d.retryAfterMs })
