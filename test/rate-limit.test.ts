@@ -335,3 +335,28 @@ test('Redis killed under load: no 5xx and no slow answers, local limits apply, o
   assert.equal(await readyStore(gw), 'redis')
   assert.equal(gw.logs.filter(l => l.msg === FALLBACK_MSG).length, 1)
 })
+
+test('local fallback divides max by the live replicas: two gateways on one Redis, max 10, Redis killed → 5 per gateway', async t => {
+  const redis = await startRedis()
+  t.after(() => redis.stop())
+  const upstream = await upstreamFor(t)
+  const files = { 'pair.yaml': limitedFile(upstream.url, [['/pair', 'max: 10\nwindow: 10s\nkey: header:x-api-key']]) }
+  const a = await gatewayFor(t, files, { REDIS_URL: redis.url })
+  const b = await gatewayFor(t, files, { REDIS_URL: redis.url })
+  // Both have sent a heartbeat at start: each counts two replicas (the second at once, the first
+  // on its next beat within 5 s).
+  const replicas = async (): Promise<number> => {
+    const text = await (await fetch(`${a.url}/metrics`)).text()
+    return Number(text.split('\n').find(l => l.startsWith('rate_limiter_replicas '))?.slice('rate_limiter_replicas '.length))
+  }
+  for (let i = 0; i < 70 && await replicas() !== 2; i++) await sleep(100)
+  assert.equal(await replicas(), 2)
+
+  redis.child.kill('SIGKILL')
+  await once(redis.child, 'exit')
+  for (const gw of [a, b]) {
+    const statuses: number[] = []
+    for (let i = 0; i < 7; i++) statuses.push((await get(`${gw.url}/pair`, { 'x-api-key': 'k' })).status)
+    assert.deepEqual(statuses, [200, 200, 200, 200, 200, 429, 429], 'max 10 split over 2 live replicas')
+  }
+})

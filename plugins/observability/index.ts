@@ -147,6 +147,11 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
     }
   })
   new client.Gauge({
+    name: 'rate_limiter_replicas',
+    help: 'Live gateway replicas last counted in Redis (heartbeats); the local fallback divides each max by it.',
+    collect () { this.set(limiter().replicas) }
+  })
+  new client.Gauge({
     name: 'rate_limiter_fallback_active',
     help: '1 while the rate-limit store is failing and routes use their onStoreError policy.',
     collect () { this.set(limiter().store === 'fallback' ? 1 : 0) }

@@ -1,5 +1,7 @@
 // Rate limits of routes: @fastify/rate-limit runs the check on the proxy routes, with a store
 // that asks Redis (REDIS_URL) or memory, and falls back per route when Redis fails.
+import { randomUUID } from 'node:crypto'
+import { hostname } from 'node:os'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fastifyRateLimit from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
@@ -23,6 +25,8 @@ export interface RateLimitState {
   rejected: Map<string, number>
   /** Time of each decision, fallbacks included. */
   latency: DurationHistogram
+  /** Live gateway replicas last counted in Redis (1 without Redis): the local fallback divides max by it. */
+  replicas: number
 }
 
 declare module 'fastify' {
@@ -35,12 +39,16 @@ declare module 'fastify' {
   }
 }
 
+const HEARTBEAT_EVERY_MS = 5000
+const HEARTBEAT_TTL_MS = 15_000
+
 type IncrCallback = (err: Error | null, result?: { current: number, ttl: number }) => void
 
 async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): Promise<void> {
-  const primary: LimitStore = opts.redisUrl === undefined ? new MemoryLimitStore() : new RedisLimitStore(opts.redisUrl)
+  const redis = opts.redisUrl === undefined ? undefined : new RedisLimitStore(opts.redisUrl)
+  const primary: LimitStore = redis ?? new MemoryLimitStore()
   const local = new MemoryLimitStore()
-  const state: RateLimitState = { store: opts.redisUrl === undefined ? 'memory' : 'redis', storeErrors: 0, rejected: new Map(), latency: new DurationHistogram() }
+  const state: RateLimitState = { store: redis === undefined ? 'memory' : 'redis', storeErrors: 0, rejected: new Map(), latency: new DurationHistogram(), replicas: 1 }
   app.decorate('rateLimitState', state)
 
   // The switch to and from the fallback is logged once, not per request.
@@ -82,7 +90,7 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
         failed(err)
         if (limit.onStoreError === 'open') answer({ allowed: true, limit: limit.max, remaining: limit.max, retryAfterMs: 0, resetMs: limit.windowMs })
         else if (limit.onStoreError === 'closed') callback(new RateLimitUnavailableError({ cause: err }))
-        else local.hit(key, limit.max, limit.windowMs, limit.algorithm).then(answer, e => callback(e as Error))
+        else local.hit(key, Math.max(1, Math.floor(limit.max / state.replicas)), limit.windowMs, limit.algorithm).then(answer, e => callback(e as Error))
       })
     }
 
@@ -135,7 +143,22 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
     }]
   })
 
+  // Heartbeats: every replica counts the live ones, so a local fallback keeps the total near max
+  // (100 per minute stays about 100 in total, not 100 per replica, while Redis is away).
+  let heartbeat: NodeJS.Timeout | undefined
+  if (redis !== undefined) {
+    const id = `${hostname()}:${process.pid}:${randomUUID()}`
+    const beat = (): void => {
+      redis.heartbeat(id, HEARTBEAT_TTL_MS).then(n => { state.replicas = Math.max(1, n) }, () => {})
+    }
+    // The client connects in the background and queues nothing: the first beat waits for it.
+    redis.ready().then(beat, () => {})
+    heartbeat = setInterval(beat, HEARTBEAT_EVERY_MS)
+    heartbeat.unref()
+  }
+
   app.addHook('onClose', async () => {
+    clearInterval(heartbeat)
     await Promise.all([primary.close(), local.close()])
   })
 }

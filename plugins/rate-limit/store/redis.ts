@@ -26,9 +26,9 @@ function readScript (name: string): string {
   throw new Error(`rate-limit script ${name} not found; looked in ${candidates.map(u => fileURLToPath(u)).join(', ')}`)
 }
 
-let scripts: { log: string, window: string } | undefined
-function loadScripts (): { log: string, window: string } {
-  scripts ??= { log: readScript('sliding-log.lua'), window: readScript('sliding-window.lua') }
+let scripts: { log: string, window: string, heartbeat: string } | undefined
+function loadScripts (): { log: string, window: string, heartbeat: string } {
+  scripts ??= { log: readScript('sliding-log.lua'), window: readScript('sliding-window.lua'), heartbeat: readScript('heartbeat.lua') }
   return scripts
 }
 
@@ -39,6 +39,7 @@ type ScriptReply = [number, number, number, number]
 interface ScriptCommands {
   gatehouseRlSlidingLog: (log: string, seq: string, max: number, windowMs: number) => Promise<ScriptReply>
   gatehouseRlSlidingWindow: (cur: string, prev: string, max: number, windowMs: number) => Promise<ScriptReply>
+  gatehouseRlHeartbeat: (replicas: string, id: string, ttlMs: number) => Promise<number>
 }
 
 export class RedisLimitStore implements LimitStore {
@@ -56,7 +57,7 @@ export class RedisLimitStore implements LimitStore {
     this.#prefix = options.keyPrefix ?? 'gatehouse:rl:'
     this.#timeoutMs = options.commandTimeoutMs ?? 50
     if (!(this.#timeoutMs > 0)) throw new RangeError(`commandTimeoutMs must be > 0, got ${this.#timeoutMs}`)
-    const { log, window } = loadScripts()
+    const { log, window, heartbeat } = loadScripts()
     let redis: Redis
     if (typeof client === 'string') {
       redis = new Redis(client, {
@@ -79,6 +80,7 @@ export class RedisLimitStore implements LimitStore {
     // resends the script with EVAL by itself.
     redis.defineCommand('gatehouseRlSlidingLog', { numberOfKeys: 2, lua: log })
     redis.defineCommand('gatehouseRlSlidingWindow', { numberOfKeys: 2, lua: window })
+    redis.defineCommand('gatehouseRlHeartbeat', { numberOfKeys: 1, lua: heartbeat })
     this.#client = redis as Redis & ScriptCommands
   }
 
@@ -110,6 +112,14 @@ export class RedisLimitStore implements LimitStore {
       : this.#client.gatehouseRlSlidingWindow(`${base}:cur`, `${base}:prev`, max, windowMs)
     const [allowed, remaining, retryAfterMs, resetMs] = await this.#deadline(reply, this.#timeoutMs, algorithm)
     return { allowed: allowed === 1, limit: max, remaining, retryAfterMs, resetMs }
+  }
+
+  /**
+   * Records replica `id` as alive for `ttlMs` and returns how many replicas are alive: the
+   * in-process fallback divides each limit by that number while Redis is away.
+   */
+  async heartbeat (id: string, ttlMs: number): Promise<number> {
+    return await this.#deadline(this.#client.gatehouseRlHeartbeat(`${this.#prefix}replicas`, id, ttlMs), this.#timeoutMs, 'heartbeat')
   }
 
   /** Quits the client if the store created it; a client it was given stays open. */
