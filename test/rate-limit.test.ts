@@ -1,18 +1,13 @@
 // Route rate limits end to end: real gateway processes, real upstreams, and for the shared store a
 // real redis-server that this file starts on a free port of 127.0.0.1 (never the one on 6379).
 import { strict as assert } from 'node:assert'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtemp, rm } from 'node:fs/promises'
 import http, { type IncomingHttpHeaders } from 'node:http'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type TestContext } from 'node:test'
 import { Redis } from 'ioredis'
-import { freePort } from '../scripts/loopback.js'
-import { removeDir, routeDir, startGateway, startUpstream, type GatewayProcess, type Upstream } from './helpers.js'
+import { removeDir, routeDir, startGateway, startRedis, startUpstream, type GatewayProcess, type Upstream } from './helpers.js'
 
 // The memory-store tests must not pick up a Redis from the environment of whoever runs them.
 delete process.env.REDIS_URL
@@ -79,45 +74,6 @@ function limitedFile (target: string, routes: Array<[path: string, rateLimit: st
     if (limit !== '') lines.push('    rateLimit:', ...limit.split('\n').map(l => `      ${l}`))
   }
   return lines.join('\n') + '\n'
-}
-
-interface RedisServer {
-  port: number
-  url: string
-  child: ChildProcess
-  stop: () => Promise<void>
-}
-
-/** redis-server without persistence on `port` (default: a free one), resolved once it accepts connections. */
-async function startRedis (port?: number): Promise<RedisServer> {
-  const p = port ?? await freePort()
-  const dir = await mkdtemp(join(tmpdir(), 'gatehouse-redis-'))
-  const child = spawn('redis-server', ['--port', String(p), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: ['ignore', 'pipe', 'pipe'] })
-  let output = ''
-  const started = new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`redis-server did not start in 5 s:\n${output}`)), 5000)
-    child.stdout?.on('data', (chunk: Buffer) => {
-      output += chunk.toString()
-      if (output.includes('Ready to accept connections')) { clearTimeout(timer); resolve() }
-    })
-    child.stderr?.on('data', (chunk: Buffer) => { output += chunk.toString() })
-    child.once('error', err => { clearTimeout(timer); reject(new Error(`cannot run redis-server (is it installed?): ${err.message}`)) })
-    child.once('exit', code => { clearTimeout(timer); reject(new Error(`redis-server exited (${code}) before it was ready:\n${output}`)) })
-  })
-  const stop = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill('SIGKILL')
-      await once(child, 'exit')
-    }
-    await rm(dir, { recursive: true, force: true })
-  }
-  try {
-    await started
-  } catch (err) {
-    await stop()
-    throw err
-  }
-  return { port: p, url: `redis://127.0.0.1:${p}`, child, stop }
 }
 
 async function upstreamFor (t: TestContext): Promise<Upstream> {
