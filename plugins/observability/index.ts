@@ -5,6 +5,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fastifyMetrics from 'fastify-metrics'
 import fp from 'fastify-plugin'
 import type { Metric } from 'prom-client'
+import type { Target } from '../../src/upstream/target.js'
 import { DURATION_BUCKETS, type DurationHistogram } from '../../src/upstream/try-stats.js'
 
 async function observabilityPlugin (app: FastifyInstance): Promise<void> {
@@ -36,43 +37,23 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
 
   const targets = () => app.routeTable.table.targets.values()
   const limiter = () => app.rateLimitState
-  new client.Gauge({
-    name: 'upstream_connection_saturation_ratio',
-    help: 'In-flight requests divided by maxConnections, per target.',
-    labelNames: ['upstream', 'target'],
-    collect () {
-      this.reset()
-      for (const t of targets()) this.set({ upstream: t.upstream, target: t.origin }, t.saturation)
-    }
-  })
-  new client.Gauge({
-    name: 'upstream_active_connections',
-    help: 'In-flight requests per target.',
-    labelNames: ['upstream', 'target'],
-    collect () {
-      this.reset()
-      for (const t of targets()) this.set({ upstream: t.upstream, target: t.origin }, t.inFlight)
-    }
-  })
-  new client.Gauge({
-    name: 'upstream_max_connections',
-    help: 'maxConnections per target.',
-    labelNames: ['upstream', 'target'],
-    collect () {
-      this.reset()
-      for (const t of targets()) this.set({ upstream: t.upstream, target: t.origin }, t.maxConnections)
-    }
-  })
+  // One gauge per target property, read from the live table at scrape time.
+  const perTarget = (name: string, help: string, value: (t: Target) => number): void => {
+    new client.Gauge({
+      name,
+      help,
+      labelNames: ['upstream', 'target'],
+      collect () {
+        this.reset()
+        for (const t of targets()) this.set({ upstream: t.upstream, target: t.origin }, value(t))
+      }
+    })
+  }
   const states = { closed: 0, open: 1, 'half-open': 2 }
-  new client.Gauge({
-    name: 'circuit_breaker_state',
-    help: 'Breaker state per target: 0 closed, 1 open, 2 half-open.',
-    labelNames: ['upstream', 'target'],
-    collect () {
-      this.reset()
-      for (const t of targets()) this.set({ upstream: t.upstream, target: t.origin }, states[t.breaker.state])
-    }
-  })
+  perTarget('upstream_connection_saturation_ratio', 'In-flight requests divided by maxConnections, per target.', t => t.saturation)
+  perTarget('upstream_active_connections', 'In-flight requests per target.', t => t.inFlight)
+  perTarget('upstream_max_connections', 'maxConnections per target.', t => t.maxConnections)
+  perTarget('circuit_breaker_state', 'Breaker state per target: 0 closed, 1 open, 2 half-open.', t => states[t.breaker.state])
   new client.Counter({
     name: 'circuit_breaker_transitions_total',
     help: 'Breaker transitions per target, by the state entered.',
