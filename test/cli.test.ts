@@ -1,15 +1,9 @@
 import { strict as assert } from 'node:assert'
-import { test, type TestContext } from 'node:test'
-import { removeDir, routeDir, routeFile, runCli } from './helpers.js'
+import { test } from 'node:test'
+import { routeFile, runCli, tempDir } from './helpers.js'
 
 const T1 = 'http://127.0.0.1:9001'
 const T2 = 'http://127.0.0.1:9002'
-
-async function tempDir (t: TestContext, files: Record<string, string>): Promise<string> {
-  const dir = await routeDir(files)
-  t.after(() => removeDir(dir))
-  return dir
-}
 
 test('check on a valid folder: exit 0, counts of files and routes', async t => {
   const dir = await tempDir(t, {

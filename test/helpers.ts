@@ -78,6 +78,13 @@ export async function routeDir (files: Record<string, string> = {}): Promise<str
   return dir
 }
 
+/** A route folder removed when test `t` ends. */
+export async function tempDir (t: { after: (fn: () => Promise<void>) => void }, files: Record<string, string>): Promise<string> {
+  const dir = await routeDir(files)
+  t.after(() => removeDir(dir))
+  return dir
+}
+
 export async function writeRoutes (dir: string, files: Record<string, string>): Promise<void> {
   for (const [name, text] of Object.entries(files)) await writeFile(join(dir, name), text)
 }

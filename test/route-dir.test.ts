@@ -1,18 +1,12 @@
 import { strict as assert } from 'node:assert'
-import { test, type TestContext } from 'node:test'
+import { test } from 'node:test'
 import { loadRouteDirStrict, readRouteDir, resolveRouteFiles, type AcceptedFile, type Resolution } from '../src/config/route-dir.js'
 import { ConfigRoutesError } from '../src/errors.js'
-import { removeDir, removeRoute, routeDir, routeFile, writeRoutes } from './helpers.js'
+import { removeRoute, routeFile, tempDir, writeRoutes } from './helpers.js'
 
 const T1 = 'http://127.0.0.1:9001'
 const T2 = 'http://127.0.0.1:9002'
 const T3 = 'http://127.0.0.1:9003'
-
-async function tempDir (t: TestContext, files: Record<string, string>): Promise<string> {
-  const dir = await routeDir(files)
-  t.after(() => removeDir(dir))
-  return dir
-}
 
 /** Reads `dir` from disk and resolves it against `previous`, as a reload does. */
 async function resolveDir (dir: string, previous?: ReadonlyMap<string, AcceptedFile>): Promise<Resolution> {
