@@ -48,7 +48,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     watch: env.watchRoutes,
     debounceMs: env.reloadDebounceMs
   })
-  await app.register(rateLimitPlugin, { redisUrl: env.redisUrl })
+  await app.register(rateLimitPlugin, { redis: env.redis, redisTimeoutMs: env.redisTimeoutMs })
   await app.register(healthPlugin, {
     maxEventLoopDelayMs: env.maxEventLoopDelayMs,
     maxEventLoopUtilization: env.maxEventLoopUtilization,

@@ -183,7 +183,8 @@ test('gateway environment: only known variables, all valid, REDIS_URL names the 
   const loaded = loadEnv(env, '/nonexistent/.env')
   assert.equal(loaded.port, 8080)
   assert.equal(loaded.host, '0.0.0.0')
-  const redisHost = new URL(loaded.redisUrl ?? '').hostname
+  assert.equal(loaded.redis?.mode, 'single')
+  const redisHost = loaded.redis?.mode === 'single' ? new URL(loaded.redis.url).hostname : ''
   assert.ok(services[redisHost]?.image?.startsWith('redis:7'), `REDIS_URL host ${redisHost} is not the redis service`)
   // Docker SIGKILLs after stop_grace_period (default 10s): it must outlast the drain.
   const grace = goDurationMs(services.gateway?.stop_grace_period ?? '10s')

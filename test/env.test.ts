@@ -128,6 +128,46 @@ test('TRUST_PROXY=nonsense or a bad CIDR: refused, naming the entry', () => {
   assert.deepEqual(problemLines(refused({ TRUST_PROXY: '10.0.0.1,10.0.0.0/33' })), ['TRUST_PROXY: "10.0.0.0/33" is not an IP address or CIDR'])
 })
 
+test('REDIS_URL: one node, a Cluster (several seed nodes) or Sentinel (sentinels and master name), with credentials and TLS', () => {
+  assert.deepEqual(load({ REDIS_URL: 'redis://:pw@10.0.0.5:6380/2' }).redis, { mode: 'single', url: 'redis://:pw@10.0.0.5:6380/2' })
+  assert.deepEqual(load({ REDIS_URL: 'rediss+cluster://gw:s%40cret@redis-0:7000,redis-1,[::1]:7002' }).redis, {
+    mode: 'cluster',
+    nodes: [{ host: 'redis-0', port: 7000 }, { host: 'redis-1', port: 6379 }, { host: '::1', port: 7002 }],
+    tls: true,
+    username: 'gw',
+    password: 's@cret'
+  })
+  assert.deepEqual(load({ REDIS_URL: 'redis+sentinel://:pw@s1:26379,s2/my%20master/3?sentinelPassword=spw' }).redis, {
+    mode: 'sentinel',
+    sentinels: [{ host: 's1', port: 26379 }, { host: 's2', port: 26379 }],
+    name: 'my master',
+    db: 3,
+    tls: false,
+    password: 'pw',
+    sentinelPassword: 'spw'
+  })
+  assert.equal(load({}).redis, undefined)
+  assert.equal(load({}).redisTimeoutMs, 50)
+  assert.equal(load({ REDIS_TIMEOUT: '20ms' }).redisTimeoutMs, 20)
+})
+
+test('REDIS_URL wrong: refused with the forms, never echoing the password; REDIS_TIMEOUT=0 refused', () => {
+  const cases: Array<[string, string]> = [
+    ['http://redis:6379', 'must be redis://host:port, redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/master-name (rediss for TLS)'],
+    ['redis://:hunter2@a:1,b:2', 'lists several hosts: use redis+cluster:// or redis+sentinel://'],
+    ['redis+sentinel://:hunter2@s1:26379', 'redis+sentinel:// needs the master name as its path: redis+sentinel://host:26379/mymaster'],
+    ['redis+sentinel://s1/m?password=hunter2', 'unknown parameter "password" (known: sentinelUsername, sentinelPassword)'],
+    ['redis+cluster://:hunter2@a:99999', '"a:99999" is not host:port'],
+    ['redis+cluster://a:7000/1', 'a Redis Cluster has only database 0: drop the path']
+  ]
+  for (const [url, message] of cases) {
+    const lines = problemLines(refused({ REDIS_URL: url }))
+    assert.deepEqual(lines, [`REDIS_URL: ${message}`], url)
+    assert.ok(!lines[0]?.includes('hunter2'))
+  }
+  assert.deepEqual(problemLines(refused({ REDIS_TIMEOUT: '0ms' })), ['REDIS_TIMEOUT: must be more than 0'])
+})
+
 test('two wrong variables: both reported in one error', () => {
   const lines = problemLines(refused({ PORT: 'abc', SHUTDOWN_TIMEOUT: 'soon' }))
   assert.equal(lines.length, 2)

@@ -1,10 +1,10 @@
 // Real things for tests: upstream HTTP servers on ephemeral ports, route folders on disk, and the
 // gateway as a real child process (or in-process for inject()).
-import { spawn, type ChildProcess } from 'node:child_process'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtemp, rm, writeFile, unlink } from 'node:fs/promises'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import net, { type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -214,17 +214,25 @@ export interface RedisServer {
   stop: () => Promise<void>
 }
 
-/** redis-server without persistence on `port` (default: a free one), resolved once it accepts connections. */
-export async function startRedis (port?: number): Promise<RedisServer> {
+/**
+ * redis-server without persistence on `port` (default: a free one), resolved once it accepts
+ * connections. `args` go after the defaults (`--cluster-enabled yes`, or a config file and
+ * `--sentinel` for a sentinel, which takes its port from that file).
+ */
+export async function startRedis (port?: number, args: string[] = []): Promise<RedisServer> {
   const p = port ?? await freePort()
   const dir = await mkdtemp(join(tmpdir(), 'gatehouse-redis-'))
-  const child = spawn('redis-server', ['--port', String(p), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const sentinel = args.includes('--sentinel')
+  const defaults = sentinel ? [] : ['--port', String(p), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir]
+  const child = spawn('redis-server', [...defaults, ...args], { stdio: ['ignore', 'pipe', 'pipe'], cwd: dir })
+  // A sentinel never says it accepts connections; it is ready once it watches its master.
+  const readyText = sentinel ? '+monitor master' : 'Ready to accept connections'
   let output = ''
   const started = new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`redis-server did not start in 5 s:\n${output}`)), 5000)
     child.stdout?.on('data', (chunk: Buffer) => {
       output += chunk.toString()
-      if (output.includes('Ready to accept connections')) { clearTimeout(timer); resolve() }
+      if (output.includes(readyText)) { clearTimeout(timer); resolve() }
     })
     child.stderr?.on('data', (chunk: Buffer) => { output += chunk.toString() })
     child.once('error', err => { clearTimeout(timer); reject(new Error(`cannot run redis-server (is it installed?): ${err.message}`)) })
@@ -244,4 +252,62 @@ export async function startRedis (port?: number): Promise<RedisServer> {
     throw err
   }
   return { port: p, url: `redis://127.0.0.1:${p}`, child, stop }
+}
+
+/** The reply of redis-cli -p <port> <args>, bounded at 10 s. */
+export async function redisCli (port: number, ...args: string[]): Promise<string> {
+  return await new Promise((resolve, reject) => {
+    execFile('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], { timeout: 10_000 }, (err, stdout, stderr) => {
+      if (err !== null) reject(new Error(`redis-cli ${args.join(' ')}: ${err.message}\n${stderr}`))
+      else resolve(stdout)
+    })
+  })
+}
+
+/** A free port whose cluster bus port (+10000) is free too. */
+async function clusterPort (): Promise<number> {
+  for (;;) {
+    const p = await freePort()
+    if (p + 10000 > 65535) continue
+    const bus = net.createServer()
+    const free = await new Promise<boolean>(resolve => {
+      bus.once('error', () => resolve(false))
+      bus.listen(p + 10000, '127.0.0.1', () => resolve(true))
+    })
+    if (free) await new Promise<void>(resolve => bus.close(() => resolve()))
+    if (free) return p
+  }
+}
+
+/** A Redis Cluster of `masters` masters (no replicas) on free ports, resolved once its state is ok. */
+export async function startRedisCluster (masters = 3): Promise<RedisServer[]> {
+  const nodes: RedisServer[] = []
+  try {
+    for (let i = 0; i < masters; i++) {
+      nodes.push(await startRedis(await clusterPort(), ['--cluster-enabled', 'yes', '--cluster-config-file', 'nodes.conf', '--cluster-node-timeout', '5000']))
+    }
+    await redisCli(nodes[0]!.port, '--cluster', 'create', ...nodes.map(n => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes')
+    const deadline = Date.now() + 10_000
+    for (const node of nodes) {
+      while (!(await redisCli(node.port, 'cluster', 'info')).includes('cluster_state:ok')) {
+        if (Date.now() > deadline) throw new Error(`cluster node ${node.port} not ok after 10 s`)
+        await new Promise(resolve => setTimeout(resolve, 100))
+      }
+    }
+    return nodes
+  } catch (err) {
+    await Promise.all(nodes.map(async n => await n.stop()))
+    throw err
+  }
+}
+
+/** A sentinel on a free port watching the master on `masterPort` under `name`. */
+export async function startSentinel (masterPort: number, name: string): Promise<RedisServer> {
+  const port = await freePort()
+  const dir = await mkdtemp(join(tmpdir(), 'gatehouse-sentinel-'))
+  // A sentinel rewrites its config file, so it gets its own.
+  const conf = join(dir, 'sentinel.conf')
+  await writeFile(conf, `port ${port}\nbind 127.0.0.1\ndir ${dir}\nsentinel monitor ${name} 127.0.0.1 ${masterPort} 1\n`)
+  const server = await startRedis(port, [conf, '--sentinel'])
+  return { ...server, stop: async () => { await server.stop(); await removeDir(dir) } }
 }

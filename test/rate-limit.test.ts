@@ -7,7 +7,7 @@ import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type TestContext } from 'node:test'
 import { Redis } from 'ioredis'
-import { removeDir, routeDir, startGateway, startRedis, startUpstream, type GatewayProcess, type Upstream } from './helpers.js'
+import { redisCli, removeDir, routeDir, startGateway, startRedis, startRedisCluster, startSentinel, startUpstream, type GatewayProcess, type RedisServer, type Upstream } from './helpers.js'
 
 // The memory-store tests must not pick up a Redis from the environment of whoever runs them.
 delete process.env.REDIS_URL
@@ -315,4 +315,46 @@ test('local fallback divides max by the live replicas: two gateways on one Redis
     for (let i = 0; i < 7; i++) statuses.push((await get(`${gw.url}/pair`, { 'x-api-key': 'k' })).status)
     assert.deepEqual(statuses, [200, 200, 200, 200, 200, 429, 429], 'max 10 split over 2 live replicas')
   }
+})
+
+test('a Redis Cluster of three masters, given one seed node: two gateways share each budget, and the budgets spread over the masters', async t => {
+  const nodes = await startRedisCluster(3)
+  t.after(async () => { await Promise.all(nodes.map(async n => await n.stop())) })
+  const upstream = await upstreamFor(t)
+  const files = { 'cluster.yaml': limitedFile(upstream.url, [['/cluster', 'max: 3\nwindow: 60s\nkey: header:x-api-key']]) }
+  const env = { REDIS_URL: `redis+cluster://127.0.0.1:${(nodes[0] as RedisServer).port}` }
+  const gws = [await gatewayFor(t, files, env), await gatewayFor(t, files, env)]
+  for (const gw of gws) assert.equal(await readyStore(gw), 'redis')
+
+  const clients = Array.from({ length: 12 }, (_, i) => `client-${i}`)
+  for (const client of clients) {
+    const statuses: number[] = []
+    for (let i = 0; i < 5; i++) statuses.push((await get(`${(gws[i % 2] as GatewayProcess).url}/cluster`, { 'x-api-key': client })).status)
+    assert.deepEqual(statuses, [200, 200, 200, 429, 429], client)
+  }
+  assert.equal(upstream.requests.length, 36)
+  // Each budget lives in one slot (its hash tag); twelve budgets land on more than one master.
+  const keysPerMaster = await Promise.all(nodes.map(async n => Number((await redisCli(n.port, 'dbsize')).trim())))
+  assert.ok(keysPerMaster.filter(n => n > 0).length >= 2, `keys per master: ${keysPerMaster.join(', ')}`)
+  for (const gw of gws) {
+    assert.equal(await readyStore(gw), 'redis')
+    assert.equal(gw.logs.filter(l => l.msg === FALLBACK_MSG).length, 0)
+  }
+})
+
+test('Redis Sentinel (redis+sentinel://…/master-name): the gateway finds the master through the sentinel and limits there', async t => {
+  const master = await startRedis()
+  t.after(() => master.stop())
+  const sentinel = await startSentinel(master.port, 'gatehouse')
+  t.after(() => sentinel.stop())
+  const upstream = await upstreamFor(t)
+  const gw = await gatewayFor(t, { 'sentinel.yaml': limitedFile(upstream.url, [['/sentinel', 'max: 2\nwindow: 60s']]) }, {
+    REDIS_URL: `redis+sentinel://127.0.0.1:${sentinel.port}/gatehouse`
+  })
+  assert.equal(await readyStore(gw), 'redis')
+  const statuses: number[] = []
+  for (let i = 0; i < 4; i++) statuses.push((await get(`${gw.url}/sentinel`)).status)
+  assert.deepEqual(statuses, [200, 200, 429, 429])
+  // The budget of route 0 of sentinel.yaml is on the master.
+  assert.notEqual((await redisCli(master.port, '--scan', '--pattern', 'gatehouse:rl:{sentinel-0*')).trim(), '')
 })

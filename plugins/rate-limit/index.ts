@@ -5,6 +5,7 @@ import { hostname } from 'node:os'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fastifyRateLimit from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
+import type { RedisConnection } from '../../src/config/redis-url.js'
 import { RateLimitedError, RateLimitUnavailableError } from '../../src/errors.js'
 import { DurationHistogram } from '../../src/upstream/try-stats.js'
 import type { CompiledLimit } from '../route-table/route-table.js'
@@ -14,7 +15,9 @@ import type { LimitDecision, LimitStore } from './store/types.js'
 
 export interface RateLimitOptions {
   /** Unset: limits are kept in this process. */
-  redisUrl: string | undefined
+  redis: RedisConnection | undefined
+  /** Longest wait for one Redis call. */
+  redisTimeoutMs: number
 }
 
 /** What /ready and /metrics tell about the limiter. */
@@ -41,11 +44,12 @@ declare module 'fastify' {
 
 const HEARTBEAT_EVERY_MS = 5000
 const HEARTBEAT_TTL_MS = 15_000
+const STARTUP_WAIT_MS = 2000
 
 type IncrCallback = (err: Error | null, result?: { current: number, ttl: number }) => void
 
 async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): Promise<void> {
-  const redis = opts.redisUrl === undefined ? undefined : new RedisLimitStore(opts.redisUrl)
+  const redis = opts.redis === undefined ? undefined : new RedisLimitStore(opts.redis, { commandTimeoutMs: opts.redisTimeoutMs })
   const primary: LimitStore = redis ?? new MemoryLimitStore()
   const local = new MemoryLimitStore()
   const state: RateLimitState = { store: redis === undefined ? 'memory' : 'redis', storeErrors: 0, rejected: new Map(), latency: new DurationHistogram(), replicas: 1 }
@@ -142,6 +146,10 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
       check.call(app, request, reply).then(() => { ietf(); done() }, (err: Error) => { ietf(); done(err) })
     }]
   })
+
+  // A gateway that starts while Redis is still connecting would refuse its first requests on the
+  // fallback: wait a little for it. A Redis that does not answer in time is a store failure.
+  if (redis !== undefined) await redis.ready(STARTUP_WAIT_MS).catch(failed)
 
   // Heartbeats: every replica counts the live ones, so a local fallback keeps the total near max
   // (100 per minute stays about 100 in total, not 100 per replica, while Redis is away).

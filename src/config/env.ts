@@ -4,6 +4,7 @@ import { isIP } from 'node:net'
 import Type, { type Static } from 'typebox'
 import Value from 'typebox/value'
 import { ConfigEnvError } from '../errors.js'
+import { parseRedisUrl, type RedisConnection } from './redis-url.js'
 import { Duration, Size, toBytes, toMs } from './units.js'
 import { schemaErrors } from './validate.js'
 
@@ -11,7 +12,8 @@ export const EnvSchema = Type.Object({
   PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 8080, description: 'Port the gateway listens on.' }),
   HOST: Type.String({ minLength: 1, default: '0.0.0.0', description: 'Address the gateway binds to.' }),
   ROUTES_DIR: Type.String({ minLength: 1, default: './routes.d', description: 'Folder of route files, one per upstream service.' }),
-  REDIS_URL: Type.Optional(Type.String({ pattern: '^rediss?://', errorMessage: 'must be a redis:// or rediss:// URL', description: 'Redis for shared state; unset: in-memory stores.' })),
+  REDIS_URL: Type.Optional(Type.String({ description: 'Redis for shared state: redis://host:port, redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/master-name (rediss for TLS); unset: in-memory stores.' })),
+  REDIS_TIMEOUT: Duration({ default: '50ms', description: 'Longest wait for one Redis call of the rate limiter before the route\'s onStoreError applies.' }),
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), {
     default: 'info', errorMessage: 'must be one of fatal, error, warn, info, debug, trace, silent', description: 'pino log level.'
   }),
@@ -37,7 +39,8 @@ export interface GatewayEnv {
   port: number
   host: string
   routesDir: string
-  redisUrl: string | undefined
+  redis: RedisConnection | undefined
+  redisTimeoutMs: number
   logLevel: string
   trustProxy: TrustProxy
   shutdownDelayMs: number
@@ -73,12 +76,20 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
   const raw = value as RawEnv
   const trust = parseTrustProxy(String(raw.TRUST_PROXY))
   if (trust instanceof Error) errors.push(`TRUST_PROXY: ${trust.message}`)
+  let redis: RedisConnection | undefined
+  try {
+    redis = raw.REDIS_URL === undefined ? undefined : parseRedisUrl(raw.REDIS_URL)
+  } catch (err) {
+    errors.push(`REDIS_URL: ${(err as Error).message}`)
+  }
+  if (!errors.some(e => e.startsWith('REDIS_TIMEOUT')) && toMs(raw.REDIS_TIMEOUT) === 0) errors.push('REDIS_TIMEOUT: must be more than 0')
   if (errors.length > 0) throw new ConfigEnvError(errors.join('\n'))
   return Object.freeze({
     port: raw.PORT,
     host: raw.HOST,
     routesDir: raw.ROUTES_DIR,
-    redisUrl: raw.REDIS_URL,
+    redis,
+    redisTimeoutMs: toMs(raw.REDIS_TIMEOUT),
     logLevel: raw.LOG_LEVEL,
     trustProxy: trust as TrustProxy,
     shutdownDelayMs: toMs(raw.SHUTDOWN_DELAY),

@@ -3,7 +3,8 @@
 // Redis makes hit() reject within commandTimeoutMs, and the caller decides the fallback.
 import { existsSync, readFileSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
-import { Redis } from 'ioredis'
+import { Cluster, Redis, type RedisOptions } from 'ioredis'
+import type { RedisConnection } from '../../../src/config/redis-url.js'
 import { checkHitArgs } from './memory.js'
 import { LimitStoreError } from '../../../src/errors.js'
 import type { LimitAlgorithm, LimitDecision, LimitStore } from './types.js'
@@ -43,45 +44,30 @@ interface ScriptCommands {
 }
 
 export class RedisLimitStore implements LimitStore {
-  readonly #client: Redis & ScriptCommands
+  readonly #client: (Redis | Cluster) & ScriptCommands
   readonly #owned: boolean
   readonly #prefix: string
   readonly #timeoutMs: number
 
   /**
    * `client`: an ioredis client to share (left open by close(); give it `enableOfflineQueue: false`
-   * so a hit that times out while Redis is down is not replayed later), or a redis:// URL, for
-   * which the store creates and owns a fail-fast client.
+   * so a hit that times out while Redis is down is not replayed later), or a redis:// URL or parsed
+   * REDIS_URL, for which the store creates and owns a fail-fast client.
    */
-  constructor (client: Redis | string, options: RedisLimitStoreOptions = {}) {
+  constructor (client: Redis | Cluster | RedisConnection | string, options: RedisLimitStoreOptions = {}) {
     this.#prefix = options.keyPrefix ?? 'gatehouse:rl:'
     this.#timeoutMs = options.commandTimeoutMs ?? 50
     if (!(this.#timeoutMs > 0)) throw new RangeError(`commandTimeoutMs must be > 0, got ${this.#timeoutMs}`)
     const { log, window, heartbeat } = loadScripts()
-    let redis: Redis
-    if (typeof client === 'string') {
-      redis = new Redis(client, {
-        // No ioredis `commandTimeout`: its timer rejects a command whose reply is already in the
-        // socket buffer when the event loop was stalled; #deadline() covers every client instead.
-        // Never queue while disconnected, never resend after a drop: reject at once instead.
-        enableOfflineQueue: false,
-        maxRetriesPerRequest: 0,
-        connectTimeout: Math.max(1000, this.#timeoutMs)
-      })
-      // Failures reach the caller through hit(); without a listener ioredis prints every
-      // reconnect error to stderr.
-      redis.on('error', () => {})
-      this.#owned = true
-    } else {
-      redis = client
-      this.#owned = false
-    }
+    const owned = typeof client === 'string' || !(client instanceof Redis || client instanceof Cluster)
+    const redis = owned ? connect(typeof client === 'string' ? { mode: 'single', url: client } : client, this.#timeoutMs) : client
+    this.#owned = owned
     // Registered once: ioredis sends EVALSHA and, on NOSCRIPT (restart, SCRIPT FLUSH, failover),
     // resends the script with EVAL by itself.
     redis.defineCommand('gatehouseRlSlidingLog', { numberOfKeys: 2, lua: log })
     redis.defineCommand('gatehouseRlSlidingWindow', { numberOfKeys: 2, lua: window })
     redis.defineCommand('gatehouseRlHeartbeat', { numberOfKeys: 1, lua: heartbeat })
-    this.#client = redis as Redis & ScriptCommands
+    this.#client = redis as (Redis | Cluster) & ScriptCommands
   }
 
   /** Resolves once the client is connected (a created client connects in the background). */
@@ -156,4 +142,48 @@ export class RedisLimitStore implements LimitStore {
       clearTimeout(timer)
     }
   }
+}
+
+/** A fail-fast client for one node, a Cluster or a Sentinel-managed master. */
+function connect (connection: RedisConnection, timeoutMs: number): Redis | Cluster {
+  const failFast: RedisOptions = {
+    // No ioredis `commandTimeout`: its timer rejects a command whose reply is already in the
+    // socket buffer when the event loop was stalled; #deadline() covers every client instead.
+    // Never queue while disconnected, never resend after a drop: reject at once instead.
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    connectTimeout: Math.max(1000, timeoutMs)
+  }
+  let client: Redis | Cluster
+  if (connection.mode === 'single') {
+    client = new Redis(connection.url, failFast)
+  } else if (connection.mode === 'cluster') {
+    const { nodes, tls, username, password } = connection
+    const { enableOfflineQueue, ...nodeOptions } = failFast
+    client = new Cluster(nodes, {
+      enableOfflineQueue,
+      redisOptions: { ...nodeOptions, username, password, ...(tls ? { tls: {} } : {}) },
+      // A moved or failed-over slot is retried once the new owner is known, within the deadline.
+      retryDelayOnFailover: 10,
+      retryDelayOnClusterDown: 10,
+      slotsRefreshTimeout: Math.max(1000, timeoutMs)
+    })
+  } else {
+    const { sentinels, name, db, tls, username, password, sentinelUsername, sentinelPassword } = connection
+    client = new Redis({
+      ...failFast,
+      sentinels,
+      name,
+      db,
+      username,
+      password,
+      sentinelUsername,
+      sentinelPassword,
+      ...(tls ? { tls: {}, sentinelTLS: {}, enableTLSForSentinelMode: true } : {})
+    })
+  }
+  // Failures reach the caller through hit(); without a listener ioredis prints every
+  // reconnect error to stderr.
+  client.on('error', () => {})
+  return client
 }
