@@ -2,6 +2,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Socket } from 'node:net'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
+import authPlugin from '../plugins/auth/index.js'
 import healthPlugin from '../plugins/health/index.js'
 import observabilityPlugin from '../plugins/observability/index.js'
 import proxyPlugin from '../plugins/proxy/index.js'
@@ -48,6 +49,8 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     watch: env.watchRoutes,
     debounceMs: env.reloadDebounceMs
   })
+  // Auth before rate limits: a claim key needs the verified identity.
+  await app.register(authPlugin, { jwksCooldownMs: env.jwksCooldownMs })
   await app.register(rateLimitPlugin, { redis: env.redis, redisTimeoutMs: env.redisTimeoutMs })
   await app.register(healthPlugin, {
     maxEventLoopDelayMs: env.maxEventLoopDelayMs,

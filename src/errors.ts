@@ -39,6 +39,19 @@ export const ClientClosedError = createError<'GATEHOUSE_ERR_CLIENT_CLOSED', 499,
 export const RateLimitedError = createError<'GATEHOUSE_ERR_RATE_LIMITED', 429, [number, string, ErrorOptions?]>(
   'GATEHOUSE_ERR_RATE_LIMITED', 'Rate limit of %d requests per %s reached; see Retry-After', 429)
 
+// RFC 6750: the 401s carry WWW-Authenticate; the reason never echoes the token.
+export const AuthRequiredError = createError<'GATEHOUSE_ERR_AUTH_REQUIRED', 401, [ErrorOptions?]>(
+  'GATEHOUSE_ERR_AUTH_REQUIRED', 'This route needs a bearer token in the Authorization header', 401)
+
+export const AuthInvalidError = createError<'GATEHOUSE_ERR_AUTH_INVALID', 401, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_AUTH_INVALID', 'Invalid token: %s', 401)
+
+export const AuthForbiddenError = createError<'GATEHOUSE_ERR_AUTH_FORBIDDEN', 403, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_AUTH_FORBIDDEN', 'The token lacks a required scope: %s', 403)
+
+export const AuthUnavailableError = createError<'GATEHOUSE_ERR_AUTH_UNAVAILABLE', 503, [ErrorOptions?]>(
+  'GATEHOUSE_ERR_AUTH_UNAVAILABLE', 'The issuer\'s keys could not be fetched: tokens cannot be verified now', 503)
+
 export const RateLimitUnavailableError = createError<'GATEHOUSE_ERR_RATE_LIMIT_UNAVAILABLE', 503, [ErrorOptions?]>(
   'GATEHOUSE_ERR_RATE_LIMIT_UNAVAILABLE', 'The rate-limit store is unavailable and this route fails closed', 503)
 

@@ -138,6 +138,28 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
     collect () { this.set(limiter().store === 'fallback' ? 1 : 0) }
   })
   new client.Counter({
+    name: 'auth_failures_total',
+    help: 'Requests refused by edge authentication, by route (<upstream>-<route index>) and reason.',
+    labelNames: ['route', 'reason'],
+    collect () {
+      this.reset()
+      for (const [key, n] of app.authState.failures) {
+        const [route, reason] = key.split('\n') as [string, string]
+        this.inc({ route, reason }, n)
+      }
+    }
+  })
+  new client.Counter({
+    name: 'jwks_fetches_total',
+    help: 'JWKS fetches, by result (ok, error); a failed fetch keeps the last good key set.',
+    labelNames: ['result'],
+    collect () {
+      this.reset()
+      this.inc({ result: 'ok' }, app.authState.jwksFetches.ok)
+      this.inc({ result: 'error' }, app.authState.jwksFetches.error)
+    }
+  })
+  new client.Counter({
     name: 'config_reloads_total',
     help: 'Route reloads; failure: at least one file was rejected (its last good version kept serving).',
     labelNames: ['result'],
@@ -184,4 +206,4 @@ class ScrapedHistogram {
   }
 }
 
-export default fp(observabilityPlugin, { name: 'gatehouse-observability', fastify: '5.x', dependencies: ['gatehouse-route-table', 'gatehouse-rate-limit'] })
+export default fp(observabilityPlugin, { name: 'gatehouse-observability', fastify: '5.x', dependencies: ['gatehouse-route-table', 'gatehouse-auth', 'gatehouse-rate-limit'] })

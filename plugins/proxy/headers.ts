@@ -43,6 +43,11 @@ export function upstreamRequestHeaders (request: FastifyRequest, headers: Incomi
     else headers['x-forwarded-host'] = host
   }
   headers['x-request-id'] = request.id
+  // Last, so neither the client's headers nor its Connection list can undo them.
+  for (const [name, value] of request.identity?.upstreamHeaders ?? []) {
+    if (value === undefined) delete headers[name]
+    else headers[name] = value
+  }
   return headers
 }
 

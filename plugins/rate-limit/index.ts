@@ -119,9 +119,11 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
     keyGenerator: (request: FastifyRequest) => {
       const limit = limitOf(request) as CompiledLimit
       limits.set(limit.id, limit)
-      if (limit.keyHeader === undefined) return `${limit.id}\n${request.ip}`
-      const value = request.headers[limit.keyHeader]
-      return `${limit.id}\nh:${typeof value === 'string' ? value : ''}`
+      const key = limit.key
+      if (key.kind === 'ip') return `${limit.id}\n${request.ip}`
+      // A missing header or claim is a key of its own (shared by all requests without one).
+      const value = key.kind === 'header' ? request.headers[key.name] : request.identity?.claims[key.name]
+      return `${limit.id}\n${key.kind[0] as string}:${typeof value === 'string' ? value : value === undefined ? '' : JSON.stringify(value)}`
     },
     max: (request: FastifyRequest) => (limitOf(request) as CompiledLimit).max,
     timeWindow: (request: FastifyRequest) => (limitOf(request) as CompiledLimit).windowMs

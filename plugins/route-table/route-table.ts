@@ -1,6 +1,6 @@
 // The compiled route table: built once per load or reload, never changed after, swapped whole.
 import FindMyWay, { type HTTPVersion, type Instance } from 'find-my-way'
-import { HTTP_METHODS, type RateLimitConfig, type UpstreamConfig } from '../../src/config/route-file.js'
+import { HTTP_METHODS, type JwtAuthConfig, type RateLimitConfig, type UpstreamConfig } from '../../src/config/route-file.js'
 import { RetryBudget, type RetryOptions } from '../../src/upstream/retry.js'
 import { Target, type TargetTransitionListener } from '../../src/upstream/target.js'
 
@@ -27,7 +27,11 @@ export interface CompiledLimit extends RateLimitConfig {
 }
 
 export interface CompiledRoute {
+  /** `<upstream>-<route index>`: names the route in metrics. */
+  readonly id: string
   readonly upstream: CompiledUpstream
+  /** Undefined: public. */
+  readonly auth: JwtAuthConfig | undefined
   /** Undefined: not limited. */
   readonly rateLimit: CompiledLimit | undefined
   /** Characters of the request path the prefix covers (0 for `/`). */
@@ -94,7 +98,9 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaultBody
       const limit = route.rateLimit
       const id = `${config.name}-${index}`
       const compiled: CompiledRoute = Object.freeze({
+        id,
         upstream,
+        auth: route.auth,
         rateLimit: limit === undefined ? undefined : Object.freeze({ ...limit, id, policy: `"${id}";q=${limit.max};w=${Math.ceil(limit.windowMs / 1000)}` }),
         prefixLength: route.path === '/' ? 0 : route.path.length,
         rewritePrefix: route.rewritePrefix,

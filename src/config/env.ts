@@ -14,6 +14,7 @@ export const EnvSchema = Type.Object({
   ROUTES_DIR: Type.String({ minLength: 1, default: './routes.d', description: 'Folder of route files, one per upstream service.' }),
   REDIS_URL: Type.Optional(Type.String({ description: 'Redis for shared state: redis://host:port, redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/master-name (rediss for TLS); unset: in-memory stores.' })),
   REDIS_TIMEOUT: Duration({ default: '50ms', description: 'Longest wait for one Redis call of the rate limiter before the route\'s onStoreError applies.' }),
+  JWKS_COOLDOWN: Duration({ default: '30s', description: 'After a JWKS fetch, how long a token with an unknown kid is refused without fetching again (a flood of made-up kids cannot hammer the issuer).' }),
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), {
     default: 'info', errorMessage: 'must be one of fatal, error, warn, info, debug, trace, silent', description: 'pino log level.'
   }),
@@ -41,6 +42,7 @@ export interface GatewayEnv {
   routesDir: string
   redis: RedisConnection | undefined
   redisTimeoutMs: number
+  jwksCooldownMs: number
   logLevel: string
   trustProxy: TrustProxy
   shutdownDelayMs: number
@@ -90,6 +92,7 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
     routesDir: raw.ROUTES_DIR,
     redis,
     redisTimeoutMs: toMs(raw.REDIS_TIMEOUT),
+    jwksCooldownMs: toMs(raw.JWKS_COOLDOWN),
     logLevel: raw.LOG_LEVEL,
     trustProxy: trust as TrustProxy,
     shutdownDelayMs: toMs(raw.SHUTDOWN_DELAY),

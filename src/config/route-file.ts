@@ -1,5 +1,6 @@
 // The route file: one per upstream service, YAML or JSON. The schema is the operators' contract
 // and is published as JSON Schema (schema/route-file.schema.json, `npm run schema`).
+import { createPublicKey, type JsonWebKey } from 'node:crypto'
 import Type, { type Static } from 'typebox'
 import Value from 'typebox/value'
 import YAML from 'yaml'
@@ -26,6 +27,47 @@ const Target = Type.Object({
   weight: Type.Number({ exclusiveMinimum: 0, default: 1, description: 'Share of traffic relative to the other targets when none is loaded. Default 1.' })
 }, { additionalProperties: false })
 
+// Header names (RFC 9110 token).
+const HEADER_NAME = "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+
+const FromEnv = (what: string) => Type.Object({
+  env: Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', errorMessage: 'must be an environment variable name', description: `Environment variable holding ${what}.` })
+}, { additionalProperties: false, errorMessage: 'must be { env: VARIABLE }: keys are read from the environment, never written in route files', description: `${what}, read from an environment variable (never written in the file).` })
+
+/** JWS algorithms a route may allow. `none` is not among them. */
+export const JWT_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'HS256', 'HS384', 'HS512'] as const
+const StringOrList = (description: string) => Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { minItems: 1, uniqueItems: true })], {
+  errorMessage: 'must be a string or a list of strings', description
+})
+
+const Auth = Type.Object({
+  jwt: Type.Object({
+    jwksUrl: Type.Optional(Type.String({
+      pattern: '^https?://[^\\s]+$',
+      errorMessage: 'must be an https:// URL (http:// only for localhost)',
+      description: 'The issuer\'s JSON Web Key Set, fetched once and cached. One of jwksUrl, publicKey, secret.'
+    })),
+    publicKey: Type.Optional(FromEnv('a PEM public key (SPKI) or a public JWK')),
+    secret: Type.Optional(FromEnv('an HMAC secret of at least 32 bytes (HS256/384/512)')),
+    issuer: StringOrList('Accepted `iss` values.'),
+    audience: StringOrList('Accepted `aud` values: the token must name at least one.'),
+    algorithms: Type.Optional(Type.Array(Type.Union(JWT_ALGORITHMS.map(a => Type.Literal(a))), {
+      minItems: 1,
+      uniqueItems: true,
+      errorMessage: `must be a list among ${JWT_ALGORITHMS.join(', ')}`,
+      description: 'Allowed `alg` values. Default: the asymmetric ones (RS*, PS*, ES*, EdDSA) for jwksUrl and publicKey, HS* for secret.'
+    })),
+    clockTolerance: Duration({ default: '30s', description: 'Leeway for exp, nbf and iat against clock skew. Default 30s.' }),
+    requiredScopes: Type.Optional(Type.Array(Type.String({ pattern: '^\\S+$' }), {
+      minItems: 1, uniqueItems: true, description: 'Scopes the token must carry (in `scope`, space-separated, or `scp`); otherwise 403.'
+    })),
+    forwardClaims: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Type.String({ pattern: HEADER_NAME, errorMessage: 'must be a header name' }), {
+      description: 'Claim → request header sent upstream. The client\'s own values of these headers are always removed first.'
+    })),
+    forwardToken: Type.Boolean({ default: true, description: 'Keep the Authorization header for the upstream. Default true.' })
+  }, { additionalProperties: false, description: 'A signed JWT in `Authorization: Bearer`, verified at the gateway.' })
+}, { additionalProperties: false, description: 'Authentication of this route. Absent: public.' })
+
 const Route = Type.Object({
   path: Type.String({
     pattern: PATH,
@@ -45,14 +87,15 @@ const Route = Type.Object({
     description: "Replaces the matched prefix before forwarding; '' strips it. Default: the path is forwarded unchanged."
   })),
   bodyLimit: Type.Optional(Size({ description: 'Largest request body on this route. Default: BODY_LIMIT.' })),
+  auth: Type.Optional(Auth),
   rateLimit: Type.Optional(Type.Object({
     max: Type.Integer({ minimum: 1, description: 'Requests admitted per window and key.' }),
     window: Duration({ default: '1m', description: 'Sliding window. Default 1m.' }),
     key: Type.String({
-      pattern: '^(ip|header:[A-Za-z0-9!#$%&\'*+.^_`|~-]+)$',
+      pattern: '^(ip|header:[A-Za-z0-9!#$%&\'*+.^_`|~-]+|claim:[^\\s]+)$',
       default: 'ip',
-      errorMessage: 'must be ip or header:<name>',
-      description: 'Whose budget a request spends: ip (the client address; TRUST_PROXY decides whether X-Forwarded-For counts) or header:<name>. Default ip.'
+      errorMessage: 'must be ip, header:<name> or claim:<name>',
+      description: 'Whose budget a request spends: ip (the client address; TRUST_PROXY decides whether X-Forwarded-For counts), header:<name>, or claim:<name> (a claim of the verified token; the route needs auth). Default ip.'
     }),
     algorithm: Type.Union([Type.Literal('sliding-log'), Type.Literal('sliding-window')], {
       default: 'sliding-log', errorMessage: 'must be sliding-log or sliding-window', description: 'sliding-log: exact (one entry per request in the window); sliding-window: two counters, O(1) memory per key, approximate. Default sliding-log.'
@@ -119,14 +162,35 @@ export interface RouteConfig {
   hosts: string[] | undefined
   rewritePrefix: string | undefined
   bodyLimit: number | undefined
+  auth: JwtAuthConfig | undefined
   rateLimit: RateLimitConfig | undefined
 }
+
+/** Where a route's verification keys come from. */
+export type JwtKeySource =
+  | { kind: 'jwks', url: string }
+  | { kind: 'publicKey', env: string, pem: string }
+  | { kind: 'secret', env: string, secret: string }
+
+export interface JwtAuthConfig {
+  keySource: JwtKeySource
+  issuer: string[]
+  audience: string[]
+  algorithms: string[]
+  clockToleranceMs: number
+  requiredScopes: string[]
+  /** [claim, lowercase header name] */
+  forwardClaims: Array<[string, string]>
+  forwardToken: boolean
+}
+
+/** Whose budget a request spends. */
+export type RateLimitKey = { kind: 'ip' } | { kind: 'header', name: string } | { kind: 'claim', name: string }
 
 export interface RateLimitConfig {
   max: number
   windowMs: number
-  /** Header name (lowercase) whose value is the key; undefined: the client IP. */
-  keyHeader: string | undefined
+  key: RateLimitKey
   algorithm: LimitAlgorithm
   onStoreError: 'local' | 'open' | 'closed'
 }
@@ -164,7 +228,7 @@ export const RESERVED_PATHS = ['/health', '/ready', '/metrics']
 export const ROUTE_FILE_EXTENSIONS = ['.yaml', '.yml', '.json']
 
 /** Parses and checks one route file; throws RouteFileError listing every problem. */
-export function parseRouteFile (file: string, text: string): UpstreamConfig {
+export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessEnv = process.env): UpstreamConfig {
   let data: unknown
   if (file.endsWith('.json')) {
     try {
@@ -197,12 +261,13 @@ export function parseRouteFile (file: string, text: string): UpstreamConfig {
       hosts: r.hosts?.map(h => h.toLowerCase()),
       rewritePrefix: r.rewritePrefix,
       bodyLimit: r.bodyLimit === undefined ? undefined : toBytes(r.bodyLimit),
+      auth: r.auth === undefined ? undefined : jwtAuth(r.auth.jwt, env),
       rateLimit: r.rateLimit === undefined
         ? undefined
         : {
             max: r.rateLimit.max,
             windowMs: toMs(r.rateLimit.window),
-            keyHeader: r.rateLimit.key.startsWith('header:') ? r.rateLimit.key.slice(7).toLowerCase() : undefined,
+            key: rateLimitKey(r.rateLimit.key),
             algorithm: r.rateLimit.algorithm,
             onStoreError: r.rateLimit.onStoreError
           }
@@ -219,13 +284,13 @@ export function parseRouteFile (file: string, text: string): UpstreamConfig {
     },
     breaker: breakerOptions(raw.circuitBreaker!)
   }
-  const semantic = checkUpstream(upstream)
+  const semantic = checkUpstream(upstream, raw)
   if (semantic.length > 0) throw new RouteFileError(file, semantic)
   return deepFreeze(upstream)
 }
 
 /** Problems the schema cannot express. */
-function checkUpstream (upstream: UpstreamConfig): string[] {
+function checkUpstream (upstream: UpstreamConfig, raw: RawRouteFile): string[] {
   const problems: string[] = []
   if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(upstream.name)) {
     problems.push(`/name: the file name gives the upstream name "${upstream.name}", which is not a valid name; set name: explicitly`)
@@ -239,6 +304,9 @@ function checkUpstream (upstream: UpstreamConfig): string[] {
   upstream.routes.forEach((route, i) => {
     if (RESERVED_PATHS.includes(route.path)) problems.push(`/routes/${i}/path: ${route.path} is served by the gateway itself`)
     if (route.rateLimit !== undefined && route.rateLimit.windowMs < 1) problems.push(`/routes/${i}/rateLimit/window: must be at least 1ms`)
+    if (route.rateLimit?.key.kind === 'claim' && route.auth === undefined) problems.push(`/routes/${i}/rateLimit/key: claim keys need auth on the route (the claim comes from the verified token)`)
+    const jwt = raw.routes[i]?.auth?.jwt
+    if (jwt !== undefined && route.auth !== undefined) problems.push(...checkJwt(jwt, route.auth).map(p => `/routes/${i}/auth/jwt${p}`))
     for (const claim of routeClaims(route)) {
       const other = claims.get(claim)
       if (other !== undefined) {
@@ -258,6 +326,91 @@ export function routeClaims (route: RouteConfig): string[] {
     for (const host of route.hosts ?? ['*']) claims.push(`${method} ${host} ${route.path}`)
   }
   return claims
+}
+
+function rateLimitKey (text: string): RateLimitKey {
+  if (text.startsWith('header:')) return { kind: 'header', name: text.slice(7).toLowerCase() }
+  if (text.startsWith('claim:')) return { kind: 'claim', name: text.slice(6) }
+  return { kind: 'ip' }
+}
+
+const ASYMMETRIC = JWT_ALGORITHMS.filter(a => !a.startsWith('HS'))
+const HMAC = JWT_ALGORITHMS.filter(a => a.startsWith('HS'))
+const list = (value: string | string[]): string[] => typeof value === 'string' ? [value] : value
+
+type RawJwt = NonNullable<RawRouteFile['routes'][number]['auth']>['jwt']
+
+// A key source read from the environment may be missing: it is left empty here and reported by checkJwt.
+function jwtAuth (raw: RawJwt, env: NodeJS.ProcessEnv): JwtAuthConfig {
+  const keySource: JwtKeySource = raw.secret !== undefined
+    ? { kind: 'secret', env: raw.secret.env, secret: env[raw.secret.env] ?? '' }
+    : raw.publicKey !== undefined
+      ? { kind: 'publicKey', env: raw.publicKey.env, pem: env[raw.publicKey.env] ?? '' }
+      : { kind: 'jwks', url: raw.jwksUrl ?? '' }
+  return {
+    keySource,
+    issuer: list(raw.issuer),
+    audience: list(raw.audience),
+    algorithms: raw.algorithms ?? (keySource.kind === 'secret' ? HMAC : ASYMMETRIC),
+    clockToleranceMs: toMs(raw.clockTolerance),
+    requiredScopes: raw.requiredScopes ?? [],
+    forwardClaims: Object.entries(raw.forwardClaims ?? {}).map(([claim, header]) => [claim, header.toLowerCase()]),
+    forwardToken: raw.forwardToken
+  }
+}
+
+// Headers a claim must not overwrite: they frame or route the request, or carry the token.
+const RESERVED_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'authorization', 'te', 'upgrade', 'x-request-id'])
+
+/** Problems of one auth.jwt block, as `<pointer below it>: <problem>`. */
+function checkJwt (raw: RawJwt, auth: JwtAuthConfig): string[] {
+  const problems: string[] = []
+  const sources = [raw.jwksUrl, raw.publicKey, raw.secret].filter(s => s !== undefined).length
+  if (sources !== 1) problems.push(': needs exactly one key source: jwksUrl, publicKey or secret')
+  const key = auth.keySource
+  if (sources === 1 && key.kind === 'jwks') {
+    let url: URL | undefined
+    try { url = new URL(key.url) } catch {}
+    if (url === undefined) problems.push('/jwksUrl: is not a URL')
+    else if (url.protocol !== 'https:' && !['localhost', '127.0.0.1', '[::1]'].includes(url.hostname)) problems.push('/jwksUrl: must be https:// (plain http:// only for localhost): keys fetched in the clear can be swapped on the way')
+  }
+  if (sources === 1 && key.kind !== 'jwks') {
+    const pointer = key.kind === 'secret' ? '/secret/env' : '/publicKey/env'
+    const value = key.kind === 'secret' ? key.secret : key.pem
+    if (value === '') problems.push(`${pointer}: environment variable ${key.env} is not set`)
+    else if (key.kind === 'secret' && Buffer.byteLength(key.secret) < 32) problems.push(`${pointer}: the secret in ${key.env} is shorter than 32 bytes (HS256 needs at least 256 bits)`)
+    else if (key.kind === 'publicKey') {
+      const problem = publicKeyProblem(key.pem)
+      if (problem !== undefined) problems.push(`${pointer}: ${key.env} ${problem}`)
+    }
+  }
+  const wrong = auth.algorithms.filter(a => (key.kind === 'secret') !== a.startsWith('HS'))
+  if (sources === 1 && wrong.length > 0) {
+    problems.push(key.kind === 'secret'
+      ? `/algorithms: ${wrong.join(', ')} need a public key or jwksUrl, not a secret`
+      : `/algorithms: ${wrong.join(', ')} need a secret; with a public key anyone who has the key could sign tokens`)
+  }
+  const headers = new Map<string, string>()
+  for (const [claim, header] of auth.forwardClaims) {
+    if (RESERVED_HEADERS.has(header)) problems.push(`/forwardClaims/${claim}: ${header} cannot carry a claim`)
+    const other = headers.get(header)
+    if (other !== undefined) problems.push(`/forwardClaims/${claim}: ${header} already carries ${other}`)
+    headers.set(header, claim)
+  }
+  return problems
+}
+
+function publicKeyProblem (text: string): string | undefined {
+  if (/PRIVATE KEY/.test(text)) return 'holds a private key: give the public key only'
+  try {
+    if (!text.trimStart().startsWith('{')) return createPublicKey(text).type === 'public' ? undefined : 'is not a public key'
+    const jwk = JSON.parse(text) as JsonWebKey
+    if (jwk.d !== undefined || jwk.k !== undefined) return 'holds a private or secret key: give the public key only'
+    createPublicKey({ key: jwk, format: 'jwk' })
+    return undefined
+  } catch {
+    return 'is not a PEM public key (SPKI) or a public JWK'
+  }
 }
 
 function breakerOptions (raw: NonNullable<RawRouteFile['circuitBreaker']>): UpstreamConfig['breaker'] {

@@ -1,0 +1,281 @@
+// Edge authentication end to end: a real JWKS server (node:http) publishing real RSA and EC keys
+// made here with node:crypto, a real upstream that records what it received, and the gateway as
+// a real process. A refused request must never reach the upstream.
+import { strict as assert } from 'node:assert'
+import { createHmac, generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { once } from 'node:events'
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { test, type TestContext } from 'node:test'
+import { exportJWK, SignJWT, type JWK, type JWTPayload } from 'jose'
+import { closedPort, removeDir, routeDir, startGateway, startUpstream, type GatewayProcess, type Upstream } from './helpers.js'
+
+const ISSUER = 'https://issuer.test'
+const AUDIENCE = 'orders-api'
+const COOLDOWN_MS = 1000
+
+const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 })
+const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' })
+const foreign = generateKeyPairSync('rsa', { modulusLength: 2048 })
+const rotated = generateKeyPairSync('rsa', { modulusLength: 2048 })
+const SECRET = 'a-shared-secret-of-at-least-32-bytes!!'
+
+async function jwk (key: KeyObject, kid: string, alg: string): Promise<JWK> {
+  return { ...await exportJWK(key), kid, alg, use: 'sig' }
+}
+
+interface JwksServer { url: string, fetches: number, keys: JWK[], close: () => Promise<void> }
+
+async function startJwks (t: TestContext, keys: JWK[]): Promise<JwksServer> {
+  const jwks: JwksServer = { url: '', fetches: 0, keys, close: async () => {} }
+  const server = http.createServer((req, res) => {
+    jwks.fetches++
+    res.writeHead(200, { 'content-type': 'application/jwk-set+json' })
+    res.end(JSON.stringify({ keys: jwks.keys }))
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  jwks.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/.well-known/jwks.json`
+  jwks.close = async () => {
+    server.closeAllConnections()
+    await new Promise<void>(resolve => server.close(() => resolve()))
+  }
+  t.after(() => jwks.close())
+  return jwks
+}
+
+const NOW = () => Math.floor(Date.now() / 1000)
+
+/** A token signed by `key`, with sane claims unless `claims` overrides them (undefined drops one). */
+async function sign (key: KeyObject, header: { alg: string, kid?: string }, claims: Record<string, unknown> = {}): Promise<string> {
+  const payload: Record<string, unknown> = { iss: ISSUER, aud: AUDIENCE, sub: 'alice', iat: NOW(), exp: NOW() + 300, ...claims }
+  for (const [k, v] of Object.entries(payload)) if (v === undefined) delete payload[k]
+  return await new SignJWT(payload as JWTPayload).setProtectedHeader(header).sign(key)
+}
+
+const b64 = (value: unknown): string => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url')
+
+/** What an attacker builds by hand: any header, any payload, a signature of its choosing. */
+function forge (header: object, payload: object, signWith?: (input: string) => string): string {
+  const input = `${b64(header)}.${b64(payload)}`
+  return `${input}.${signWith === undefined ? '' : signWith(input)}`
+}
+
+interface Res { status: number, headers: http.IncomingHttpHeaders, body: string }
+
+async function get (url: string, headers: Record<string, string> = {}): Promise<Res> {
+  const res = await fetch(url, { headers, signal: AbortSignal.timeout(10_000) })
+  return { status: res.status, headers: Object.fromEntries(res.headers), body: await res.text() }
+}
+
+const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
+
+function routeYaml (upstream: string, jwksUrl: string): string {
+  const jwt = (extra: string[] = []) => [
+    '    auth:',
+    '      jwt:',
+    `        jwksUrl: ${jwksUrl}`,
+    `        issuer: ${ISSUER}`,
+    `        audience: ${AUDIENCE}`,
+    '        forwardClaims: { sub: x-user-id, email: x-user-email }',
+    ...extra.map(l => `        ${l}`)
+  ]
+  return [
+    'name: orders',
+    'targets:',
+    `  - url: ${upstream}`,
+    'routes:',
+    '  - path: /orders',
+    ...jwt(),
+    '  - path: /admin',
+    ...jwt(['requiredScopes: [orders:write]']),
+    '  - path: /tokenless',
+    ...jwt(['forwardToken: false']),
+    '  - path: /limited',
+    ...jwt(),
+    '    rateLimit: { max: 2, window: 1m, key: "claim:sub" }',
+    '  - path: /hmac',
+    '    auth:',
+    '      jwt: { secret: { env: ORDERS_SECRET }, issuer: https://issuer.test, audience: orders-api }',
+    '  - path: /pem',
+    '    auth:',
+    '      jwt: { publicKey: { env: ORDERS_PUBLIC_KEY }, issuer: https://issuer.test, audience: orders-api }',
+    '  - path: /public'
+  ].join('\n') + '\n'
+}
+
+interface Setup { gw: GatewayProcess, upstream: Upstream, jwks: JwksServer }
+
+async function setup (t: TestContext): Promise<Setup> {
+  const jwks = await startJwks(t, [await jwk(rsa.publicKey, 'rsa-1', 'RS256'), await jwk(ec.publicKey, 'ec-1', 'ES256')])
+  const upstream = await startUpstream()
+  t.after(() => upstream.close())
+  const dir = await routeDir({ 'orders.yaml': routeYaml(upstream.url, jwks.url) })
+  t.after(() => removeDir(dir))
+  const gw = await startGateway(dir, {
+    JWKS_COOLDOWN: `${COOLDOWN_MS}ms`,
+    ORDERS_SECRET: SECRET,
+    ORDERS_PUBLIC_KEY: ec.publicKey.export({ type: 'spki', format: 'pem' }) as string
+  })
+  t.after(() => gw.stop())
+  return { gw, upstream, jwks }
+}
+
+function assertChallenge (r: Res, description: string): void {
+  assert.equal(r.status, 401, r.body)
+  assert.equal(r.headers['www-authenticate'], `Bearer realm="gatehouse", error="invalid_token", error_description="${description}"`)
+  assert.deepEqual(JSON.parse(r.body), { statusCode: 401, code: 'GATEHOUSE_ERR_AUTH_INVALID', error: 'Unauthorized', message: `Invalid token: ${description}` })
+}
+
+async function metric (gw: GatewayProcess, name: string, labels: string): Promise<number> {
+  const text = await (await fetch(`${gw.url}/metrics`)).text()
+  const line = text.split('\n').find(l => l.startsWith(`${name}{${labels}}`))
+  return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1))
+}
+
+test('valid RS256 and ES256 tokens: 200, claims forwarded as headers, spoofed identity headers replaced; the JWKS is fetched once for many requests', async t => {
+  const { gw, upstream, jwks } = await setup(t)
+  const token = await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' }, { email: 'alice@example.com' })
+  const r = await get(`${gw.url}/orders/42`, { ...bearer(token), 'x-user-id': 'mallory', connection: 'x-user-id' })
+  assert.equal(r.status, 200, r.body)
+  const seen = upstream.requests.at(-1)
+  assert.equal(seen?.headers['x-user-id'], 'alice')
+  assert.equal(seen?.headers['x-user-email'], 'alice@example.com')
+  assert.equal(seen?.headers.authorization, `Bearer ${token}`, 'forwardToken defaults to true')
+
+  // A claim the token lacks: the client's header is removed, not passed on.
+  const ecToken = await sign(ec.privateKey, { alg: 'ES256', kid: 'ec-1' }, { sub: 'bob' })
+  assert.equal((await get(`${gw.url}/orders`, { ...bearer(ecToken), 'x-user-email': 'boss@example.com' })).status, 200)
+  assert.equal(upstream.requests.at(-1)?.headers['x-user-id'], 'bob')
+  assert.equal(upstream.requests.at(-1)?.headers['x-user-email'], undefined)
+
+  // 40 more, 20 distinct tokens, half at once: still the one fetch.
+  const tokens = await Promise.all(Array.from({ length: 20 }, async (_, i) => await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' }, { sub: `user-${i}` })))
+  const statuses = await Promise.all(tokens.map(async tk => (await get(`${gw.url}/orders`, bearer(tk))).status))
+  for (const tk of tokens) statuses.push((await get(`${gw.url}/orders`, bearer(tk))).status)
+  assert.deepEqual(new Set(statuses), new Set([200]))
+  assert.equal(jwks.fetches, 1)
+  assert.equal(upstream.requests.length, 42)
+  assert.equal(await metric(gw, 'jwks_fetches_total', 'result="ok"'), 1)
+})
+
+test('no token: 401 with a bare Bearer challenge (RFC 6750 §3) and the upstream never sees the request; a public route needs none', async t => {
+  const { gw, upstream } = await setup(t)
+  const attempts: Array<Record<string, string>> = [{}, { authorization: 'Basic YWxpY2U6c2VjcmV0' }, { authorization: 'Bearer' }]
+  for (const headers of attempts) {
+    const r = await get(`${gw.url}/orders`, headers)
+    assert.equal(r.status, 401)
+    assert.equal(r.headers['www-authenticate'], 'Bearer realm="gatehouse"')
+    assert.deepEqual(JSON.parse(r.body), { statusCode: 401, code: 'GATEHOUSE_ERR_AUTH_REQUIRED', error: 'Unauthorized', message: 'This route needs a bearer token in the Authorization header' })
+  }
+  assert.equal(upstream.requests.length, 0)
+  assert.equal((await get(`${gw.url}/public`)).status, 200)
+  assert.equal(await metric(gw, 'auth_failures_total', 'route="orders-0",reason="missing_token"'), 3)
+})
+
+test('every bad token is 401 invalid_token with its reason, never echoed, and never reaches the upstream', async t => {
+  const { gw, upstream } = await setup(t)
+  const rs = { alg: 'RS256', kid: 'rsa-1' }
+  const good = await sign(rsa.privateKey, rs)
+  const [h, p] = good.split('.') as [string, string, string]
+  const claims = JSON.parse(Buffer.from(p, 'base64url').toString()) as Record<string, unknown>
+  const publicPem = rsa.publicKey.export({ type: 'spki', format: 'pem' }) as string
+  const cases: Array<[what: string, token: string, description: string]> = [
+    ['expired an hour ago', await sign(rsa.privateKey, rs, { exp: NOW() - 3600 }), 'the token has expired'],
+    ['not valid for another hour', await sign(rsa.privateKey, rs, { nbf: NOW() + 3600 }), 'the token is not valid yet'],
+    ['for another audience', await sign(rsa.privateKey, rs, { aud: 'billing-api' }), 'the token is for another audience'],
+    ['from another issuer', await sign(rsa.privateKey, rs, { iss: 'https://evil.test' }), 'the token is from another issuer'],
+    ['without exp', await sign(rsa.privateKey, rs, { exp: undefined }), 'the token lacks a required claim'],
+    ['alg none', forge({ alg: 'none', typ: 'JWT' }, claims), 'the token algorithm is not allowed'],
+    ['HS256 keyed with the public key (key confusion)', forge({ alg: 'HS256', kid: 'rsa-1' }, claims, input => createHmac('sha256', publicPem).update(input).digest('base64url')), 'the token algorithm is not allowed'],
+    ['tampered payload', `${h}.${b64({ ...claims, sub: 'admin' })}.${good.split('.')[2] as string}`, 'the signature does not verify'],
+    ['signed by a foreign key under a known kid', await sign(foreign.privateKey, rs), 'the signature does not verify'],
+    ['signed by a foreign key under its own kid', await sign(foreign.privateKey, { alg: 'RS256', kid: 'foreign-1' }), 'the token is signed by an unknown key'],
+    ['a path-traversal kid', await sign(foreign.privateKey, { alg: 'RS256', kid: '../../../../etc/passwd' }), 'the token is signed by an unknown key'],
+    ['garbage', 'not-a-token', 'the token is malformed'],
+    ['three garbage parts', 'aaa.bbb.ccc', 'the token is malformed']
+  ]
+  for (const [what, token, description] of cases) {
+    const r = await get(`${gw.url}/orders`, bearer(token))
+    await t.test(what, () => {
+      assertChallenge(r, description)
+      assert.ok(!r.body.includes(token) && !String(r.headers['www-authenticate']).includes(token), 'the token is echoed')
+    })
+  }
+  assert.equal(upstream.requests.length, 0)
+  assert.equal(await metric(gw, 'auth_failures_total', 'route="orders-0",reason="bad_signature"'), 2)
+  assert.equal(await metric(gw, 'auth_failures_total', 'route="orders-0",reason="unknown_key"'), 2)
+})
+
+test('a rotated key with a new kid works without a restart; a flood of made-up kids costs at most one fetch per cooldown', async t => {
+  const { gw, jwks } = await setup(t)
+  assert.equal((await get(`${gw.url}/orders`, bearer(await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' })))).status, 200)
+  assert.equal(jwks.fetches, 1)
+
+  const flood = await Promise.all(Array.from({ length: 100 }, async (_, i) => await sign(foreign.privateKey, { alg: 'RS256', kid: `random-${i}` })))
+  const statuses = await Promise.all(flood.map(async tk => (await get(`${gw.url}/orders`, bearer(tk))).status))
+  assert.deepEqual(new Set(statuses), new Set([401]))
+  assert.ok(jwks.fetches <= 2, `${jwks.fetches} fetches for 100 unknown kids`)
+
+  // The issuer publishes a new key and signs with it; after the cooldown the gateway finds it.
+  jwks.keys = [...jwks.keys, await jwk(rotated.publicKey, 'rsa-2', 'RS256')]
+  await new Promise(resolve => setTimeout(resolve, COOLDOWN_MS * 1.5))
+  const before = jwks.fetches
+  const r = await get(`${gw.url}/orders`, bearer(await sign(rotated.privateKey, { alg: 'RS256', kid: 'rsa-2' }, { sub: 'carol' })))
+  assert.equal(r.status, 200, r.body)
+  assert.equal(jwks.fetches, before + 1)
+})
+
+test('scopes: a valid token without the required scope is 403 insufficient_scope; with it (scope or scp), 200', async t => {
+  const { gw, upstream } = await setup(t)
+  const rs = { alg: 'RS256', kid: 'rsa-1' }
+  const r = await get(`${gw.url}/admin`, bearer(await sign(rsa.privateKey, rs, { scope: 'orders:read' })))
+  assert.equal(r.status, 403)
+  assert.equal(r.headers['www-authenticate'], 'Bearer realm="gatehouse", error="insufficient_scope", error_description="the token lacks a required scope", scope="orders:write"')
+  assert.deepEqual(JSON.parse(r.body), { statusCode: 403, code: 'GATEHOUSE_ERR_AUTH_FORBIDDEN', error: 'Forbidden', message: 'The token lacks a required scope: orders:write' })
+  assert.equal(upstream.requests.length, 0)
+  assert.equal((await get(`${gw.url}/admin`, bearer(await sign(rsa.privateKey, rs, { scope: 'orders:read orders:write' })))).status, 200)
+  assert.equal((await get(`${gw.url}/admin`, bearer(await sign(rsa.privateKey, rs, { scp: ['orders:write'] })))).status, 200)
+})
+
+test('rate limit key claim:sub: each verified subject has its own budget', async t => {
+  const { gw } = await setup(t)
+  const rs = { alg: 'RS256', kid: 'rsa-1' }
+  const alice = await sign(rsa.privateKey, rs, { sub: 'alice' })
+  const alice2 = await sign(rsa.privateKey, rs, { sub: 'alice', jti: 'second-token' })
+  const bob = await sign(rsa.privateKey, rs, { sub: 'bob' })
+  const statuses: number[] = []
+  for (const token of [alice, alice2, alice, bob, bob, bob]) statuses.push((await get(`${gw.url}/limited`, bearer(token))).status)
+  // Two tokens of one subject share its budget.
+  assert.deepEqual(statuses, [200, 200, 429, 200, 200, 429])
+})
+
+test('secret (HS256) and publicKey (PEM from the environment) sources; forwardToken false drops Authorization', async t => {
+  const { gw, upstream } = await setup(t)
+  const hs = await new SignJWT({ iss: ISSUER, aud: AUDIENCE, sub: 'svc' }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime('5m').sign(Buffer.from(SECRET))
+  assert.equal((await get(`${gw.url}/hmac`, bearer(hs))).status, 200)
+  assertChallenge(await get(`${gw.url}/hmac`, bearer(await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' }))), 'the token algorithm is not allowed')
+  assert.equal((await get(`${gw.url}/pem`, bearer(await sign(ec.privateKey, { alg: 'ES256' })))).status, 200)
+  assertChallenge(await get(`${gw.url}/pem`, bearer(hs)), 'the token algorithm is not allowed')
+
+  const token = await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' })
+  assert.equal((await get(`${gw.url}/tokenless`, bearer(token))).status, 200)
+  assert.equal(upstream.requests.at(-1)?.headers.authorization, undefined)
+  assert.equal(upstream.requests.at(-1)?.headers['x-user-id'], 'alice')
+})
+
+test('JWKS unreachable: 503 GATEHOUSE_ERR_AUTH_UNAVAILABLE with Retry-After, the fetch error is counted, and public routes still serve', async t => {
+  const upstream = await startUpstream()
+  t.after(() => upstream.close())
+  const dir = await routeDir({ 'orders.yaml': routeYaml(upstream.url, `http://127.0.0.1:${await closedPort()}/jwks.json`) })
+  t.after(() => removeDir(dir))
+  const gw = await startGateway(dir, { ORDERS_SECRET: SECRET, ORDERS_PUBLIC_KEY: ec.publicKey.export({ type: 'spki', format: 'pem' }) as string })
+  t.after(() => gw.stop())
+  const r = await get(`${gw.url}/orders`, bearer(await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' })))
+  assert.equal(r.status, 503)
+  assert.equal(r.headers['retry-after'], '5')
+  assert.equal(JSON.parse(r.body).code, 'GATEHOUSE_ERR_AUTH_UNAVAILABLE')
+  assert.equal(await metric(gw, 'jwks_fetches_total', 'result="error"'), 1)
+  assert.equal((await get(`${gw.url}/public`)).status, 200)
+  assert.equal(upstream.requests.length, 1)
+})
