@@ -28,6 +28,17 @@ test('check on a folder with a broken file: exit 1, stderr names file, field and
   assert.doesNotMatch(stderr, /users\.yaml/)
 })
 
+test('check validates auth blocks: a route with auth but no key source, or a secret whose variable is unset, fails', async t => {
+  const dir = await tempDir(t, {
+    'orders.yaml': `targets:\n  - url: ${T1}\nroutes:\n  - path: /orders\n    auth:\n      jwt: { issuer: https://issuer.test, audience: orders }\n`,
+    'billing.yaml': `targets:\n  - url: ${T1}\nroutes:\n  - path: /billing\n    auth:\n      jwt: { secret: { env: GATEHOUSE_TEST_UNSET_SECRET }, issuer: https://issuer.test, audience: billing }\n`
+  })
+  const { code, stderr } = await runCli(['check', dir])
+  assert.equal(code, 1)
+  assert.match(stderr, /^orders\.yaml: \/routes\/0\/auth\/jwt: needs exactly one key source: jwksUrl, publicKey or secret$/m)
+  assert.match(stderr, /^billing\.yaml: \/routes\/0\/auth\/jwt\/secret\/env: environment variable GATEHOUSE_TEST_UNSET_SECRET is not set$/m)
+})
+
 test('check with two files claiming one route: exit 1, both files named', async t => {
   const dir = await tempDir(t, {
     'a.yaml': routeFile([T1], ['/api/users']),

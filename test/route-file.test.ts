@@ -386,3 +386,50 @@ test('bad durations and sizes under retry and circuitBreaker: refused with the d
     `/circuitBreaker/openFor: ${DURATION_EXPECTED}`
   ])
 })
+
+/** A route with `auth.jwt: { <jwt> }` parsed against `env`: its problems, or [] when accepted. */
+function authProblems (jwt: string, env: NodeJS.ProcessEnv = {}, route = ''): string[] {
+  const text = yaml({ route: `    auth:\n      jwt: { issuer: https://issuer.test, audience: orders-api, ${jwt} }\n${route}` })
+  try {
+    parseRouteFile('orders.yaml', text, env)
+    return []
+  } catch (err) {
+    assert.ok(err instanceof RouteFileError, String(err))
+    return err.problems
+  }
+}
+
+test('auth.jwt: a JWKS source gets the asymmetric algorithms, a secret the HMAC ones; claims map to lowercase headers', () => {
+  const jwks = parseRouteFile('orders.yaml', yaml({ route: '    auth:\n      jwt:\n        jwksUrl: https://issuer.test/jwks.json\n        issuer: https://issuer.test\n        audience: [a, b]\n        forwardClaims: { sub: X-User-Id }\n' }), {})
+  assert.deepEqual(jwks.routes[0]?.auth, {
+    keySource: { kind: 'jwks', url: 'https://issuer.test/jwks.json' },
+    issuer: ['https://issuer.test'],
+    audience: ['a', 'b'],
+    algorithms: ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'],
+    clockToleranceMs: 30_000,
+    requiredScopes: [],
+    forwardClaims: [['sub', 'x-user-id']],
+    forwardToken: true
+  })
+  const secret = 'x'.repeat(32)
+  const hmac = parseRouteFile('orders.yaml', yaml({ route: '    auth:\n      jwt: { secret: { env: S }, issuer: i, audience: a }\n' }), { S: secret })
+  assert.deepEqual(hmac.routes[0]?.auth?.keySource, { kind: 'secret', env: 'S', secret })
+  assert.deepEqual(hmac.routes[0]?.auth?.algorithms, ['HS256', 'HS384', 'HS512'])
+})
+
+test('auth.jwt refused: no key source or two, a missing or short secret, a private key, key confusion, plain-http JWKS, a claim over Authorization', () => {
+  const at = (p: string): string => `/routes/0/auth/jwt${p}`
+  assert.deepEqual(authProblems(''), [`${at('')}: needs exactly one key source: jwksUrl, publicKey or secret`])
+  assert.deepEqual(authProblems('jwksUrl: "https://i/j", secret: { env: S }', { S: 'x'.repeat(32) }), [`${at('')}: needs exactly one key source: jwksUrl, publicKey or secret`])
+  assert.deepEqual(authProblems('secret: { env: ORDERS_SECRET }'), [`${at('/secret/env')}: environment variable ORDERS_SECRET is not set`])
+  assert.deepEqual(authProblems('secret: { env: S }', { S: 'short' }), [`${at('/secret/env')}: the secret in S is shorter than 32 bytes (HS256 needs at least 256 bits)`])
+  assert.deepEqual(authProblems('publicKey: { env: K }', { K: '-----BEGIN PRIVATE KEY-----\nMII...\n-----END PRIVATE KEY-----\n' }), [`${at('/publicKey/env')}: K holds a private key: give the public key only`])
+  assert.deepEqual(authProblems('publicKey: { env: K }', { K: 'not a key' }), [`${at('/publicKey/env')}: K is not a PEM public key (SPKI) or a public JWK`])
+  assert.deepEqual(authProblems('jwksUrl: "https://i/j", algorithms: [RS256, HS256]'), [`${at('/algorithms')}: HS256 need a secret; with a public key anyone who has the key could sign tokens`])
+  assert.deepEqual(authProblems('secret: { env: S }, algorithms: [RS256]', { S: 'x'.repeat(32) }), [`${at('/algorithms')}: RS256 need a public key or jwksUrl, not a secret`])
+  assert.deepEqual(authProblems('jwksUrl: "http://issuer.test/jwks.json"'), [`${at('/jwksUrl')}: must be https:// (plain http:// only for localhost): keys fetched in the clear can be swapped on the way`])
+  assert.deepEqual(authProblems('jwksUrl: "http://127.0.0.1:8080/jwks.json"'), [])
+  assert.deepEqual(authProblems('jwksUrl: "https://i/j", forwardClaims: { sub: Authorization }'), [`${at('/forwardClaims/sub')}: authorization cannot carry a claim`])
+  assert.deepEqual(authProblems('jwksUrl: "https://i/j", forwardClaims: { sub: x-user, uid: x-user }'), [`${at('/forwardClaims/uid')}: x-user already carries sub`])
+  assert.deepEqual(refused('orders.yaml', yaml({ route: '    rateLimit: { max: 1, key: "claim:sub" }\n' })).problems, ['/routes/0/rateLimit/key: claim keys need auth on the route (the claim comes from the verified token)'])
+})

@@ -122,6 +122,16 @@ const CASES: Array<[string, string, boolean]> = [
   ['a size in words', 'targets:\n  - url: http://a:1\nroutes:\n  - path: /a\n    bodyLimit: lots\n', false],
   ['an upper-case name', 'name: Users\ntargets:\n  - url: http://a:1\nroutes:\n  - path: /a\n', false],
   ['a typo at the top (route: instead of routes:)', 'targets:\n  - url: http://a:1\nroutes:\n  - path: /a\nroute: []\n', false],
+  ['auth with a JWKS and every key, limited per subject', [
+    'targets:', '  - url: http://a:1', 'routes:', '  - path: /orders', '    auth:', '      jwt:',
+    '        jwksUrl: https://issuer.example.com/.well-known/jwks.json', '        issuer: https://issuer.example.com',
+    '        audience: [orders-api, admin-api]', '        algorithms: [RS256, ES256]', '        clockTolerance: 30s',
+    '        requiredScopes: [orders:write]', '        forwardClaims: { sub: x-user-id }', '        forwardToken: false',
+    '    rateLimit: { max: 10, key: "claim:sub" }', ''
+  ].join('\n'), true],
+  ['an inline secret', 'targets:\n  - url: http://a:1\nroutes:\n  - path: /a\n    auth:\n      jwt: { secret: hunter2, issuer: i, audience: a }\n', false],
+  ['alg none', 'targets:\n  - url: http://a:1\nroutes:\n  - path: /a\n    auth:\n      jwt: { jwksUrl: "https://i/j", issuer: i, audience: a, algorithms: [none] }\n', false],
+  ['auth without an audience', 'targets:\n  - url: http://a:1\nroutes:\n  - path: /a\n    auth:\n      jwt: { jwksUrl: "https://i/j", issuer: i }\n', false],
   ['a typo in timeouts', 'targets:\n  - url: http://a:1\nroutes:\n  - path: /a\ntimeouts:\n  read: 1s\n', false]
 ]
 
