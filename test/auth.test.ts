@@ -192,6 +192,7 @@ test('every bad token is 401 invalid_token with its reason, never echoed, and ne
     ['signed by a foreign key under a known kid', await sign(foreign.privateKey, rs), 'the signature does not verify'],
     ['signed by a foreign key under its own kid', await sign(foreign.privateKey, { alg: 'RS256', kid: 'foreign-1' }), 'the token is signed by an unknown key'],
     ['a path-traversal kid', await sign(foreign.privateKey, { alg: 'RS256', kid: '../../../../etc/passwd' }), 'the token is signed by an unknown key'],
+    ['a claim that would split the upstream header', await sign(rsa.privateKey, rs, { sub: 'alice\r\nx-admin: true' }), 'a forwarded claim holds characters a header cannot carry'],
     ['garbage', 'not-a-token', 'the token is malformed'],
     ['three garbage parts', 'aaa.bbb.ccc', 'the token is malformed']
   ]

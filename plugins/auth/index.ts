@@ -36,8 +36,14 @@ declare module 'fastify' {
 }
 
 const BEARER = /^Bearer +([A-Za-z0-9\-_.~+/]+=*) *$/i
-// A header value may not carry control characters (CR/LF would split the upstream request).
-const HEADER_UNSAFE = /[\0-\x08\x0a-\x1f\x7f]/
+// A header value may not carry control characters (CR/LF would split the upstream request); tab may.
+function headerSafe (text: string): boolean {
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if ((c < 32 && c !== 9) || c === 127) return false
+  }
+  return true
+}
 
 export interface AuthOptions {
   /** After a JWKS fetch, no refetch for an unknown kid within this time. */
@@ -109,7 +115,7 @@ async function authPlugin (app: FastifyInstance, opts: AuthOptions): Promise<voi
     for (const [claim, header] of auth.forwardClaims) {
       const value = verified.claims[claim]
       const text = value === undefined || value === null ? undefined : typeof value === 'string' ? value : JSON.stringify(value)
-      if (text !== undefined && HEADER_UNSAFE.test(text)) return new AuthFailure('bad_claim')
+      if (text !== undefined && !headerSafe(text)) return new AuthFailure('bad_claim')
       upstreamHeaders.push([header, text])
     }
     if (!auth.forwardToken) upstreamHeaders.push(['authorization', undefined])
