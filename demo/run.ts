@@ -1,5 +1,6 @@
-// npm run demo: three demo upstreams (routes.d/echo.yaml and routes.d/slow.yaml point at them)
-// and the gateway in front, then copy-paste commands to try it. Ctrl-C stops everything.
+// npm run demo: three demo upstreams (routes.d/echo.yaml and routes.d/slow.yaml point at them),
+// the development token issuer of routes.d/me.yaml, and the gateway in front, then copy-paste
+// commands to try it. Ctrl-C stops everything.
 import { spawn, type ChildProcess } from 'node:child_process'
 import net from 'node:net'
 import { join, resolve } from 'node:path'
@@ -12,6 +13,9 @@ const GATEWAY_PORT = Number(process.env.PORT ?? 8080)
 const GATEWAY_HOST = process.env.HOST ?? '127.0.0.1'
 const START_TIMEOUT_MS = 10_000
 const STOP_TIMEOUT_MS = 10_000
+// routes.d/me.yaml names this port in its jwksUrl and this URL as its issuer.
+const ISSUER_PORT = 9004
+const ISSUER = `http://127.0.0.1:${ISSUER_PORT}`
 
 interface Service {
   name: string
@@ -29,6 +33,14 @@ const services: Service[] = [
   upstream('echo-a', 9001),
   upstream('echo-b', 9002),
   upstream('slow', 9003),
+  {
+    name: 'issuer',
+    port: ISSUER_PORT,
+    host: '127.0.0.1',
+    args: [join(ROOT, 'dist', 'demo', 'issuer.js')],
+    env: { PORT: String(ISSUER_PORT), HOST: '127.0.0.1', ISSUER },
+    probe: '/.well-known/jwks.json'
+  },
   {
     name: 'gateway',
     port: GATEWAY_PORT,
@@ -110,7 +122,8 @@ function instructions (gatewayPid: number): string {
   const base = `localhost:${GATEWAY_PORT}`
   return `
 Gatehouse is up on http://${base} (pid ${gatewayPid}), routes from ${ROUTES_DIR}
-Upstreams: echo-a :9001, echo-b :9002 (/api/echo), slow :9003 (/api/slow, 1 s per answer, maxConnections 2)
+Upstreams: echo-a :9001, echo-b :9002 (/api/echo, and /api/me with a token), slow :9003 (/api/slow, 1 s per answer, maxConnections 2)
+Token issuer (development only): ${ISSUER} (/.well-known/jwks.json, /token)
 
 # Routing: /api/echo/hello goes to an echo service (its JSON shows which one answered)
 curl -i ${base}/api/echo/hello
@@ -120,6 +133,24 @@ for i in $(seq 10); do curl -s ${base}/api/echo/hello | grep -o '"service":"[^"]
 
 # Saturation: 6 at once to /api/slow: 2 answer 200 after 1 s, the other 4 get 503 + Retry-After at once
 for i in $(seq 6); do curl -s -o /dev/null -D - -w 'took %{time_total}s\\n' ${base}/api/slow | tr -d '\\r' | grep -iE '^HTTP|^retry-after|^took' | paste -sd' ' - & done; wait
+
+# Authentication (routes.d/me.yaml): /api/me needs a token from the development issuer with scope orders:read
+TOKEN=$(curl -s '${ISSUER}/token?sub=alice&scope=orders:read')
+
+# No token: 401 with WWW-Authenticate
+curl -i ${base}/api/me; echo
+
+# With the token: 200, and the echo shows "x-user-id":"alice" (set by the gateway from the token's sub)
+curl -i -H "Authorization: Bearer $TOKEN" ${base}/api/me; echo
+
+# A token without orders:read: 403 (insufficient_scope)
+curl -i -H "Authorization: Bearer $(curl -s '${ISSUER}/token?sub=bob&scope=profile')" ${base}/api/me; echo
+
+# Rate limit per subject (5 per 10 s): 6 calls in a row as carol: 200 200 200 200 200 429
+CAROL=$(curl -s '${ISSUER}/token?sub=carol&scope=orders:read')
+for i in $(seq 6); do curl -s -o /dev/null -w '%{http_code} ' -H "Authorization: Bearer $CAROL" ${base}/api/me; done; echo
+# ... while alice, another subject, still has her own budget: 200
+curl -s -o /dev/null -w '%{http_code}\\n' -H "Authorization: Bearer $TOKEN" ${base}/api/me
 
 # No route: 404 as JSON
 curl -s ${base}/nope; echo
@@ -143,7 +174,7 @@ async function main (): Promise<void> {
   for (const service of services) await ensureFree(service)
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     process.on(signal, () => {
-      console.log(`\n${signal}: stopping the gateway and the upstreams...`)
+      console.log(`\n${signal}: stopping the gateway, the upstreams and the issuer...`)
       stopAll('SIGTERM').then(() => process.exit(0), () => process.exit(1))
     })
   }

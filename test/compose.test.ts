@@ -1,7 +1,7 @@
 // The container setup: docker-compose.yml against the Compose specification, the Dockerfile's
-// runtime stage, and the wiring they promise (routes.d mounted, demo upstreams on 127.0.0.1, a
-// healthcheck that really answers). No Docker engine here: the health checks are run as the
-// plain node commands they are, against a real gateway process.
+// runtime stage, and the wiring they promise (routes.d mounted, demo upstreams and the demo token
+// issuer on 127.0.0.1, a healthcheck that really answers). No Docker engine here: the health
+// checks are run as the plain node commands they are, against a real gateway process.
 import { strict as assert } from 'node:assert'
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
@@ -131,7 +131,7 @@ test('docker-compose.yml is a valid Compose file (compose-spec schema)', async (
   const validate = await composeValidator()
   const file = await compose()
   assert.equal(validate(file), true, JSON.stringify(validate.errors, null, 2))
-  assert.deepEqual(Object.keys(file.services).sort(), ['echo-a', 'echo-b', 'gateway', 'redis', 'slow'])
+  assert.deepEqual(Object.keys(file.services).sort(), ['echo-a', 'echo-b', 'gateway', 'issuer', 'redis', 'slow'])
 })
 
 test('the compose-spec check refuses a misspelt service key', async () => {
@@ -191,31 +191,64 @@ test('gateway environment: only known variables, all valid, REDIS_URL names the 
   assert.ok(grace > loaded.shutdownTimeoutMs, `stop_grace_period ${grace} ms <= SHUTDOWN_TIMEOUT ${loaded.shutdownTimeoutMs} ms`)
 })
 
-test('every target in routes.d is a demo upstream in the gateway network namespace, on that port', async () => {
-  const { services } = await compose()
+interface DemoRouteFile {
+  targets: Array<{ url: string }>
+  routes: Array<{ auth?: { jwt?: { jwksUrl?: string, issuer?: string | string[] } } }>
+}
+
+async function demoRouteFiles (): Promise<Array<[string, DemoRouteFile]>> {
+  const files = (await readdir(join(ROOT, 'routes.d'))).filter(f => ROUTE_FILE_EXTENSIONS.some(e => f.endsWith(e)))
+  return Promise.all(files.map(async file => [file, YAML.parse(await readFile(join(ROOT, 'routes.d', file), 'utf8')) as DemoRouteFile] as [string, DemoRouteFile]))
+}
+
+/** The demo services in the gateway's network namespace, by their PORT. */
+function demoServicesByPort (services: Record<string, Service>): Map<string, [string, Service]> {
   const byPort = new Map<string, [string, Service]>()
   for (const [name, service] of Object.entries(services)) {
     if (service.network_mode === 'service:gateway') byPort.set(environment(service).PORT ?? '', [name, service])
   }
-  assert.deepEqual([...byPort.values()].map(([name]) => name).sort(), ['echo-a', 'echo-b', 'slow'])
-  const files = (await readdir(join(ROOT, 'routes.d'))).filter(f => ROUTE_FILE_EXTENSIONS.some(e => f.endsWith(e)))
-  const targets: string[] = []
-  for (const file of files) {
-    const route = YAML.parse(await readFile(join(ROOT, 'routes.d', file), 'utf8')) as { targets: Array<{ url: string }> }
-    targets.push(...route.targets.map(t => t.url))
-  }
+  return byPort
+}
+
+/** The compose service that serves url (http://127.0.0.1:<PORT>), checked to run a built demo script of the gateway's image. */
+function demoServiceFor (url: string, services: Record<string, Service>, script: string): [string, Service] {
+  const { hostname, port } = new URL(url)
+  assert.equal(hostname, '127.0.0.1', `${url}: only 127.0.0.1 is shared with the demo services`)
+  const served = demoServicesByPort(services).get(port)
+  assert.ok(served !== undefined, `${url}: no demo service with PORT ${port} in the gateway's network`)
+  const [name, service] = served
+  assert.equal(environment(service).NAME, name)
+  assert.equal(environment(service).HOST, '127.0.0.1', `${name} should listen on 127.0.0.1 only`)
+  assert.equal(service.image, services.gateway?.image, `${name} should run the gateway's image`)
+  assert.equal(service.ports, undefined, `${name} shares the gateway's network: it cannot publish ports of its own`)
+  const entrypoint = typeof service.entrypoint === 'string' ? service.entrypoint.split(' ') : service.entrypoint ?? []
+  assert.equal(entrypoint[0], 'node')
+  assert.equal(entrypoint[1], script, `${url}: ${name} should run ${script}`)
+  assert.ok(existsSync(join(ROOT, entrypoint[1] ?? '(none)')), `${name}: ${entrypoint[1] ?? '(no script)'} is not built`)
+  return served
+}
+
+test('every target in routes.d is a demo upstream in the gateway network namespace, on that port', async () => {
+  const { services } = await compose()
+  const names = [...demoServicesByPort(services).values()].map(([name]) => name).sort()
+  assert.deepEqual(names, ['echo-a', 'echo-b', 'issuer', 'slow'])
+  const targets = (await demoRouteFiles()).flatMap(([, route]) => route.targets.map(t => t.url))
   assert.ok(targets.length >= 3, `targets in routes.d: ${targets.join(', ')}`)
-  for (const url of targets) {
-    const { hostname, port } = new URL(url)
-    assert.equal(hostname, '127.0.0.1', `${url}: only 127.0.0.1 is shared with the demo upstreams`)
-    const served = byPort.get(port)
-    assert.ok(served !== undefined, `${url}: no demo upstream with PORT ${port} in the gateway's network`)
-    const [name, service] = served
-    assert.equal(environment(service).NAME, name)
-    assert.equal(service.image, services.gateway?.image, `${name} should run the gateway's image`)
-    const entrypoint = typeof service.entrypoint === 'string' ? service.entrypoint.split(' ') : service.entrypoint ?? []
-    assert.equal(entrypoint[0], 'node')
-    assert.ok(existsSync(join(ROOT, entrypoint[1] ?? '(none)')), `${name}: ${entrypoint[1] ?? '(no script)'} is not built`)
+  for (const url of targets) demoServiceFor(url, services, 'dist/demo/upstream.js')
+})
+
+test('every JWKS URL in routes.d is the demo issuer in the gateway network namespace, on that port, with the route\'s issuer', async () => {
+  const { services } = await compose()
+  const jwts = (await demoRouteFiles()).flatMap(([file, route]) => route.routes.flatMap(r => r.auth?.jwt?.jwksUrl === undefined ? [] : [[file, r.auth.jwt] as const]))
+  assert.ok(jwts.length >= 1, 'no route in routes.d has auth.jwt.jwksUrl: the auth demo is gone')
+  for (const [file, jwt] of jwts) {
+    const url = jwt.jwksUrl as string
+    const [name, service] = demoServiceFor(url, services, 'dist/demo/issuer.js')
+    assert.equal(new URL(url).pathname, '/.well-known/jwks.json', `${file}: ${url} is not where ${name} serves its key set`)
+    // The issuer signs `iss` = ISSUER (default http://127.0.0.1:<PORT>): the route must accept it.
+    const iss = environment(service).ISSUER ?? `http://127.0.0.1:${environment(service).PORT ?? ''}`
+    const accepted = typeof jwt.issuer === 'string' ? [jwt.issuer] : jwt.issuer ?? []
+    assert.ok(accepted.includes(iss), `${file}: issuer ${JSON.stringify(jwt.issuer)} does not accept ${name}'s ISSUER ${iss}`)
   }
 })
 
