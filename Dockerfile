@@ -10,7 +10,7 @@ COPY package.json package-lock.json ./
 # --ignore-scripts: `prepare` would run tsc before the sources are copied.
 RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY . .
-# The image runs only the gateway and the demo upstream: drop compiled tests and benchmarks.
+# The image runs only the gateway and the demo services (upstream, token issuer): drop compiled tests and benchmarks.
 RUN npm run build && rm -rf dist/test dist/bench
 
 # ---- runtime: production dependencies, compiled code, example routes ----

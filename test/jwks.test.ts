@@ -129,16 +129,6 @@ test('50 verifications, the first 25 concurrent on a cold cache, make exactly on
   assert.equal(cache.version, 1)
 })
 
-test('warm() fetches before the first request, which then needs no fetch', { timeout: 5000 }, async t => {
-  const server = await startJwksServer(t, serveKeys([await publicJwk(ec, 'ec-1')]))
-  const { cache } = jwksCache(server.url)
-  await cache.warm()
-  assert.equal(server.requests.length, 1)
-  assert.equal(await verify(cache, await sign(ec, 'ec-1')), 'user-1')
-  await cache.warm()
-  assert.equal(server.requests.length, 1, 'warm() with a held set does nothing')
-})
-
 test('the issuer rotates: a new kid refetches once and verifies; a kid unknown after the refetch fails', { timeout: 5000 }, async t => {
   const server = await startJwksServer(t, serveKeys([await publicJwk(rsa, 'old')]))
   const { cache } = jwksCache(server.url, { cooldownMs: 200 })
@@ -302,7 +292,6 @@ test('a failing first fetch: JwksUnavailableError saying why, and no second requ
       assert.ok(unavailableBecause(reason)(outcome.status === 'rejected' ? outcome.reason : undefined))
     }
     await assert.rejects(verify(cache, token), unavailableBecause(reason))
-    await cache.warm() // never rejects, and respects the cooldown
     assert.equal(server.requests.length, 1, `${name}: one request for all callers, none within the cooldown`)
     assert.equal(results.length, 1)
     assert.equal(cache.fetchErrors, 1)
@@ -310,12 +299,12 @@ test('a failing first fetch: JwksUnavailableError saying why, and no second requ
   }))
 })
 
-test('a failing first fetch: warm() resolves, callers fail fast, and the first request after the cooldown fetches again', { timeout: 5000 }, async t => {
+test('a failing first fetch: callers fail fast, and the first request after the cooldown fetches again', { timeout: 5000 }, async t => {
   const key = await publicJwk(ec, 'k')
   const server = await startJwksServer(t, (req, res) => { res.statusCode = 503; res.end() })
   const { cache } = jwksCache(server.url, { cooldownMs: 300 })
   const token = await sign(ec, 'k')
-  await cache.warm()
+  await assert.rejects(verify(cache, token), unavailableBecause(/status 503/))
   assert.equal(server.requests.length, 1)
   await assert.rejects(verify(cache, token), unavailableBecause(/status 503/))
   assert.equal(server.requests.length, 1)

@@ -6,7 +6,7 @@ import fp from 'fastify-plugin'
 import type { JWTPayload } from 'jose'
 import type { JwtAuthConfig } from '../../src/config/route-file.js'
 import { AuthForbiddenError, AuthInvalidError, AuthRequiredError, AuthUnavailableError } from '../../src/errors.js'
-import { JwksCache, type JwksFetchResult } from './jwks.js'
+import { JwksCache, NO_KEYS_RETRY_MS, type JwksFetchResult } from './jwks.js'
 import { AuthFailure, JwtVerifier, staticKey, type Verified } from './verifier.js'
 
 /** What a verified token proves, and what the upstream is to see of it. */
@@ -94,7 +94,7 @@ async function authPlugin (app: FastifyInstance, opts: AuthOptions): Promise<voi
     const key = `${route}\n${failure.reason}`
     state.failures.set(key, (state.failures.get(key) ?? 0) + 1)
     if (failure.reason === 'keys_unavailable') {
-      reply.header('retry-after', '5')
+      reply.header('retry-after', String(NO_KEYS_RETRY_MS / 1000))
       done(new AuthUnavailableError({ cause: failure }))
       return
     }

@@ -45,6 +45,8 @@ export class JwksFetchError extends Error {
 }
 
 const ACCEPT = 'application/jwk-set+json, application/json'
+/** Without any key set, the issuer is asked again at most this often (the 503's Retry-After). */
+export const NO_KEYS_RETRY_MS = 5000
 
 export class JwksCache {
   readonly url: string
@@ -118,16 +120,10 @@ export class JwksCache {
     }
   }
 
-  /** Starts the first fetch now (at config load) instead of at the first request; never rejects. */
-  async warm (): Promise<void> {
-    if (this.#keys !== undefined) return
-    if (this.#inFlight === undefined && this.#coolingDown()) return
-    await this.#refresh()
-  }
-
   async #firstKeys (): Promise<LocalJWKSet> {
-    // No set yet and the last fetch failed within the cooldown: answer at once, spare the issuer.
-    if (this.#inFlight === undefined && this.#coolingDown()) throw this.#unavailable()
+    // No set yet and the last fetch failed moments ago: answer at once, spare the issuer. Without
+    // keys every token fails, so this wait is shorter than the unknown-kid cooldown.
+    if (this.#inFlight === undefined && this.#coolingDown(Math.min(this.#cooldownMs, NO_KEYS_RETRY_MS))) throw this.#unavailable()
     await this.#refresh()
     if (this.#keys === undefined) throw this.#unavailable()
     return this.#keys
@@ -138,8 +134,8 @@ export class JwksCache {
     return new JwksUnavailableError(`no JWKS key set from ${this.url}: ${reason}`, { cause: this.#lastError })
   }
 
-  #coolingDown (): boolean {
-    return this.#lastFetchAt !== undefined && performance.now() - this.#lastFetchAt < this.#cooldownMs
+  #coolingDown (ms = this.#cooldownMs): boolean {
+    return this.#lastFetchAt !== undefined && performance.now() - this.#lastFetchAt < ms
   }
 
   /** The fetch in flight, or a new one: concurrent callers share it. Never rejects. */
