@@ -50,3 +50,55 @@ export function total (text: string, name: string, match: Record<string, string>
     .filter(s => Object.entries(match).every(([k, v]) => s.labels[k] === v))
     .reduce((sum, s) => sum + s.value, 0)
 }
+
+/** A Prometheus histogram as scraped: cumulative bucket counts by upper bound (seconds). */
+export interface ScrapedHistogram {
+  buckets: Array<{ le: number, count: number }>
+  sum: number
+  count: number
+}
+
+/** The histogram `name` (its `_bucket`, `_sum` and `_count` samples whose labels include `match`). */
+export function histogram (text: string, name: string, match: Record<string, string> = {}): ScrapedHistogram {
+  const byLe = new Map<number, number>()
+  for (const s of samples(text, `${name}_bucket`)) {
+    if (!Object.entries(match).every(([k, v]) => s.labels[k] === v)) continue
+    const le = s.labels.le === '+Inf' ? Infinity : Number(s.labels.le)
+    byLe.set(le, (byLe.get(le) ?? 0) + s.value)
+  }
+  return {
+    buckets: [...byLe].map(([le, count]) => ({ le, count })).sort((a, b) => a.le - b.le),
+    sum: total(text, `${name}_sum`, match),
+    count: total(text, `${name}_count`, match)
+  }
+}
+
+/** What was observed between two scrapes of the same histogram (`after` minus `before`). */
+export function histogramDelta (after: ScrapedHistogram, before: ScrapedHistogram): ScrapedHistogram {
+  const earlier = new Map(before.buckets.map(b => [b.le, b.count]))
+  return {
+    buckets: after.buckets.map(b => ({ le: b.le, count: b.count - (earlier.get(b.le) ?? 0) })),
+    sum: after.sum - before.sum,
+    count: after.count - before.count
+  }
+}
+
+/** Two histograms of the same buckets added up (e.g. the deltas of several intervals). */
+export function histogramSum (a: ScrapedHistogram, b: ScrapedHistogram): ScrapedHistogram {
+  const other = new Map(b.buckets.map(x => [x.le, x.count]))
+  return {
+    buckets: a.buckets.map(x => ({ le: x.le, count: x.count + (other.get(x.le) ?? 0) })),
+    sum: a.sum + b.sum,
+    count: a.count + b.count
+  }
+}
+
+/**
+ * The upper bound (seconds) of the bucket that holds quantile `q`: all a histogram can say for
+ * sure (interpolating inside a bucket, as Prometheus does, assumes an even spread). Null when empty.
+ */
+export function quantileBound (h: ScrapedHistogram, q: number): number | null {
+  if (h.count <= 0) return null
+  const rank = q * h.count
+  return h.buckets.find(b => b.count >= rank)?.le ?? Infinity
+}
