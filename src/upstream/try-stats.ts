@@ -6,7 +6,7 @@ import type { TryFailure } from './retry.js'
 export type TryOutcome = 'ok' | 'bad-status' | TryFailure | 'aborted'
 
 /** Upper bounds (seconds) of the try-duration histogram. */
-export const DURATION_BUCKETS: readonly number[] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+export const DURATION_BUCKETS: readonly number[] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
 const STATUS_CLASSES = ['error', '1xx', '2xx', '3xx', '4xx', '5xx']
 
