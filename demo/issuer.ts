@@ -13,6 +13,7 @@ import { generateKeyPairSync, randomUUID } from 'node:crypto'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { calculateJwkThumbprint, exportJWK, SignJWT } from 'jose'
+import { stopOnSignals } from './stop.js'
 
 const NAME = process.env.NAME ?? 'issuer'
 const PORT = Number(process.env.PORT ?? 9004)
@@ -103,17 +104,4 @@ server.listen(PORT, HOST, () => {
   console.log(`${NAME} listening on http://${HOST.includes(':') ? `[${HOST}]` : HOST}:${port} (iss ${issuer}, aud ${AUDIENCE}, kid ${kid}); ${DEVELOPMENT_ONLY}`)
 })
 
-let stopping = false
-function stop (signal: NodeJS.Signals): void {
-  if (stopping) return
-  stopping = true
-  console.log(`${NAME}: ${signal}, stopping`)
-  server.close(() => process.exit(0))
-  server.closeIdleConnections()
-  setTimeout(() => {
-    server.closeAllConnections()
-    process.exit(0)
-  }, 2000).unref()
-}
-process.on('SIGTERM', stop)
-process.on('SIGINT', stop)
+stopOnSignals(server, NAME)

@@ -2,6 +2,7 @@
 // (default 1000). node:http only, so it runs anywhere Node does (npm run demo, docker compose).
 //   PORT=9001 NAME=echo-a node dist/demo/upstream.js
 import http from 'node:http'
+import { stopOnSignals } from './stop.js'
 
 const NAME = process.env.NAME ?? 'demo'
 const PORT = Number(process.env.PORT ?? 9001)
@@ -41,18 +42,4 @@ server.listen(PORT, HOST, () => {
   console.log(`${NAME} listening on http://${HOST}:${PORT}`)
 })
 
-let stopping = false
-function stop (signal: NodeJS.Signals): void {
-  if (stopping) return
-  stopping = true
-  console.log(`${NAME}: ${signal}, stopping`)
-  // Finish what is in flight, but never hold the exit for more than 2 s.
-  server.close(() => process.exit(0))
-  server.closeIdleConnections()
-  setTimeout(() => {
-    server.closeAllConnections()
-    process.exit(0)
-  }, 2000).unref()
-}
-process.on('SIGTERM', stop)
-process.on('SIGINT', stop)
+stopOnSignals(server, NAME)
