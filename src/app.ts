@@ -1,5 +1,6 @@
 // The gateway as one Fastify app: request ids, one access-log line, then the plugins in order.
 import { randomUUID } from 'node:crypto'
+import { STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
 import authPlugin from '../plugins/auth/index.js'
@@ -7,10 +8,11 @@ import healthPlugin from '../plugins/health/index.js'
 import observabilityPlugin from '../plugins/observability/index.js'
 import proxyPlugin from '../plugins/proxy/index.js'
 import rateLimitPlugin from '../plugins/rate-limit/index.js'
+import requestGuardPlugin from '../plugins/request-guard/index.js'
 import routeTablePlugin from '../plugins/route-table/index.js'
 import { AccessLog } from './access-log.js'
 import type { GatewayEnv } from './config/env.js'
-import { BadPathError, BadRequestError, HeadersTooLargeError } from './errors.js'
+import { BadPathError, BadRequestError, HeadersTooLargeError, RequestTimeoutError } from './errors.js'
 
 // A client's request id is kept when it is a sane token; anything else is replaced.
 const REQUEST_ID = /^[\w.:@/+=-]{1,128}$/
@@ -30,7 +32,15 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
       return typeof id === 'string' && REQUEST_ID.test(id) ? id : randomUUID()
     },
     trustProxy: typeof env.trustProxy === 'number' ? hopsTrusted(env.trustProxy) : env.trustProxy,
-    http: { maxHeaderSize: env.maxHeaderSize },
+    http: {
+      // Room for the longest target and the largest headers: the guard then tells 414 from 431.
+      maxHeaderSize: env.maxHeaderSize + env.maxUrlLength,
+      headersTimeout: env.headersTimeoutMs,
+      // Node checks both timeouts on this interval (default 30 s): check often enough to keep them.
+      connectionsCheckingInterval: Math.min(1000, env.headersTimeoutMs)
+    },
+    requestTimeout: env.requestTimeoutMs,
+    keepAliveTimeout: env.keepAliveTimeoutMs,
     bodyLimit: env.bodyLimit,
     clientErrorHandler: clientError,
     // The router refuses malformed percent-encoding before the proxy sees the path.
@@ -39,10 +49,13 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     }
   })
 
+  app.server.maxConnections = env.maxConnections
+
   app.addHook('onRequest', (request, reply, done) => {
     reply.header('x-request-id', request.id)
     done()
   })
+  await app.register(requestGuardPlugin, { maxHeaders: env.maxHeaders, maxHeaderSize: env.maxHeaderSize, maxUrlLength: env.maxUrlLength })
   await app.register(routeTablePlugin, {
     routesDir: env.routesDir,
     defaultBodyLimit: env.bodyLimit,
@@ -71,11 +84,17 @@ function hopsTrusted (hops: number) {
 /** Requests Node's parser refuses never reach Fastify: answer them in the same JSON shape. */
 function clientError (this: FastifyInstance, err: Error & { code?: string }, socket: Socket): void {
   if (err.code === 'ECONNRESET' || socket.destroyed) return
-  const error = err.code === 'HPE_HEADER_OVERFLOW' ? new HeadersTooLargeError() : new BadRequestError()
-  const body = JSON.stringify({ statusCode: error.statusCode, code: error.code, error: error.statusCode === 431 ? 'Request Header Fields Too Large' : 'Bad Request', message: error.message })
   this.log.debug({ err }, 'client error')
-  if (socket.writable) {
-    socket.end(`HTTP/1.1 ${error.statusCode} ${error.statusCode === 431 ? 'Request Header Fields Too Large' : 'Bad Request'}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+  // As Node does: no second answer once a response has started on this connection (bytes
+  // pipelined behind a refused request land here).
+  const started = (socket as Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage?.headersSent === true
+  if (socket.writable && !started) {
+    const error = err.code === 'HPE_HEADER_OVERFLOW'
+      ? new HeadersTooLargeError()
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? new RequestTimeoutError() : new BadRequestError()
+    const reason = STATUS_CODES[error.statusCode] as string
+    const body = JSON.stringify({ statusCode: error.statusCode, code: error.code, error: reason, message: error.message })
+    socket.write(`HTTP/1.1 ${error.statusCode} ${reason}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
   }
   socket.destroy()
 }

@@ -14,8 +14,21 @@ export const BodyTooLargeError = createError<'GATEHOUSE_ERR_BODY_TOO_LARGE', 413
 export const HeadersTooLargeError = createError<'GATEHOUSE_ERR_HEADERS_TOO_LARGE', 431, [ErrorOptions?]>(
   'GATEHOUSE_ERR_HEADERS_TOO_LARGE', 'Request headers are larger than the limit', 431)
 
+export const RequestTimeoutError = createError<'GATEHOUSE_ERR_REQUEST_TIMEOUT', 408, [ErrorOptions?]>(
+  'GATEHOUSE_ERR_REQUEST_TIMEOUT', 'The request was not received in time', 408)
+
 export const BadRequestError = createError<'GATEHOUSE_ERR_BAD_REQUEST', 400, [ErrorOptions?]>(
   'GATEHOUSE_ERR_BAD_REQUEST', 'Malformed HTTP request', 400)
+
+// Framing a proxy must not guess at (request smuggling): refused, and the connection closed.
+export const BadFramingError = createError<'GATEHOUSE_ERR_BAD_FRAMING', 400, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_BAD_FRAMING', 'Request framing refused: %s', 400)
+
+export const TooManyHeadersError = createError<'GATEHOUSE_ERR_TOO_MANY_HEADERS', 431, [number, ErrorOptions?]>(
+  'GATEHOUSE_ERR_TOO_MANY_HEADERS', 'More than %d request headers', 431)
+
+export const UriTooLongError = createError<'GATEHOUSE_ERR_URI_TOO_LONG', 414, [number, ErrorOptions?]>(
+  'GATEHOUSE_ERR_URI_TOO_LONG', 'The request target is longer than %d bytes', 414)
 
 export const UpstreamUnreachableError = createError<'GATEHOUSE_ERR_UPSTREAM_UNREACHABLE', 502, [string, ErrorOptions?]>(
   'GATEHOUSE_ERR_UPSTREAM_UNREACHABLE', 'Upstream %s could not be reached', 502)

@@ -14,7 +14,7 @@ import { selectTarget } from '../../src/upstream/select.js'
 import type { Target } from '../../src/upstream/target.js'
 import type { CompiledRoute, CompiledUpstream } from '../route-table/route-table.js'
 import { compileTrust, stripResponseHeaders, upstreamRequestHeaders } from './headers.js'
-import { normalizePath } from './normalize-path.js'
+import { hasEncodedSlash, normalizePath } from './normalize-path.js'
 import { CallDispatcher } from './call-dispatcher.js'
 import { CancelSignal } from './cancel-signal.js'
 import { UpstreamCall } from './upstream-call.js'
@@ -82,7 +82,9 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
     const q = url.indexOf('?')
     const rawPath = q === -1 ? url : url.slice(0, q)
     if (rawPath.charCodeAt(0) !== 47 /* / */) {
-      done(new BadPathError('the request target must be a path starting with /'))
+      // Deliberately refused: absolute-form is for forward proxies, and `OPTIONS *` asks about a
+      // server, not about any upstream route.
+      done(new BadPathError(rawPath === '*' ? 'OPTIONS * is not forwarded' : /^[a-z][a-z0-9+.-]*:\/\//i.test(rawPath) ? 'absolute-form targets are for forward proxies; send the path' : 'the request target must be a path starting with /'))
       return
     }
     let path: string
@@ -95,6 +97,10 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
     const route = app.routeTable.table.lookup(request.method, hostOf(request.headers.host), path)
     if (route === null) {
       done(new RouteNotFoundError(request.method, path))
+      return
+    }
+    if (!route.allowEncodedSlashes && hasEncodedSlash(path)) {
+      done(new BadPathError('encoded slash or backslash (%2F, %5C); the route can allow them with allowEncodedSlashes'))
       return
     }
     const forward = route.rewritePrefix === undefined ? path : rewrite(route.rewritePrefix, path.slice(route.prefixLength))

@@ -40,6 +40,15 @@ export function normalizePath (path: string): string {
   return trailingSlash && out.length > 0 ? joined + '/' : joined
 }
 
+/**
+ * Whether a normalised path holds an encoded slash or backslash. They are matched and forwarded
+ * encoded, but an upstream that decodes them into separators would see other segments (and
+ * `..` among them) than the gateway matched: refused unless the route allows them.
+ */
+export function hasEncodedSlash (path: string): boolean {
+  return path.indexOf('%') !== -1 && /%(2f|5c)/i.test(path)
+}
+
 /** 1 for `.`, 2 for `..` (plain or percent-encoded, any case), 0 otherwise. */
 function dotSegment (segment: string): 0 | 1 | 2 {
   if (segment.length === 0 || segment.length > 6) return 0

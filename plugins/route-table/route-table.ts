@@ -39,6 +39,8 @@ export interface CompiledRoute {
   /** Undefined: forward the path unchanged. */
   readonly rewritePrefix: string | undefined
   readonly bodyLimit: number
+  /** %2F and %5C in the path are forwarded (encoded) instead of refused. */
+  readonly allowEncodedSlashes: boolean
 }
 
 export class RouteTable {
@@ -104,7 +106,8 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaultBody
         rateLimit: limit === undefined ? undefined : Object.freeze({ ...limit, id, policy: `"${id}";q=${limit.max};w=${Math.ceil(limit.windowMs / 1000)}` }),
         prefixLength: route.path === '/' ? 0 : route.path.length,
         rewritePrefix: route.rewritePrefix,
-        bodyLimit: route.bodyLimit ?? defaultBodyLimit
+        bodyLimit: route.bodyLimit ?? defaultBodyLimit,
+        allowEncodedSlashes: route.allowEncodedSlashes
       })
       const methods = (route.methods ?? HTTP_METHODS) as Array<'GET'>
       // A prefix matches itself and everything below it, never a longer sibling (/api/usersX).

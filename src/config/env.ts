@@ -23,6 +23,12 @@ export const EnvSchema = Type.Object({
   SHUTDOWN_TIMEOUT: Duration({ default: '30s', description: 'How long SIGTERM waits for in-flight requests before closing connections.' }),
   BODY_LIMIT: Size({ default: '1mb', description: 'Largest request body, unless a route sets bodyLimit.' }),
   MAX_HEADER_SIZE: Size({ default: '16kb', description: 'Largest request head (request line and headers) before 431.' }),
+  MAX_HEADERS: Type.Integer({ minimum: 1, maximum: 1000, default: 100, description: 'Most request headers accepted; more get 431.' }),
+  MAX_URL_LENGTH: Size({ default: '8kb', description: 'Longest request target (path and query); longer gets 414.' }),
+  HEADERS_TIMEOUT: Duration({ default: '10s', description: 'Time a client gets to send the whole request head; then 408 and the connection is closed (slowloris).' }),
+  REQUEST_TIMEOUT: Duration({ default: '30s', description: 'Time a client gets to send the whole request, body included; then 408 and close (0: off).' }),
+  KEEP_ALIVE_TIMEOUT: Duration({ default: '72s', description: 'How long an idle keep-alive connection stays open (longer than the load balancer\'s idle timeout).' }),
+  MAX_CONNECTIONS: Type.Integer({ minimum: 1, default: 10_000, description: 'Most client connections held at once; more are closed at accept.' }),
   RELOAD_DEBOUNCE: Duration({ default: '250ms', description: 'Quiet time after a change in ROUTES_DIR before reloading.' }),
   WATCH_ROUTES: Type.Boolean({ default: true, description: 'Reload when files in ROUTES_DIR change (SIGUSR1 always reloads).' }),
   MAX_EVENT_LOOP_DELAY: Duration({ default: '1s', description: '/health answers 503 above this event-loop delay (0: off).' }),
@@ -49,6 +55,12 @@ export interface GatewayEnv {
   shutdownTimeoutMs: number
   bodyLimit: number
   maxHeaderSize: number
+  maxHeaders: number
+  maxUrlLength: number
+  headersTimeoutMs: number
+  requestTimeoutMs: number
+  keepAliveTimeoutMs: number
+  maxConnections: number
   reloadDebounceMs: number
   watchRoutes: boolean
   maxEventLoopDelayMs: number
@@ -85,6 +97,12 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
     errors.push(`REDIS_URL: ${(err as Error).message}`)
   }
   if (!errors.some(e => e.startsWith('REDIS_TIMEOUT')) && toMs(raw.REDIS_TIMEOUT) === 0) errors.push('REDIS_TIMEOUT: must be more than 0')
+  if (errors.length === 0) {
+    const headers = toMs(raw.HEADERS_TIMEOUT)
+    const request = toMs(raw.REQUEST_TIMEOUT)
+    if (headers === 0) errors.push('HEADERS_TIMEOUT: must be more than 0')
+    if (request > 0 && headers > request) errors.push('HEADERS_TIMEOUT: must not exceed REQUEST_TIMEOUT (the head is part of the request)')
+  }
   if (errors.length > 0) throw new ConfigEnvError(errors.join('\n'))
   return Object.freeze({
     port: raw.PORT,
@@ -99,6 +117,12 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
     shutdownTimeoutMs: toMs(raw.SHUTDOWN_TIMEOUT),
     bodyLimit: toBytes(raw.BODY_LIMIT),
     maxHeaderSize: toBytes(raw.MAX_HEADER_SIZE),
+    maxHeaders: raw.MAX_HEADERS,
+    maxUrlLength: toBytes(raw.MAX_URL_LENGTH),
+    headersTimeoutMs: toMs(raw.HEADERS_TIMEOUT),
+    requestTimeoutMs: toMs(raw.REQUEST_TIMEOUT),
+    keepAliveTimeoutMs: toMs(raw.KEEP_ALIVE_TIMEOUT),
+    maxConnections: raw.MAX_CONNECTIONS,
     reloadDebounceMs: toMs(raw.RELOAD_DEBOUNCE),
     watchRoutes: raw.WATCH_ROUTES,
     maxEventLoopDelayMs: toMs(raw.MAX_EVENT_LOOP_DELAY),

@@ -87,6 +87,10 @@ const Route = Type.Object({
     description: "Replaces the matched prefix before forwarding; '' strips it. Default: the path is forwarded unchanged."
   })),
   bodyLimit: Type.Optional(Size({ description: 'Largest request body on this route. Default: BODY_LIMIT.' })),
+  allowEncodedSlashes: Type.Boolean({
+    default: false,
+    description: 'Forward paths with %2F or %5C (kept encoded) instead of refusing them with 400. Only for services that need them and do not decode them into separators. Default false.'
+  }),
   auth: Type.Optional(Auth),
   rateLimit: Type.Optional(Type.Object({
     max: Type.Integer({ minimum: 1, description: 'Requests admitted per window and key.' }),
@@ -162,6 +166,7 @@ export interface RouteConfig {
   hosts: string[] | undefined
   rewritePrefix: string | undefined
   bodyLimit: number | undefined
+  allowEncodedSlashes: boolean
   auth: JwtAuthConfig | undefined
   rateLimit: RateLimitConfig | undefined
 }
@@ -261,6 +266,7 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
       hosts: r.hosts?.map(h => h.toLowerCase()),
       rewritePrefix: r.rewritePrefix,
       bodyLimit: r.bodyLimit === undefined ? undefined : toBytes(r.bodyLimit),
+      allowEncodedSlashes: r.allowEncodedSlashes,
       auth: r.auth === undefined ? undefined : jwtAuth(r.auth.jwt, env),
       rateLimit: r.rateLimit === undefined
         ? undefined

@@ -1,0 +1,79 @@
+// Requests a proxy must refuse before any upstream sees them. Node's parser already refuses most
+// malformed framing (Content-Length with Transfer-Encoding, duplicate or malformed Content-Length,
+// bare LF, NUL or CR in headers); these are the gaps it leaves open, found by trying them.
+import type { Socket } from 'node:net'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import fp from 'fastify-plugin'
+import { BadFramingError, HeadersTooLargeError, TooManyHeadersError, UriTooLongError } from '../../src/errors.js'
+
+export interface RequestGuardOptions {
+  /** More request headers than this: 431. */
+  maxHeaders: number
+  /** Larger header fields (names, values, separators): 431. */
+  maxHeaderSize: number
+  /** A longer request target: 414. */
+  maxUrlLength: number
+}
+
+async function requestGuardPlugin (app: FastifyInstance, opts: RequestGuardOptions): Promise<void> {
+  // Node keeps only maxHeadersCount headers and silently drops the rest (while still framing on
+  // them): keep one more than the limit, so too many can be told from exactly enough.
+  app.server.maxHeadersCount = opts.maxHeaders + 1
+  // Node may already have parsed requests pipelined behind a refused one: they are refused too.
+  const refused = new WeakSet<Socket>()
+
+  const refuse = (request: FastifyRequest, reply: FastifyReply, err: Error, done: (err?: Error) => void): void => {
+    refused.add(request.raw.socket)
+    reply.header('connection', 'close')
+    done(err)
+  }
+
+  app.addHook('onRequest', (request, reply, done) => {
+    const raw = request.raw
+    if (refused.has(raw.socket)) {
+      refuse(request, reply, new BadFramingError('a request before this one on the connection was refused'), done)
+      return
+    }
+    if ((raw.url as string).length > opts.maxUrlLength) {
+      done(new UriTooLongError(opts.maxUrlLength))
+      return
+    }
+    const names = raw.rawHeaders
+    if (names.length / 2 > opts.maxHeaders) {
+      refuse(request, reply, new TooManyHeadersError(opts.maxHeaders), done)
+      return
+    }
+    const te = raw.headers['transfer-encoding']
+    if (te !== undefined) {
+      // HTTP/1.0 has no chunked coding: a 1.0 peer behind us would frame the body by close.
+      if (raw.httpVersionMinor === 0) {
+        refuse(request, reply, new BadFramingError('Transfer-Encoding in an HTTP/1.0 request'), done)
+        return
+      }
+      // Only plain chunked: any other coding is one an upstream might frame differently.
+      if (te.toLowerCase() !== 'chunked') {
+        refuse(request, reply, new BadFramingError(`Transfer-Encoding other than chunked: ${te.slice(0, 40)}`), done)
+        return
+      }
+    }
+    let hosts = 0
+    let size = 0
+    for (let i = 0; i < names.length; i += 2) {
+      const name = names[i] as string
+      size += name.length + (names[i + 1] as string).length + 4
+      if (name.length === 4 && name.toLowerCase() === 'host') hosts++
+    }
+    if (size > opts.maxHeaderSize) {
+      done(new HeadersTooLargeError())
+      return
+    }
+    if (hosts > 1) {
+      // RFC 9112 §3.2: a server must refuse a request with more than one Host.
+      refuse(request, reply, new BadFramingError('more than one Host header'), done)
+      return
+    }
+    done()
+  })
+}
+
+export default fp(requestGuardPlugin, { name: 'gatehouse-request-guard', fastify: '5.x' })

@@ -1,0 +1,187 @@
+// Edge hardening with raw bytes: what the client sent, what the gateway answered, whether it
+// closed the connection, and what the upstream parsed. A refused request (and anything pipelined
+// behind it) must leave the upstream's request count unchanged.
+import { strict as assert } from 'node:assert'
+import net from 'node:net'
+import { test, type TestContext } from 'node:test'
+import { removeDir, routeDir, startGateway, startUpstream, type GatewayProcess, type Upstream } from './helpers.js'
+
+interface Exchange {
+  /** Status codes of every response on the connection, in order. */
+  statuses: number[]
+  /** Whether the gateway closed the connection within the wait. */
+  closed: boolean
+  /** ms from the first byte sent to the close (or to the end of the wait). */
+  ms: number
+  text: string
+}
+
+/** Sends `chunks` (with `gapMs` between them) on one connection; waits for the close, at most `waitMs`. */
+async function exchange (port: number, chunks: string | string[], { waitMs = 1500, gapMs = 0 } = {}): Promise<Exchange> {
+  const parts = typeof chunks === 'string' ? [chunks] : chunks
+  return await new Promise(resolve => {
+    const socket = net.connect(port, '127.0.0.1')
+    const t0 = Date.now()
+    let text = ''
+    let settled = false
+    const finish = (closed: boolean): void => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      socket.destroy()
+      const statuses = [...text.matchAll(/HTTP\/1\.[01] (\d{3})/g)].map(m => Number(m[1]))
+      resolve({ statuses, closed, ms: Date.now() - t0, text })
+    }
+    const timer = setTimeout(() => finish(false), waitMs)
+    socket.on('data', chunk => { text += chunk.toString('latin1') })
+    socket.on('close', () => finish(true))
+    socket.on('error', () => {})
+    socket.on('connect', () => {
+      parts.forEach((part, i) => setTimeout(() => { if (!socket.destroyed) socket.write(part, 'latin1') }, i * gapMs))
+    })
+  })
+}
+
+interface Edge { gw: GatewayProcess, upstream: Upstream, port: number }
+
+async function edge (t: TestContext, env: Record<string, string> = {}): Promise<Edge> {
+  const upstream = await startUpstream()
+  t.after(() => upstream.close())
+  const dir = await routeDir({
+    'app.yaml': `targets:\n  - url: ${upstream.url}\nroutes:\n  - path: /api\n    bodyLimit: 10b\n  - path: /files\n    allowEncodedSlashes: true\n`
+  })
+  t.after(() => removeDir(dir))
+  const gw = await startGateway(dir, env)
+  t.after(() => gw.stop())
+  return { gw, upstream, port: Number(new URL(gw.url).port) }
+}
+
+const SMUGGLED = 'GET /api/smuggled HTTP/1.1\r\nHost: x\r\n\r\n'
+
+test('framing the upstream could read differently: 400 and close, and nothing (nor what is pipelined behind it) reaches the upstream', async t => {
+  const { port, upstream } = await edge(t)
+  const cases: Array<[string, string]> = [
+    ['Content-Length with Transfer-Encoding', 'POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'],
+    ['Transfer-Encoding in HTTP/1.0', 'POST /api HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'],
+    ['a coding other than chunked', 'POST /api HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n'],
+    ['Transfer-Encoding: identity', 'POST /api HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\n'],
+    ['chunked twice', 'POST /api HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'],
+    ['two Content-Lengths', 'POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx'],
+    ['a Content-Length list', 'POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\nx'],
+    ['a signed Content-Length', 'POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\nx'],
+    ['bare LF line ends', 'GET /api HTTP/1.1\nHost: x\n\n'],
+    ['a bare LF inside the head', 'GET /api HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n'],
+    ['NUL in a header value', 'GET /api HTTP/1.1\r\nHost: x\r\nX-A: b\0c\r\n\r\n'],
+    ['CR in a header value', 'GET /api HTTP/1.1\r\nHost: x\r\nX-A: b\rc\r\n\r\n'],
+    ['NUL in a header name', 'GET /api HTTP/1.1\r\nHost: x\r\nX-\0A: b\r\n\r\n'],
+    ['space before the colon', 'GET /api HTTP/1.1\r\nHost: x\r\nX-A : b\r\n\r\n'],
+    ['obsolete line folding', 'GET /api HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n'],
+    ['two Host headers', 'GET /api HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n'],
+    ['no Host in HTTP/1.1', 'GET /api HTTP/1.1\r\n\r\n']
+  ]
+  for (const [what, raw] of cases) {
+    const r = await exchange(port, raw + SMUGGLED)
+    await t.test(what, () => {
+      assert.equal(r.statuses[0], 400, r.text)
+      assert.equal(r.statuses.length, 1, `one answer, none for the pipelined request: ${r.text}`)
+      assert.ok(r.closed, 'connection closed')
+    })
+  }
+  assert.deepEqual(upstream.requests.map(r => r.url), [])
+  // A well-formed chunked request still passes.
+  const ok = await exchange(port, 'POST /api HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n')
+  assert.deepEqual(ok.statuses, [200])
+  assert.equal(upstream.requests.at(-1)?.body, 'abc')
+})
+
+test('limits: over 100 headers 431, header bytes over MAX_HEADER_SIZE 431, a target over MAX_URL_LENGTH 414, a body over bodyLimit 413 also while streaming', async t => {
+  const { port, upstream } = await edge(t)
+  const headers = (n: number): string => Array.from({ length: n }, (_, i) => `X-H${i}: v\r\n`).join('')
+  const atLimit = await exchange(port, `GET /api HTTP/1.1\r\nHost: x\r\n${headers(98)}Connection: close\r\n\r\n`)
+  assert.deepEqual(atLimit.statuses, [200], '100 headers pass')
+  const seen = upstream.requests.length
+  const over = await exchange(port, `GET /api HTTP/1.1\r\nHost: x\r\n${headers(100)}\r\n` + SMUGGLED)
+  assert.deepEqual(over.statuses, [431])
+  assert.ok(over.closed)
+  assert.match(over.text, /"code":"GATEHOUSE_ERR_TOO_MANY_HEADERS"/)
+
+  const big = await exchange(port, `GET /api HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(17_000)}\r\n\r\n`)
+  assert.deepEqual(big.statuses, [431])
+  for (const length of [9000, 20_000]) {
+    const long = await exchange(port, `GET /api/${'a'.repeat(length)} HTTP/1.1\r\nHost: x\r\n\r\n`)
+    assert.deepEqual(long.statuses, [414], `a ${length}-byte target`)
+    assert.match(long.text, /"code":"GATEHOUSE_ERR_URI_TOO_LONG"/)
+  }
+  const declared = await exchange(port, 'POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n01234567890')
+  assert.deepEqual(declared.statuses, [413])
+  const streamed = await exchange(port, 'POST /api HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n6\r\n012345\r\n6\r\n678901\r\n0\r\n\r\n')
+  assert.equal(streamed.statuses[0] ?? 413, 413, streamed.text)
+  assert.equal(upstream.requests.filter(r => r.body.length > 10).length, 0, 'no body over the limit reached the upstream whole')
+  assert.equal(upstream.requests.length - seen <= 1, true, 'only the streamed request may have started upstream')
+})
+
+test('paths: %2F and %5C refused with 400 unless the route allows them; absolute-form and OPTIONS * refused deliberately', async t => {
+  const { port, upstream } = await edge(t)
+  for (const target of ['/api/a%2f..%2fsecret', '/api/a%2Fb', '/api/a%5cb', '/api/%5C..%5Csecret']) {
+    const r = await exchange(port, `GET ${target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`)
+    assert.deepEqual(r.statuses, [400], target)
+    assert.match(r.text, /encoded slash or backslash/)
+  }
+  assert.equal(upstream.requests.length, 0)
+  const allowed = await exchange(port, 'GET /files/a%2Fb HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+  assert.deepEqual(allowed.statuses, [200])
+  assert.equal(upstream.requests.at(-1)?.url, '/files/a%2Fb', 'forwarded still encoded')
+
+  const absolute = await exchange(port, 'GET http://internal.example/api HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+  assert.deepEqual(absolute.statuses, [400])
+  assert.match(absolute.text, /absolute-form targets are for forward proxies/)
+  const star = await exchange(port, 'OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+  assert.deepEqual(star.statuses, [400])
+  assert.match(star.text, /OPTIONS \* is not forwarded/)
+  assert.equal(upstream.requests.length, 1)
+})
+
+test('a client cannot make Connection: delete what the gateway adds', async t => {
+  const { port, upstream } = await edge(t)
+  const r = await exchange(port, 'GET /api HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close, x-forwarded-for, x-request-id, x-forwarded-proto\r\n\r\n')
+  assert.deepEqual(r.statuses, [200])
+  const seen = upstream.requests.at(-1)?.headers
+  assert.equal(seen?.['x-forwarded-for'], '127.0.0.1')
+  assert.equal(seen?.['x-forwarded-proto'], 'http')
+  assert.match(String(seen?.['x-request-id']), /^[0-9a-f-]{36}$/)
+})
+
+test('slow clients: a trickled head is closed after HEADERS_TIMEOUT, a trickled body after REQUEST_TIMEOUT, an idle keep-alive connection after KEEP_ALIVE_TIMEOUT', async t => {
+  const { port, upstream } = await edge(t, { HEADERS_TIMEOUT: '1s', REQUEST_TIMEOUT: '2s', KEEP_ALIVE_TIMEOUT: '1s' })
+  const head = 'GET /api HTTP/1.1\r\nHost: x\r\n' + 'X-Slow: 1\r\n'.repeat(40)
+  const trickledHead = exchange(port, head.match(/[\s\S]{1,10}/g) as string[], { gapMs: 100, waitMs: 6000 })
+  const body = ['POST /files HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n', ...Array.from({ length: 50 }, () => 'x')]
+  const trickledBody = exchange(port, body, { gapMs: 100, waitMs: 8000 })
+  const idle = exchange(port, 'GET /api HTTP/1.1\r\nHost: x\r\n\r\n', { waitMs: 6000 })
+  const [h, b, i] = await Promise.all([trickledHead, trickledBody, idle])
+  assert.ok(h.closed && h.ms >= 900 && h.ms < 3500, `head: closed ${h.closed} after ${h.ms} ms`)
+  assert.deepEqual(h.statuses, [408])
+  assert.ok(b.closed && b.ms >= 1900 && b.ms < 4500, `body: closed ${b.closed} after ${b.ms} ms`)
+  assert.deepEqual(b.statuses, [408], b.text)
+  assert.ok(i.closed && i.ms >= 900 && i.ms < 3500, `idle: closed ${i.closed} after ${i.ms} ms`)
+  assert.deepEqual(i.statuses, [200])
+  assert.ok(upstream.requests.every(r => r.method === 'GET'), 'the trickled body never completed upstream')
+})
+
+test('MAX_CONNECTIONS: connections beyond it are closed at once while the held ones keep working', async t => {
+  const { port } = await edge(t, { MAX_CONNECTIONS: '3' })
+  const held = await Promise.all([0, 1, 2].map(async () => await new Promise<net.Socket>(resolve => {
+    const s = net.connect(port, '127.0.0.1', () => resolve(s))
+    s.on('error', () => {})
+  })))
+  t.after(() => { for (const s of held) s.destroy() })
+  const extra = await exchange(port, 'GET /api HTTP/1.1\r\nHost: x\r\n\r\n', { waitMs: 2000 })
+  assert.ok(extra.closed, 'the fourth connection is closed')
+  assert.deepEqual(extra.statuses, [])
+  const answer = await new Promise<string>(resolve => {
+    const s = held[0] as net.Socket
+    s.once('data', c => resolve(c.toString()))
+    s.write('GET /api HTTP/1.1\r\nHost: x\r\n\r\n')
+  })
+  assert.match(answer, /^HTTP\/1\.1 200/)
+})
