@@ -185,3 +185,29 @@ test('MAX_CONNECTIONS: connections beyond it are closed at once while the held o
   })
   assert.match(answer, /^HTTP\/1\.1 200/)
 })
+
+test('slowloris: 300 connections trickling their heads do not slow normal traffic, and each is closed on time', async t => {
+  const { port, upstream } = await edge(t, { HEADERS_TIMEOUT: '2s' })
+  const head = 'GET /api HTTP/1.1\r\nHost: x\r\n' + 'X-Slow: 1\r\n'.repeat(100)
+  const tricklers = Array.from({ length: 300 }, async () => await exchange(port, head.match(/[\s\S]{1,4}/g) as string[], { gapMs: 200, waitMs: 10_000 }))
+  // Normal traffic while they trickle: sequential requests on fresh connections.
+  const normal: number[] = []
+  const started = Date.now()
+  while (Date.now() - started < 1500) {
+    const t0 = Date.now()
+    const r = await exchange(port, 'GET /api HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n', { waitMs: 3000 })
+    assert.deepEqual(r.statuses, [200])
+    normal.push(Date.now() - t0)
+  }
+  const slow = await Promise.all(tricklers)
+  normal.sort((a, b) => a - b)
+  assert.ok(normal.length >= 10, `${normal.length} normal requests in 1.5 s`)
+  assert.ok((normal[Math.floor(normal.length / 2)] as number) < 100, `normal p50 ${normal[Math.floor(normal.length / 2)]} ms`)
+  for (const s of slow) {
+    assert.ok(s.closed && s.ms >= 1900 && s.ms < 4500, `a trickler closed ${s.closed} after ${s.ms} ms`)
+    assert.deepEqual(s.statuses, [408])
+  }
+  assert.equal(upstream.requests.length, normal.length, 'only the normal requests reached the upstream')
+  const closedAt = slow.map(s => s.ms).sort((a, b) => a - b)
+  t.diagnostic(`normal: ${normal.length} requests, p50 ${normal[Math.floor(normal.length / 2)]} ms, max ${normal.at(-1)} ms; tricklers closed after ${closedAt[0]}–${closedAt.at(-1)} ms`)
+})
