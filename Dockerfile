@@ -32,5 +32,7 @@ HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
 # The gateway drains on SIGTERM (not ready, finish in-flight, then close); Node runs as PID 1
 # and installs its own handlers, so no init process is needed.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["node", "dist/src/cli.js"]
+# --disable-sigusr1 (Node 22.14+): a SIGUSR1 that arrives before the entry point listens for it
+# must not open the inspector.
+ENTRYPOINT ["node", "--disable-sigusr1", "dist/src/cli.js"]
 CMD ["start"]

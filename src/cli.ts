@@ -1,13 +1,15 @@
 #!/usr/bin/env node
 // gatehouse start | check [dir]
-import { loadRouteDirStrict } from './config/route-dir.js'
-import { start } from './server.js'
+// Only the signal module is imported statically: static imports all load before this file runs,
+// and until the reload listeners exist a SIGUSR1 opens Node's inspector. The rest loads after.
+import { listenForReloads } from './reload-signals.js'
 
 const USAGE = `Usage:
   gatehouse start          run the gateway (settings from the environment and .env)
   gatehouse check [dir]    validate the route files of dir (default: $ROUTES_DIR or ./routes.d)`
 
 async function check (dir: string): Promise<number> {
+  const { loadRouteDirStrict } = await import('./config/route-dir.js')
   try {
     const accepted = await loadRouteDirStrict(dir)
     const routes = [...accepted.values()].reduce((n, a) => n + a.config.routes.length, 0)
@@ -21,6 +23,8 @@ async function check (dir: string): Promise<number> {
 
 const [command = 'start', ...args] = process.argv.slice(2)
 if (command === 'start') {
+  listenForReloads()
+  const { start } = await import('./server.js')
   await start()
 } else if (command === 'check') {
   process.exitCode = await check(args[0] ?? process.env.ROUTES_DIR ?? './routes.d')

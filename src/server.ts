@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from './app.js'
 import { loadEnv, type GatewayEnv } from './config/env.js'
+import { onReload } from './reload-signals.js'
 
 export async function start (): Promise<void> {
   let app: FastifyInstance | undefined
@@ -16,8 +17,7 @@ export async function start (): Promise<void> {
   }
   process.once('SIGTERM', stop)
   process.once('SIGINT', stop)
-  // A listener also keeps Node from opening its inspector on SIGUSR1.
-  process.on('SIGUSR1', () => { app?.routeTable.reload('SIGUSR1').catch(() => {}) })
+  onReload(signal => { app?.routeTable.reload(signal).catch(() => {}) })
 
   let env: GatewayEnv
   try {

@@ -1,8 +1,11 @@
 import { strict as assert } from 'node:assert'
+import { spawn, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { readFile } from 'node:fs/promises'
 import http from 'node:http'
-import { test } from 'node:test'
+import { test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { closedPort, removeDir, removeRoute, routeDir, routeFile, startGateway, startUpstream, writeRoutes, type GatewayProcess } from './helpers.js'
+import { CLI, closedPort, removeDir, removeRoute, routeDir, routeFile, startGateway, startUpstream, writeRoutes, type GatewayProcess } from './helpers.js'
 
 const reloaded = (version: number) => (l: Record<string, unknown>) => l.msg === 'route table reloaded' && l.version === version
 
@@ -31,7 +34,7 @@ async function heldUpstream () {
   }
 }
 
-test('SIGUSR1: a new route file serves after the signal, without a restart', async t => {
+test('SIGUSR1 and SIGHUP: a new route file serves after the signal, without a restart', async t => {
   const upstream = await startUpstream()
   t.after(() => upstream.close())
   const dir = await routeDir({ 'a.yaml': routeFile([upstream.url], ['/a']) })
@@ -48,6 +51,69 @@ test('SIGUSR1: a new route file serves after the signal, without a restart', asy
   assert.equal(await status(`${gw.url}/a`), 200)
   assert.equal(await metric(gw, 'config_reloads_total{result="success"}'), 1)
   assert.equal(gw.proc.exitCode, null, 'SIGUSR1 must not stop the process')
+
+  await writeRoutes(dir, { 'c.yaml': routeFile([upstream.url], ['/c']) })
+  gw.signal('SIGHUP')
+  await gw.waitForLog(reloaded(3))
+  assert.equal(await status(`${gw.url}/c`), 200)
+  assert.equal(gw.proc.exitCode, null, 'SIGHUP must not stop the process')
+})
+
+// SIGUSR1 is Node's "open the inspector" signal until JavaScript listens for it. Node 22.14+ has
+// --disable-sigusr1 (the Dockerfile uses it): then a SIGUSR1 that arrives before the entry point
+// runs ends the process instead of opening a debugger port. Node 20 has no such flag: there the
+// first ~30 ms of the process are a window no JavaScript can close.
+const DISABLE_SIGUSR1 = process.allowedNodeEnvironmentFlags.has('--disable-sigusr1')
+
+function spawnGateway (t: TestContext, dir: string): { proc: ChildProcess, out: { stdout: string, stderr: string } } {
+  const flags = DISABLE_SIGUSR1 ? ['--disable-sigusr1'] : []
+  const proc = spawn(process.execPath, [...flags, CLI, 'start'], { env: { ...process.env, PORT: '0', HOST: '127.0.0.1', ROUTES_DIR: dir }, stdio: ['ignore', 'pipe', 'pipe'] })
+  t.after(() => { proc.kill('SIGKILL') })
+  const out = { stdout: '', stderr: '' }
+  proc.stdout?.on('data', (c: Buffer) => { out.stdout += c.toString() })
+  proc.stderr?.on('data', (c: Buffer) => { out.stderr += c.toString() })
+  return { proc, out }
+}
+
+async function listeningOrGone (proc: ChildProcess, out: { stdout: string }): Promise<void> {
+  for (let i = 0; i < 100 && !out.stdout.includes('Server listening') && proc.exitCode === null && proc.signalCode === null; i++) {
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+}
+
+test('SIGUSR1 at the entry point\'s first statement, while the gateway is still loading: no inspector opens, the gateway starts', async t => {
+  const dir = await routeDir({})
+  t.after(() => removeDir(dir))
+  const { proc, out } = spawnGateway(t, dir)
+  // The entry point catches SIGHUP right after SIGUSR1: poll the caught-signal mask, then signal.
+  const caught = async (): Promise<boolean> => {
+    const status = await readFile(`/proc/${proc.pid as number}/status`, 'utf8').catch(() => '')
+    const mask = /^SigCgt:\s*([0-9a-f]+)$/m.exec(status)?.[1]
+    return mask !== undefined && (BigInt(`0x${mask}`) & 1n) === 1n
+  }
+  const deadline = Date.now() + 5000
+  while (!await caught()) {
+    assert.ok(Date.now() < deadline, 'SIGHUP never caught')
+    await new Promise(resolve => setImmediate(resolve))
+  }
+  proc.kill('SIGUSR1')
+  assert.doesNotMatch(out.stdout, /Server listening/, 'the signal went out while the gateway was loading')
+  await listeningOrGone(proc, out)
+  assert.equal(proc.signalCode, null, 'SIGUSR1 killed the process: the listener came too late')
+  assert.match(out.stdout, /Server listening/)
+  assert.doesNotMatch(out.stderr, /Debugger listening/)
+})
+
+test('SIGUSR1 right after spawn, before any JavaScript runs: no inspector opens (Node 22.14+: --disable-sigusr1)', { skip: !DISABLE_SIGUSR1 && 'Node 20 has no --disable-sigusr1' }, async t => {
+  const dir = await routeDir({})
+  t.after(() => removeDir(dir))
+  const { proc, out } = spawnGateway(t, dir)
+  await once(proc, 'spawn')
+  proc.kill('SIGUSR1')
+  await listeningOrGone(proc, out)
+  assert.doesNotMatch(out.stderr, /Debugger listening/)
+  // Either the listener was already there (the gateway runs) or the process ended on the signal.
+  assert.ok(out.stdout.includes('Server listening') || proc.signalCode === 'SIGUSR1', `exit ${proc.exitCode}, signal ${proc.signalCode}`)
 })
 
 test('file changes in ROUTES_DIR reload by themselves (debounced)', async t => {
