@@ -12,6 +12,12 @@
 // spent, so every request goes through the whole decision and none is refused. Each round also
 // runs the unlimited and limited routes with one connection: the decision's latency without
 // queueing behind 49 other requests.
+// The JWT path is Gatehouse with the route of "gatehouse" plus auth.jwt: RS256 tokens of a 2048-bit
+// key made at each run, the key set served by this runner on 127.0.0.1 (fetched once), sub
+// forwarded as x-user-id. Each load connection sends a token of its own, the same one all run
+// (autocannon's setupClient): many clients each reusing their token, so after the warm-up every
+// request finds its token in the gateway's verified-token cache. What a token the gateway has not
+// seen yet costs (one RS256 verification) is measured apart, in this process, before the rounds.
 //   BENCH_DURATION=10 BENCH_CONNECTIONS=50 BENCH_ROUNDS=3 npm run bench [-- --json]
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import type { EventEmitter } from 'node:events'
@@ -23,6 +29,7 @@ import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import { freePort, httpStatus } from '../scripts/loopback.js'
 import { histogram, histogramDelta, histogramSum, quantileBound, samples, scrape, total, type ScrapedHistogram } from './metrics.js'
+import { firstSeenCost, JWT_ALGORITHM, JWT_AUDIENCE, RSA_BITS, startIssuer, statusWith, TOKEN_TTL, type BenchIssuer, type VerifyCost } from './jwt.js'
 import { RedisProbe, redisServerVersion, type ScriptStats } from './redis.js'
 
 // ---- autocannon (it ships no types: the part used here) ------------------------------------
@@ -33,6 +40,12 @@ interface AutocannonOptions {
   pipelining: number
   duration: number
   timeout: number
+  /** Called with each connection's client once, before its first request. */
+  setupClient?: (client: AutocannonClient) => void
+}
+interface AutocannonClient {
+  /** The headers of every request this connection sends from now on. */
+  setHeaders: (headers: Record<string, string>) => void
 }
 interface AutocannonResult {
   duration: number
@@ -82,6 +95,14 @@ const LIMIT_WINDOW = '1s'
 // gateway keeps at least 0.80x of the unlimited route's throughput.
 const GOAL_P50_ADDED_MS = 0.3
 const GOAL_THROUGHPUT = 0.8
+// The JWT goal: verification costs under 10% of throughput with RS256 and a cached key set, i.e.
+// the route with auth keeps at least 0.90x of the same route without it.
+const GOAL_JWT_THROUGHPUT = 0.9
+// The first-seen cost: jose verifications in this process, timed after some untimed ones.
+const FIRST_SEEN_VERIFICATIONS = 2000
+const FIRST_SEEN_WARMUP = 200
+// Key generation, signing the tokens and the first-seen measurement: a few seconds at most.
+const JWT_SETUP_S = 10
 // Other processes keeping this many cores busy during a sample (or the hypervisor stealing them) make it suspect.
 const NOISY_CORES = 0.1
 
@@ -101,14 +122,16 @@ const ALL_LIMITERS: LimiterSpec[] = [
 ]
 // Without redis-server, the memory limiter alone.
 const LIMITERS = ALL_LIMITERS.filter(l => l.store === 'memory' || 'version' in REDIS)
-// direct, bare, gatehouse, one down, and the limited ones; the one-connection runs: gatehouse and the limited ones.
-const SUBJECTS = 4 + LIMITERS.length
+// direct, bare, gatehouse, gatehouse + JWT, one down, and the limited ones; the one-connection runs: gatehouse and the limited ones.
+const SUBJECTS = 5 + LIMITERS.length
 const LIGHT_SUBJECTS = 1 + LIMITERS.length
 // Everything is bounded: the whole run is killed if it takes much longer than planned.
-const PLANNED_S = ROUNDS * (SUBJECTS * (DURATION_S + 1) + LIGHT_SUBJECTS * (LIGHT_S + 1)) + SUBJECTS * (WARMUP_S + 1)
+const PLANNED_S = ROUNDS * (SUBJECTS * (DURATION_S + 1) + LIGHT_SUBJECTS * (LIGHT_S + 1)) + SUBJECTS * (WARMUP_S + 1) + JWT_SETUP_S
 // The failing-target path: its upstream's name and the breaker's open time (the default, written out).
 const FAILING_UPSTREAM = 'bench-one-down'
 const OPEN_FOR = '5s'
+// The JWT path's upstream name (its route id and metric labels).
+const JWT_UPSTREAM = 'bench-jwt'
 const DEADLINE_MS = (PLANNED_S + 60) * 1000
 
 const log = (line: string): void => { (JSON_OUTPUT ? process.stderr : process.stdout).write(line + '\n') }
@@ -125,6 +148,8 @@ interface Child {
 }
 
 const children: Child[] = []
+// The JWT path's key set server (in this process): closed at the end, whatever happens.
+let jwtIssuer: BenchIssuer | undefined
 
 /**
  * Spawns `command` with this process's environment plus `env` (an undefined value removes the
@@ -211,6 +236,24 @@ async function waitFor200 (child: Child, port: number, path: string): Promise<vo
     await new Promise(resolve => setTimeout(resolve, 100))
   }
   throw new Error(`${child.name} did not answer 200 on ${path} within ${START_TIMEOUT_MS / 1000} s:\n${child.output.slice(-20).join('\n')}`)
+}
+
+/** waitFor200 with request headers (the JWT path: a token). */
+async function waitFor200With (child: Child, port: number, path: string, headers: Record<string, string>): Promise<void> {
+  const deadline = Date.now() + START_TIMEOUT_MS
+  let last = 'no answer'
+  while (Date.now() < deadline) {
+    if (!running(child)) throw new Error(`${child.name} exited while starting:\n${child.output.slice(-20).join('\n')}`)
+    try {
+      const status = await statusWith(port, path, headers)
+      if (status === 200) return
+      last = `status ${status}`
+    } catch (err) {
+      last = (err as Error).message
+    }
+    await new Promise(resolve => setTimeout(resolve, 100))
+  }
+  throw new Error(`${child.name} did not answer 200 on ${path} with a token within ${START_TIMEOUT_MS / 1000} s (last: ${last}):\n${child.output.slice(-20).join('\n')}`)
 }
 
 async function withTimeout<T> (what: string, promise: Promise<T>, ms = START_TIMEOUT_MS): Promise<T> {
@@ -300,7 +343,11 @@ function percentile (sorted: Float64Array, p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1))] as number
 }
 
-async function load (url: string, durationS: number, connections: number, cpuPid: number, redisPid?: number): Promise<Sample> {
+/**
+ * One autocannon run against `url`, with the CPU time of `cpuPid` (and `redisPid`) over it. With
+ * `tokens`, connection i sends `Authorization: Bearer tokens[i % tokens.length]` on every request.
+ */
+async function load (url: string, durationS: number, connections: number, cpuPid: number, redisPid?: number, tokens?: string[]): Promise<Sample> {
   // autocannon's own histogram keeps whole milliseconds; keep every latency for sub-ms percentiles.
   let latencies = new Float64Array(1 << 16)
   let n = 0
@@ -310,7 +357,12 @@ async function load (url: string, durationS: number, connections: number, cpuPid
   const oursBefore = await ourMicros()
   const began = performance.now()
   const result = await new Promise<AutocannonResult>((resolve, reject) => {
-    const instance = autocannon({ url, connections, pipelining: PIPELINING, duration: durationS, timeout: 10 }, (err, res) => {
+    // autocannon makes one client per connection and calls setupClient once for each, in order.
+    let client = 0
+    const setupClient = tokens === undefined
+      ? undefined
+      : (c: AutocannonClient) => { c.setHeaders({ authorization: `Bearer ${tokens[client++ % tokens.length] as string}` }) }
+    const instance = autocannon({ url, connections, pipelining: PIPELINING, duration: durationS, timeout: 10, ...(setupClient === undefined ? {} : { setupClient }) }, (err, res) => {
       if (err !== null) reject(err)
       else resolve(res)
     })
@@ -353,6 +405,42 @@ async function load (url: string, durationS: number, connections: number, cpuPid
   }
 }
 
+/** The first-seen cost (jose in this process) and how busy other processes kept the machine meanwhile. */
+interface FirstSeen {
+  cost: { keyObject: VerifyCost, localJwks: VerifyCost }
+  otherCores: number | undefined
+  stealCores: number | undefined
+  noisy: boolean
+}
+
+async function measureFirstSeen (issuer: BenchIssuer): Promise<FirstSeen> {
+  const machineBefore = await machineMicros()
+  const oursBefore = await ourMicros()
+  const began = performance.now()
+  const cost = await firstSeenCost(issuer, FIRST_SEEN_VERIFICATIONS, FIRST_SEEN_WARMUP)
+  const elapsedUs = (performance.now() - began) * 1000
+  const machineAfter = await machineMicros()
+  const oursAfter = await ourMicros()
+  if (machineBefore === undefined || machineAfter === undefined || oursBefore === undefined || oursAfter === undefined) {
+    return { cost, otherCores: undefined, stealCores: undefined, noisy: false }
+  }
+  const otherCores = Math.max(0, (machineAfter.busy - machineBefore.busy) - (oursAfter - oursBefore)) / elapsedUs
+  const stealCores = (machineAfter.steal - machineBefore.steal) / elapsedUs
+  return { cost, otherCores, stealCores, noisy: otherCores >= NOISY_CORES || stealCores >= NOISY_CORES }
+}
+
+/** What the JWT path adds besides its samples: the first-seen cost, and its gateway's and key set server's counts. */
+interface JwtRun {
+  firstSeen: FirstSeen
+  /** jwks_fetches_total of its gateway at the end (the whole run), and the requests the key set server answered. */
+  jwksFetches: { ok: number, error: number }
+  jwksServed: number
+  /** auth_failures_total over the warm-up and the rounds (any is also a non-2xx there). */
+  authFailures: number
+  /** Lines its gateway logged at warn or above. */
+  logLines: string[]
+}
+
 function median (values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
   const mid = sorted.length >> 1
@@ -388,12 +476,14 @@ interface LimitedRun {
 
 interface Subject {
   name: string
-  kind: 'direct' | 'bare' | 'gatehouse' | 'one-down' | 'limited'
+  kind: 'direct' | 'bare' | 'gatehouse' | 'jwt' | 'one-down' | 'limited'
   url: string
   /** The process whose CPU time is counted: the proxy, or the upstream for "direct". */
   pid: number
   /** A Redis limiter's redis-server, whose CPU time is counted too (apart). */
   redisPid?: number
+  /** The JWT path: one token per connection. */
+  tokens?: string[]
   samples: Sample[]
   /** The one-connection rounds (gatehouse and the limited paths). */
   light?: Sample[]
@@ -520,11 +610,30 @@ async function main (): Promise<void> {
     failingTarget: { targets: 3, dead: 1, retry: 'defaults', circuitBreaker: `defaults, openFor ${OPEN_FOR}` },
     // Every request comes from 127.0.0.1: one key, so each limiter works on one hot entry (one sorted set in Redis).
     limiter: { max: LIMIT_MAX, window: LIMIT_WINDOW, key: 'ip', hotKey: '127.0.0.1', onStoreError: 'local', paths: LIMITERS.map(l => ({ name: l.name, store: l.store, algorithm: l.algorithm })) },
-    redisServer: 'version' in REDIS ? REDIS.version : null
+    redisServer: 'version' in REDIS ? REDIS.version : null,
+    // One token per connection, set by autocannon's setupClient, reused for the whole run.
+    jwt: {
+      algorithm: JWT_ALGORITHM,
+      rsaBits: RSA_BITS,
+      tokenTtl: TOKEN_TTL,
+      tokens: CONNECTIONS,
+      tokenPerConnection: 'autocannon setupClient',
+      forwardClaims: { sub: 'x-user-id' },
+      firstSeen: { verifications: FIRST_SEEN_VERIFICATIONS, warmup: FIRST_SEEN_WARMUP }
+    }
   }
   log(`machine: node ${machine.node}, ${machine.cores} cores (${machine.cpu}), ${machine.platform}, ${machine.memoryGiB} GiB, load ${machine.loadavg.join(' ')}`)
   log(`settings: ${DURATION_S} s x ${ROUNDS} rounds per path (${SUBJECTS} paths), ${CONNECTIONS} connections, pipelining ${PIPELINING}, ${WARMUP_S} s warm-up; one connection ${LIGHT_S} s x ${ROUNDS} rounds (${LIGHT_SUBJECTS} paths); about ${Math.ceil(PLANNED_S / 10) * 10} s`)
   if ('missing' in REDIS) log(`redis: ${REDIS.missing}: the Redis limiter paths are skipped`)
+
+  // The JWT path's issuer, and the first-seen cost: before any other process of the bench starts.
+  const issuer = await startIssuer(CONNECTIONS)
+  jwtIssuer = issuer
+  const firstSeen = await measureFirstSeen(issuer)
+  const fs = firstSeen.cost
+  log(`first seen: jose jwtVerify ${JWT_ALGORITHM} (${RSA_BITS}-bit key), ${FIRST_SEEN_VERIFICATIONS} verifications: KeyObject ${fmt(fs.keyObject.cpuUs, 1)} µs CPU (${fmt(fs.keyObject.wallUs, 1)} µs elapsed), ` +
+    `createLocalJWKSet ${fmt(fs.localJwks.cpuUs, 1)} µs CPU (${fmt(fs.localJwks.wallUs, 1)} µs elapsed) per verification` +
+    `${firstSeen.noisy ? `  [busy machine: others ${fmt(firstSeen.otherCores, 2)} cores, stolen ${fmt(firstSeen.stealCores, 2)}]` : ''}`)
 
   const upstream = startChild('upstream', join(ROOT, 'dist', 'bench', 'upstream.js'), [], { PORT: '0', HOST: '127.0.0.1' })
   const upstream2 = startChild('upstream 2', join(ROOT, 'dist', 'bench', 'upstream.js'), [], { PORT: '0', HOST: '127.0.0.1' })
@@ -579,6 +688,22 @@ async function main (): Promise<void> {
     const gateway = startChild('gatehouse', join(ROOT, 'dist', 'src', 'cli.js'), ['start'], {
       ...gatewayEnv, PORT: String(gatewayPort), ROUTES_DIR: routesDir
     }, routesDir)
+    // The JWT path: the route of "gatehouse" plus auth.jwt, nothing else.
+    const jwtDir = await tempDir('gatehouse-bench-jwt-')
+    await writeFile(join(jwtDir, 'bench.yaml'), benchRoute(JWT_UPSTREAM, [
+      '    auth:',
+      '      jwt:',
+      `        jwksUrl: ${issuer.jwksUrl}`,
+      `        issuer: ${issuer.issuer}`,
+      `        audience: ${JWT_AUDIENCE}`,
+      `        algorithms: [${JWT_ALGORITHM}]`,
+      '        forwardClaims:',
+      '          sub: x-user-id'
+    ]))
+    const jwtPort = await freePort()
+    const jwtGateway = startChild('gatehouse + JWT', join(ROOT, 'dist', 'src', 'cli.js'), ['start'], {
+      ...gatewayEnv, PORT: String(jwtPort), ROUTES_DIR: jwtDir
+    }, jwtDir)
     const failingPort = await freePort()
     const failing = startChild('gatehouse, 1 of 3 targets down', join(ROOT, 'dist', 'src', 'cli.js'), ['start'], {
       ...gatewayEnv, PORT: String(failingPort), ROUTES_DIR: failingDir
@@ -624,6 +749,13 @@ async function main (): Promise<void> {
       await waitFor200(run.gateway, run.gatewayPort, PATH)
     }
     // Only /ready: the first proxied request to this one is its warm-up, whose failures count.
+    await waitFor200(jwtGateway, jwtPort, '/ready')
+    // Auth is on: no token, 401; a token, 200 (its first request: the key set is fetched here).
+    const unauthenticated = await httpStatus(jwtPort, PATH)
+    if (unauthenticated !== 401) throw new Error(`gatehouse + JWT answered ${unauthenticated} to a request without a token, not 401`)
+    await waitFor200With(jwtGateway, jwtPort, PATH, { authorization: `Bearer ${issuer.tokens[0] as string}` })
+    // Refusals from here on (warm-up and rounds) are counted; the 401 just above is not.
+    const jwtMetricsBefore = await withTimeout('gatehouse + JWT /metrics', scrape(jwtPort))
     await waitFor200(failing, failingPort, '/ready')
     if (!await refuses(deadPort)) throw new Error(`the dead target's port ${deadPort} does not refuse connections; run again`)
 
@@ -631,6 +763,8 @@ async function main (): Promise<void> {
       { name: 'direct', kind: 'direct', url: upstreamUrl + PATH, pid: upstream.proc.pid as number, samples: [], countWarmup: false },
       { name: 'bare reply-from', kind: 'bare', url: `http://127.0.0.1:${barePort}${PATH}`, pid: bare.proc.pid as number, samples: [], countWarmup: false },
       { name: 'gatehouse', kind: 'gatehouse', url: `http://127.0.0.1:${gatewayPort}${PATH}`, pid: gateway.proc.pid as number, samples: [], light: [], countWarmup: false },
+      // Next to "gatehouse": the pair compared runs close together in time. Its warm-up verifies each connection's token once.
+      { name: 'gatehouse + JWT', kind: 'jwt', url: `http://127.0.0.1:${jwtPort}${PATH}`, pid: jwtGateway.proc.pid as number, tokens: issuer.tokens, samples: [], countWarmup: false },
       // Next to "gatehouse" in each round: the pairs compared run close together in time.
       ...limitedRuns.map((run): Subject => ({
         name: run.spec.name,
@@ -656,7 +790,7 @@ async function main (): Promise<void> {
     }
 
     for (const s of subjects) {
-      const warm = await load(s.url, WARMUP_S, CONNECTIONS, s.pid)
+      const warm = await load(s.url, WARMUP_S, CONNECTIONS, s.pid, undefined, s.tokens)
       s.warmup = warm
       log(`warm-up ${s.name}: ${Math.round(warm.rps)} req/s${warm.failures > 0 ? `, ${warm.failures} failures ${JSON.stringify(warm.statusCodes)}` : ''}`)
     }
@@ -668,7 +802,7 @@ async function main (): Promise<void> {
     for (let round = 1; round <= ROUNDS; round++) {
       for (const s of subjects) {
         alive()
-        const sample = await load(s.url, DURATION_S, CONNECTIONS, s.pid, s.redisPid)
+        const sample = await load(s.url, DURATION_S, CONNECTIONS, s.pid, s.redisPid, s.tokens)
         s.samples.push(sample)
         log(`round ${round}/${ROUNDS} ${s.name.padEnd(width)} ${line(sample)}`)
       }
@@ -687,9 +821,17 @@ async function main (): Promise<void> {
       }
     }
     for (const run of limitedRuns) run.measures = await limiterMeasures(run)
+    const jwtMetrics = await withTimeout('gatehouse + JWT /metrics', scrape(jwtPort))
+    const jwt: JwtRun = {
+      firstSeen,
+      jwksFetches: { ok: total(jwtMetrics, 'jwks_fetches_total', { result: 'ok' }), error: total(jwtMetrics, 'jwks_fetches_total', { result: 'error' }) },
+      jwksServed: issuer.fetches(),
+      authFailures: total(jwtMetrics, 'auth_failures_total') - total(jwtMetricsBefore, 'auth_failures_total'),
+      logLines: jwtGateway.output.filter(line => line.trim() !== '')
+    }
     const dead = deadTargetReport(await withTimeout('failing-target gateway /metrics', scrape(failingPort)), deadUrl, failing.output)
     const warnings = gateway.output.filter(line => line.trim() !== '')
-    report(machine, settings, subjects, warnings, dead)
+    report(machine, settings, subjects, warnings, dead, jwt)
   } finally {
     for (const run of limitedRuns) run.redis?.probe.close()
     // The redis-servers write into their folders until they exit.
@@ -839,7 +981,7 @@ function limiterReport (s: Subject, gatehouse: Summary, gatehouseLight: Summary 
   }
 }
 
-function report (machine: object, settings: object, subjects: Subject[], gatewayOutput: string[], dead: DeadTargetReport): void {
+function report (machine: object, settings: object, subjects: Subject[], gatewayOutput: string[], dead: DeadTargetReport, jwtRun: JwtRun): void {
   const summaries = subjects.map(s => summarize(s.samples))
   const of = (kind: Subject['kind']): Summary => summaries[subjects.findIndex(s => s.kind === kind)] as Summary
   const [direct, bare, gatehouse, oneDown] = [of('direct'), of('bare'), of('gatehouse'), of('one-down')]
@@ -856,6 +998,44 @@ function report (machine: object, settings: object, subjects: Subject[], gateway
   const gatehouseSubject = subjects.find(s => s.kind === 'gatehouse') as Subject
   const gatehouseLight = gatehouseSubject.light === undefined || gatehouseSubject.light.length === 0 ? null : summarize(gatehouseSubject.light)
   const limiters = subjects.filter(s => s.kind === 'limited').map(s => limiterReport(s, gatehouse, gatehouseLight))
+  // The JWT path against "gatehouse" (the same route without auth).
+  const withJwt = of('jwt')
+  const diff = (a: number | null, b: number | null) => a === null || b === null ? null : a - b
+  const firstSeen = jwtRun.firstSeen
+  // Each round runs the two back to back: the spread of these ratios is this pair's noise.
+  const jwtSamples = (subjects.find(s => s.kind === 'jwt') as Subject).samples
+  const perRound = jwtSamples.map((j, i) => {
+    const g = gatehouseSubject.samples[i] as Sample
+    return { rpsRatio: ratio(j.rps, g.rps), cpuAddedUs: diff(j.cpuUsPerReq ?? null, g.cpuUsPerReq ?? null) }
+  })
+  const jwt = {
+    name: 'gatehouse + JWT',
+    tokens: CONNECTIONS,
+    tokenPerConnection: 'autocannon setupClient: connection i sends token i on every request',
+    rps: withJwt.rps,
+    rpsRatio: ratio(withJwt.rps, gatehouse.rps),
+    p50Ms: withJwt.p50,
+    p50AddedMs: withJwt.p50 - gatehouse.p50,
+    p99Ms: withJwt.p99,
+    p99AddedMs: withJwt.p99 - gatehouse.p99,
+    cpuUsPerReq: withJwt.cpuUsPerReq,
+    cpuRatio: ratio(withJwt.cpuUsPerReq, gatehouse.cpuUsPerReq),
+    cpuAddedUs: diff(withJwt.cpuUsPerReq, gatehouse.cpuUsPerReq),
+    perRound,
+    // jose jwtVerify in the runner: what a token the gateway has not seen yet costs once (its JWKS cache selects keys with createLocalJWKSet).
+    firstSeen: {
+      cpuUs: firstSeen.cost.localJwks.cpuUs,
+      keyObject: firstSeen.cost.keyObject,
+      localJwks: firstSeen.cost.localJwks,
+      otherCores: firstSeen.otherCores ?? null,
+      stealCores: firstSeen.stealCores ?? null,
+      noisy: firstSeen.noisy
+    },
+    jwksFetches: jwtRun.jwksFetches,
+    jwksServed: jwtRun.jwksServed,
+    authFailures: jwtRun.authFailures,
+    logLines: jwtRun.logLines
+  }
   const goals = {
     throughput: { ratio: throughputRatio, limit: 0.9, pass: throughputRatio !== null && throughputRatio >= 0.9 },
     p99: { ratio: p99Ratio, limit: 1.2, pass: p99Ratio !== null && p99Ratio <= 1.2 },
@@ -868,6 +1048,8 @@ function report (machine: object, settings: object, subjects: Subject[], gateway
       p99VsGatehouse: ratio(oneDown.p99, gatehouse.p99),
       cpuVsGatehouse: ratio(oneDown.cpuUsPerReq, gatehouse.cpuUsPerReq)
     },
+    // RS256 with a cached key set costs under 10% of throughput; a miss is reported, not a failure (noisy machine).
+    jwt: { throughput: { ratio: jwt.rpsRatio, limit: GOAL_JWT_THROUGHPUT, pass: jwt.rpsRatio !== null && jwt.rpsRatio >= GOAL_JWT_THROUGHPUT } },
     // Issue 4, per limited path against the unlimited route; a miss is reported, not a failure (noisy machine).
     limiter: limiters.map(l => ({
       name: l.name,
@@ -906,7 +1088,7 @@ function report (machine: object, settings: object, subjects: Subject[], gateway
       const light = s.light === undefined || s.light.length === 0 ? undefined : summarize(s.light)
       return [r.name, { ...r, name: undefined, ratios: ratios(r), oneConnection: light, warmup: s.warmup, rounds: s.samples, oneConnectionRounds: s.light }]
     }))
-    console.log(JSON.stringify({ machine, settings, results, goals, deadTarget: dead, limiters, redisSkipped, noise, valid, gatewayOutput }, null, 2))
+    console.log(JSON.stringify({ machine, settings, results, goals, deadTarget: dead, jwt, limiters, redisSkipped, noise, valid, gatewayOutput }, null, 2))
   } else {
     const x = (n: number | null) => n === null ? 'n/a' : `${fmt(n, 2)}x`
     const header = ['', 'req/s', 'x direct', 'x bare', 'p50 ms', 'x direct', 'x bare', 'p99 ms', 'x direct', 'x bare', 'CPU µs/req', 'x direct', 'x bare', 'non-2xx/err']
@@ -941,6 +1123,24 @@ function report (machine: object, settings: object, subjects: Subject[], gateway
     console.log(`        upstream_requests_total (tries sent to it) by outcome: ${counts(dead.tries)}; live targets' non-ok tries: ${counts(dead.liveTargetsNotOk)}; retry budget exhausted: ${fmt(dead.budgetExhausted, 0)}`)
     if (gatewayOutput.length > 0) console.log(`gatehouse logged ${gatewayOutput.length} line(s) at warn or above: ${logSummary(gatewayOutput)}`)
     console.log(`${oneDownRow.name} logged ${dead.breakerLogLines} breaker transition(s) at warn (openings)${dead.otherLogLines.length > 0 ? ` and ${dead.otherLogLines.length} other line(s) at warn or above: ${logSummary(dead.otherLogLines)}` : ''}`)
+
+    console.log('')
+    console.log(`JWT: the "gatehouse" route plus auth.jwt { jwksUrl (this runner, 127.0.0.1), issuer, audience, algorithms: [${JWT_ALGORITHM}], forwardClaims: { sub: x-user-id } }; ${RSA_BITS}-bit RSA key, tokens valid ${TOKEN_TTL}`)
+    console.log(`  ${fmt(CONNECTIONS, 0)} tokens, one per connection (autocannon setupClient), each reused all run: after the warm-up every request hits the verified-token cache`)
+    console.log(`  key set fetched ${fmt(jwt.jwksServed, 0)} time(s) (jwks_fetches_total ok ${fmt(jwt.jwksFetches.ok, 0)}, error ${fmt(jwt.jwksFetches.error, 0)}); auth refusals during warm-up and rounds: ${fmt(jwt.authFailures, 0)}`)
+    const jwtLines = [
+      ['gatehouse (no auth)', fmt(gatehouse.rps, 0), '1.00x', fmt(gatehouse.p50, 2), '', fmt(gatehouse.p99, 2), '', fmt(gatehouse.cpuUsPerReq, 1), '1.00x', ''],
+      [jwt.name, fmt(jwt.rps, 0), x(jwt.rpsRatio), fmt(jwt.p50Ms, 2), signed(jwt.p50AddedMs, 2), fmt(jwt.p99Ms, 2), signed(jwt.p99AddedMs, 2), fmt(jwt.cpuUsPerReq, 1), x(jwt.cpuRatio), signed(jwt.cpuAddedUs, 1)]
+    ]
+    for (const l of table(['', 'req/s', 'x req/s', 'p50 ms', 'added', 'p99 ms', 'added', 'CPU µs/req', 'x CPU', 'added'], jwtLines)) console.log('  ' + l)
+    console.log(`  per round (the two run back to back): req/s ${jwt.perRound.map(r => x(r.rpsRatio)).join(', ')}; CPU µs/req added ${jwt.perRound.map(r => signed(r.cpuAddedUs, 1)).join(', ')}`)
+    const fsc = jwt.firstSeen
+    console.log(`  first seen: a token the gateway has not seen yet costs about ${fmt(fsc.cpuUs, 0)} µs of CPU once; repeats hit the verified-token cache`)
+    console.log(`    (jose jwtVerify ${JWT_ALGORITHM} in this runner, before the rounds, ${fmt(FIRST_SEEN_VERIFICATIONS, 0)} verifications each after ${fmt(FIRST_SEEN_WARMUP, 0)} untimed: ` +
+      `createLocalJWKSet ${fmt(fsc.localJwks.cpuUs, 1)} µs CPU, ${fmt(fsc.localJwks.wallUs, 1)} µs elapsed; KeyObject ${fmt(fsc.keyObject.cpuUs, 1)} µs CPU, ${fmt(fsc.keyObject.wallUs, 1)} µs elapsed` +
+      `${fsc.noisy ? `; busy machine meanwhile: others ${fmt(fsc.otherCores, 2)} cores, stolen ${fmt(fsc.stealCores, 2)}` : ''})`)
+    if (jwt.logLines.length > 0) console.log(`  ${jwt.name} logged ${jwt.logLines.length} line(s) at warn or above: ${logSummary(jwt.logLines)}`)
+    console.log(`${goals.jwt.throughput.pass ? 'PASS' : 'MISS'}  ${jwt.name}: throughput ${x(jwt.rpsRatio)} of the same route without auth (goal >= ${fmt(GOAL_JWT_THROUGHPUT, 2)}x); a MISS does not fail the run`)
 
     console.log('')
     console.log(`rate limiter: the "gatehouse" route plus rateLimit { max: ${fmt(LIMIT_MAX, 0)}, window: ${LIMIT_WINDOW}, key: ip, onStoreError: local }; never spent, so every request runs a whole decision and none is refused`)
@@ -1016,4 +1216,5 @@ try {
   process.exitCode = 1
 } finally {
   await stopChildren()
+  await jwtIssuer?.close()
 }
