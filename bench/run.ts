@@ -1157,7 +1157,7 @@ function report (machine: object, settings: object, subjects: Subject[], gateway
     for (const l of table(['', 'req/s', 'x req/s', 'p50 ms', 'added', 'p99 ms', 'added', 'CPU µs/req', 'x CPU', 'added', '1 conn p50 ms', 'added', '1 conn p99 ms', 'added'], [ref, ...costLines])) console.log('  ' + l)
     console.log('')
     console.log('  decision = rate_limiter_duration_seconds in the gateway, from asking the store to its answer (under load: mostly waiting for the event loop);')
-    console.log('    mean exact (sum / count), p50 and p99 only as the bucket that holds them (the smallest bucket is 1 ms)')
+    console.log('    mean exact (sum / count), p50 and p99 only as the bucket that holds them (buckets from 0.1 ms)')
     if (limiters.some(l => l.redis !== null)) console.log('  EVALSHA = the script as Redis timed it (INFO commandstats, latencystats: no network, no client; all rounds and a heartbeat every 5 s); redis-server CPU per request of the load rounds')
     const bound = (ms: number | null) => ms === null ? 'n/a' : Number.isFinite(ms) ? `≤ ${fmt(ms, ms < 1 ? 2 : 1)}` : 'above all buckets'
     const decisionLines = limiters.map(l => [

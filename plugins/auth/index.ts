@@ -35,7 +35,12 @@ declare module 'fastify' {
   }
 }
 
-const BEARER = /^Bearer +([A-Za-z0-9\-_.~+/]+=*) *$/i
+/** The token of `Authorization: Bearer <token>` (scheme in any case), or undefined. jose checks its form. */
+function bearerToken (authorization: string | undefined): string | undefined {
+  if (authorization === undefined || authorization.length < 8 || authorization.slice(0, 7).toLowerCase() !== 'bearer ') return undefined
+  const token = authorization.slice(7).trim()
+  return token === '' ? undefined : token
+}
 // A header value may not carry control characters (CR/LF would split the upstream request); tab may.
 function headerSafe (text: string): boolean {
   for (let i = 0; i < text.length; i++) {
@@ -134,8 +139,9 @@ async function authPlugin (app: FastifyInstance, opts: AuthOptions): Promise<voi
         return
       }
       // The client's own identity headers never reach the upstream, verified or not.
-      for (const [, header] of auth.forwardClaims) delete request.headers[header]
-      const token = BEARER.exec(request.headers.authorization ?? '')?.[1]
+      const headers = request.headers
+      for (const [, header] of auth.forwardClaims) if (headers[header] !== undefined) delete headers[header]
+      const token = bearerToken(headers.authorization)
       if (token === undefined) {
         refuse(request, reply, new AuthFailure('missing_token'), done)
         return

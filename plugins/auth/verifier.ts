@@ -1,5 +1,5 @@
 // One route's JWT check: jose verifies signature and claims; a token that passed is remembered
-// until it expires, because an RS256 verify costs ~110 µs of CPU, twice what proxying costs.
+// until it expires, because an RS256 verify costs 110–145 µs of CPU, more than proxying the request.
 import { createPublicKey, createSecretKey, type JsonWebKey, type KeyObject } from 'node:crypto'
 import { errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose'
 import type { JwtAuthConfig } from '../../src/config/route-file.js'
