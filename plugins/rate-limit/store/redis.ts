@@ -48,6 +48,14 @@ export class RedisLimitStore implements LimitStore {
   readonly #owned: boolean
   readonly #prefix: string
   readonly #timeoutMs: number
+  // Decisions asked for in one event-loop turn are sent together, after it: with ioredis's
+  // auto-pipelining they leave in one socket write and their answers come back in one read.
+  #batch: Array<() => void> = []
+  readonly #send = (): void => {
+    const batch = this.#batch
+    this.#batch = []
+    for (const send of batch) send()
+  }
 
   /**
    * `client`: an ioredis client to share (left open by close(); give it `enableOfflineQueue: false`
@@ -93,10 +101,16 @@ export class RedisLimitStore implements LimitStore {
     checkHitArgs(key, max, windowMs, algorithm)
     // The hash tag {key} puts every key of one limit in one Redis Cluster slot.
     const base = `${this.#prefix}{${key}}`
-    const reply = algorithm === 'sliding-log'
-      ? this.#client.gatehouseRlSlidingLog(`${base}:log`, `${base}:seq`, max, windowMs)
-      : this.#client.gatehouseRlSlidingWindow(`${base}:cur`, `${base}:prev`, max, windowMs)
-    const [allowed, remaining, retryAfterMs, resetMs] = await this.#deadline(reply, this.#timeoutMs, algorithm)
+    // The deadline starts when the command is sent: it bounds Redis, not this event-loop turn.
+    const [allowed, remaining, retryAfterMs, resetMs] = await new Promise<ScriptReply>((resolve, reject) => {
+      this.#batch.push(() => {
+        const reply = algorithm === 'sliding-log'
+          ? this.#client.gatehouseRlSlidingLog(`${base}:log`, `${base}:seq`, max, windowMs)
+          : this.#client.gatehouseRlSlidingWindow(`${base}:cur`, `${base}:prev`, max, windowMs)
+        this.#deadline(reply, this.#timeoutMs, algorithm).then(resolve, reject)
+      })
+      if (this.#batch.length === 1) setImmediate(this.#send)
+    })
     return { allowed: allowed === 1, limit: max, remaining, retryAfterMs, resetMs }
   }
 
@@ -151,6 +165,7 @@ function connect (connection: RedisConnection, timeoutMs: number): Redis | Clust
     // socket buffer when the event loop was stalled; #deadline() covers every client instead.
     // Never queue while disconnected, never resend after a drop: reject at once instead.
     enableOfflineQueue: false,
+    enableAutoPipelining: true,
     maxRetriesPerRequest: 0,
     connectTimeout: Math.max(1000, timeoutMs)
   }
@@ -159,9 +174,10 @@ function connect (connection: RedisConnection, timeoutMs: number): Redis | Clust
     client = new Redis(connection.url, failFast)
   } else if (connection.mode === 'cluster') {
     const { nodes, tls, username, password } = connection
-    const { enableOfflineQueue, ...nodeOptions } = failFast
+    const { enableOfflineQueue, enableAutoPipelining, ...nodeOptions } = failFast
     client = new Cluster(nodes, {
       enableOfflineQueue,
+      enableAutoPipelining,
       redisOptions: { ...nodeOptions, username, password, ...(tls ? { tls: {} } : {}) },
       // A moved or failed-over slot is retried once the new owner is known, within the deadline.
       retryDelayOnFailover: 10,
