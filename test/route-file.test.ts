@@ -143,7 +143,7 @@ test('every option set: values, units and method lists kept', () => {
 
 test('unknown key maxConn under a target: refused at /targets/0/maxConn, listing the allowed keys', () => {
   const err = refused('users.yaml', yaml({ url: 'http://127.0.0.1:9001\n    maxConn: 5' }))
-  assert.deepEqual(err.problems, ['/targets/0/maxConn: unknown key (allowed: url, maxConnections, weight)'])
+  assert.deepEqual(err.problems, ['/targets/0/maxConn: unknown key (allowed: url, maxConnections, weight, tls)'])
 })
 
 test('unknown top-level key (route instead of routes): both the typo and the missing key reported', () => {

@@ -89,7 +89,7 @@ test('a typo key (maxConn) is refused by the published schema and by the gateway
   assert.throws(() => parseRouteFile('typo.yaml', text), (err: unknown) => {
     assert.ok(err instanceof RouteFileError)
     assert.equal(err.problems.length, 1)
-    assert.match(err.problems[0] ?? '', /^\/targets\/0\/maxConn: unknown key \(allowed: url, maxConnections, weight\)$/)
+    assert.match(err.problems[0] ?? '', /^\/targets\/0\/maxConn: unknown key \(allowed: url, maxConnections, weight, tls\)$/)
     return true
   })
 })
@@ -132,7 +132,13 @@ const CASES: Array<[string, string, boolean]> = [
   ['an inline secret', 'targets:\n  - url: http://a:1\nroutes:\n  - path: /a\n    auth:\n      jwt: { secret: hunter2, issuer: i, audience: a }\n', false],
   ['alg none', 'targets:\n  - url: http://a:1\nroutes:\n  - path: /a\n    auth:\n      jwt: { jwksUrl: "https://i/j", issuer: i, audience: a, algorithms: [none] }\n', false],
   ['auth without an audience', 'targets:\n  - url: http://a:1\nroutes:\n  - path: /a\n    auth:\n      jwt: { jwksUrl: "https://i/j", issuer: i }\n', false],
-  ['a typo in timeouts', 'targets:\n  - url: http://a:1\nroutes:\n  - path: /a\ntimeouts:\n  read: 1s\n', false]
+  ['a typo in timeouts', 'targets:\n  - url: http://a:1\nroutes:\n  - path: /a\ntimeouts:\n  read: 1s\n', false],
+  // tls cases that need no files: whatever names a file is judged by the gateway on the file (test/upstream-tls.test.ts).
+  ['tls with a servername', 'targets:\n  - url: https://10.0.0.5:8443\n    tls: { servername: users.internal }\nroutes:\n  - path: /a\n', true],
+  ['tls with verification turned off', 'targets:\n  - url: https://a:1\n    tls: { rejectUnauthorized: false }\nroutes:\n  - path: /a\n', false],
+  ['tls with a relative ca path', 'targets:\n  - url: https://a:1\n    tls: { ca: certs/ca.pem }\nroutes:\n  - path: /a\n', false],
+  ['tls with a cert and no key', 'targets:\n  - url: https://a:1\n    tls: { cert: /etc/gatehouse/client.pem }\nroutes:\n  - path: /a\n', false],
+  ['tls with a servername and a port', 'targets:\n  - url: https://a:1\n    tls: { servername: "users.internal:8443" }\nroutes:\n  - path: /a\n', false]
 ]
 
 test('the published schema accepts and refuses the same route files as the gateway', async () => {

@@ -74,7 +74,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaultBody
   const upstreams: CompiledUpstream[] = []
   for (const config of configs) {
     const upstreamTargets = config.targets.map(t => {
-      const options = { upstream: config.name, origin: t.origin, maxConnections: t.maxConnections, weight: t.weight, connectTimeoutMs: config.timeouts.connectMs, breaker: config.breaker }
+      const options = { upstream: config.name, origin: t.origin, maxConnections: t.maxConnections, weight: t.weight, connectTimeoutMs: config.timeouts.connectMs, breaker: config.breaker, tls: t.tls }
       const key = Target.key(options)
       const kept = previous?.targets.get(key)
       // A kept target keeps its breaker state; only its settings change.

@@ -1,12 +1,15 @@
 // The route file: one per upstream service, YAML or JSON. The schema is the operators' contract
 // and is published as JSON Schema (schema/route-file.schema.json, `npm run schema`).
-import { createPublicKey, type JsonWebKey } from 'node:crypto'
+import { createHash, createPrivateKey, createPublicKey, X509Certificate, type JsonWebKey, type KeyObject } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import { isIP } from 'node:net'
 import Type, { type Static } from 'typebox'
 import Value from 'typebox/value'
 import YAML from 'yaml'
 import type { LimitAlgorithm } from '../../plugins/rate-limit/store/types.js'
 import type { BreakerOptions } from '../upstream/breaker.js'
 import type { RetryOptions } from '../upstream/retry.js'
+import type { TargetTls } from '../upstream/target.js'
 import { Duration, Size, toBytes, toMs } from './units.js'
 import { schemaErrors } from './validate.js'
 
@@ -17,6 +20,13 @@ export const HTTP_METHODS: readonly string[] = ['GET', 'HEAD', 'POST', 'PUT', 'P
 // no empty segments, no trailing slash.
 const PATH = "^/$|^(/(?!\\.{1,2}(?:/|$))[A-Za-z0-9\\-._~!$&'+,;=@%]+)+$"
 
+// Key material is read from files (mounted secrets), never written in the route file.
+const PemPath = (what: string) => Type.String({
+  pattern: '^/',
+  errorMessage: 'must be an absolute path to a PEM file: certificates and keys are read from files, never written in route files',
+  description: `Absolute path of a file holding the ${what}`
+})
+
 const Target = Type.Object({
   url: Type.String({
     pattern: '^https?://[^/?#]+/?$',
@@ -24,7 +34,22 @@ const Target = Type.Object({
     description: 'Origin of one instance of the service: http(s)://host:port, no path.'
   }),
   maxConnections: Type.Integer({ minimum: 1, default: 100, description: 'In-flight requests this target may hold; beyond it the target counts as full. Default 100.' }),
-  weight: Type.Number({ exclusiveMinimum: 0, default: 1, description: 'Share of traffic relative to the other targets when none is loaded. Default 1.' })
+  weight: Type.Number({ exclusiveMinimum: 0, default: 1, description: 'Share of traffic relative to the other targets when none is loaded. Default 1.' }),
+  tls: Type.Optional(Type.Object({
+    ca: Type.Optional(PemPath('CA certificates (PEM) that sign the upstream\'s certificate; they replace the public roots for this target.')),
+    servername: Type.Optional(Type.String({
+      pattern: '^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$',
+      errorMessage: 'must be a DNS name such as users.internal (no port, no scheme)',
+      description: 'Name sent as SNI and checked against the upstream\'s certificate. Default: the host of url (an IP address is checked against the certificate\'s IP entries).'
+    })),
+    cert: Type.Optional(PemPath('client certificate (PEM, chain allowed) for mutual TLS; needs key.')),
+    key: Type.Optional(PemPath('private key (PEM, unencrypted) of cert; needs cert.'))
+  }, {
+    additionalProperties: false,
+    dependencies: { cert: ['key'], key: ['cert'] },
+    errorMessage: 'must be a mapping of ca, servername, cert, key (all optional; cert and key go together)',
+    description: 'TLS to this target (https:// only). The upstream\'s certificate is always verified; there is no option to turn that off.'
+  }))
 }, { additionalProperties: false })
 
 // Header names (RFC 9110 token).
@@ -206,6 +231,8 @@ export interface TargetConfig {
   origin: string
   maxConnections: number
   weight: number
+  /** Present only when the file sets `tls`: the contents of its files, checked. */
+  tls?: TargetTls
 }
 
 /** A route file after checking: defaults applied, units resolved, frozen. */
@@ -256,10 +283,11 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
   const problems = schemaErrors(RouteFileSchema, value)
   if (problems.length > 0) throw new RouteFileError(file, problems)
   const raw = value as RawRouteFile
+  const tlsProblems: string[] = []
   const upstream: UpstreamConfig = {
     name: raw.name ?? defaultName(file),
     file,
-    targets: raw.targets.map(t => ({ ...t, origin: new URL(t.url).origin })),
+    targets: raw.targets.map((t, i) => targetConfig(t, i, tlsProblems)),
     routes: raw.routes.map(r => ({
       path: r.path,
       methods: r.methods,
@@ -290,7 +318,7 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
     },
     breaker: breakerOptions(raw.circuitBreaker!)
   }
-  const semantic = checkUpstream(upstream, raw)
+  const semantic = [...checkUpstream(upstream, raw), ...tlsProblems]
   if (semantic.length > 0) throw new RouteFileError(file, semantic)
   return deepFreeze(upstream)
 }
@@ -323,6 +351,96 @@ function checkUpstream (upstream: UpstreamConfig, raw: RawRouteFile): string[] {
     }
   })
   return problems
+}
+
+type RawTarget = RawRouteFile['targets'][number]
+type RawTls = NonNullable<RawTarget['tls']>
+
+function targetConfig (raw: RawTarget, i: number, problems: string[]): TargetConfig {
+  const { tls, ...rest } = raw
+  const target: TargetConfig = { ...rest, origin: new URL(raw.url).origin }
+  if (tls === undefined) return target
+  if (!raw.url.startsWith('https://')) {
+    problems.push(`/targets/${i}/tls: only for https:// targets (${raw.url} is plain HTTP)`)
+    return target
+  }
+  const loaded = loadTls(tls, `/targets/${i}/tls`, problems)
+  if (loaded !== undefined) target.tls = loaded
+  return target
+}
+
+/** Reads and checks a target's TLS files; undefined (with problems) when any is unusable. */
+function loadTls (raw: RawTls, at: string, problems: string[]): TargetTls | undefined {
+  const before = problems.length
+  const read = (field: 'ca' | 'cert' | 'key'): string | undefined => {
+    const path = raw[field]
+    if (path === undefined) return undefined
+    try {
+      return readFileSync(path, 'utf8')
+    } catch (err) {
+      // Node's message repeats the path (`ENOENT: no such file or directory, open '/x'`).
+      problems.push(`${at}/${field}: cannot read ${path}: ${(err as Error).message.replace(/, \w+ '.*'$/, '')}`)
+      return undefined
+    }
+  }
+  const ca = read('ca')
+  const cert = read('cert')
+  const key = read('key')
+  if (ca !== undefined) {
+    if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(ca)) problems.push(`${at}/ca: ${raw.ca} holds a private key: a CA bundle holds certificates only`)
+    else {
+      const problem = certificatesProblem(ca)
+      if (problem !== undefined) problems.push(`${at}/ca: ${raw.ca} ${problem}`)
+    }
+  }
+  let leaf: X509Certificate | undefined
+  if (cert !== undefined) {
+    const problem = certificatesProblem(cert)
+    if (problem !== undefined) problems.push(`${at}/cert: ${raw.cert} ${problem}`)
+    else leaf = new X509Certificate(pemBlocks(cert)[0]!)
+  }
+  let privateKey: KeyObject | undefined
+  if (key !== undefined) {
+    try {
+      privateKey = createPrivateKey(key)
+    } catch (err) {
+      const encrypted = /ENCRYPTED/.test(key) || (err as { code?: string }).code === 'ERR_MISSING_PASSPHRASE'
+      problems.push(`${at}/key: ${raw.key} ${encrypted ? 'is encrypted: give an unencrypted key (there is no passphrase option)' : 'holds no PEM private key'}`)
+    }
+  }
+  if (leaf !== undefined && privateKey !== undefined && !leaf.checkPrivateKey(privateKey)) {
+    problems.push(`${at}/key: ${raw.key} is not the private key of the certificate in ${raw.cert}`)
+  }
+  if (raw.servername !== undefined && isIP(raw.servername) !== 0) {
+    problems.push(`${at}/servername: must be a DNS name (an IP address in url is checked as it is)`)
+  }
+  if (problems.length > before) return undefined
+  const tls: TargetTls = { fingerprint: createHash('sha256').update(JSON.stringify([ca, raw.servername, cert, key])).digest('hex') }
+  if (ca !== undefined) tls.ca = ca
+  if (raw.servername !== undefined) tls.servername = raw.servername
+  if (cert !== undefined && key !== undefined) Object.assign(tls, { cert, key })
+  return tls
+}
+
+const PEM_CERTIFICATE = /-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g
+
+function pemBlocks (text: string): string[] {
+  return text.match(PEM_CERTIFICATE) ?? []
+}
+
+/** Why `text` is no list of PEM certificates, or undefined. */
+function certificatesProblem (text: string): string | undefined {
+  const blocks = pemBlocks(text)
+  if (blocks.length === 0) return 'holds no PEM certificate (-----BEGIN CERTIFICATE-----)'
+  for (const [n, block] of blocks.entries()) {
+    try {
+      // eslint-disable-next-line no-new
+      new X509Certificate(block)
+    } catch {
+      return `certificate ${n + 1} is not a valid X.509 certificate`
+    }
+  }
+  return undefined
 }
 
 /** Every (method, host, path) a route serves, as `METHOD host path` strings. */

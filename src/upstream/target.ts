@@ -1,5 +1,5 @@
 // One origin of an upstream service: its connection pool, its load and its breaker.
-import { Pool } from 'undici'
+import { buildConnector, errors, Pool } from 'undici'
 import { CircuitBreaker, type BreakerOptions, type BreakerState } from './breaker.js'
 import { TryStats } from './try-stats.js'
 
@@ -10,6 +10,21 @@ export interface TargetOptions {
   weight: number
   connectTimeoutMs: number
   breaker: BreakerOptions
+  /** https:// targets only; absent: Node's public roots, SNI and identity from the URL's host. */
+  tls?: TargetTls
+}
+
+/** TLS material of one target, read from its files when the route file loaded. */
+export interface TargetTls {
+  /** PEM CA bundle; replaces the public roots for this target. */
+  ca?: string
+  /** SNI and the name the upstream's certificate must hold. */
+  servername?: string
+  /** PEM client certificate (chain) and its private key, for mutual TLS. */
+  cert?: string
+  key?: string
+  /** SHA-256 of all of the above: the TLS part of the target's identity (no key material in keys or logs). */
+  fingerprint: string
 }
 
 export type TargetTransitionListener = (target: Target, from: BreakerState, to: BreakerState, cause: string) => void
@@ -36,7 +51,7 @@ export class Target {
     // The pool never opens more sockets than the cap.
     this.pool = new Pool(options.origin, {
       connections: options.maxConnections,
-      connect: { timeout: options.connectTimeoutMs }
+      connect: connector(options)
     })
     this.breaker = new CircuitBreaker(options.breaker, (from, to, cause) => {
       this.transitions[to]++
@@ -46,7 +61,7 @@ export class Target {
 
   /** Identity across reloads: same upstream, origin and pool settings keep the same Target. */
   static key (options: TargetOptions): string {
-    return `${options.upstream} ${options.origin} ${options.maxConnections} ${options.connectTimeoutMs}`
+    return `${options.upstream} ${options.origin} ${options.maxConnections} ${options.connectTimeoutMs} ${options.tls?.fingerprint ?? '-'}`
   }
 
   /** in-flight ÷ maxConnections: 0 idle, 1 full. */
@@ -58,4 +73,54 @@ export class Target {
   admits (): boolean {
     return this.inFlight < this.maxConnections && this.breaker.admits()
   }
+}
+
+/**
+ * Connect options of a target's pool. The upstream's certificate is always verified:
+ * rejectUnauthorized is set explicitly, so NODE_TLS_REJECT_UNAUTHORIZED=0 cannot turn it off.
+ */
+function connector (options: TargetOptions): Pool.Options['connect'] {
+  const tls = options.tls
+  const base = { timeout: options.connectTimeoutMs, rejectUnauthorized: true }
+  if (tls === undefined) return base
+  const { ca, cert, key, servername } = tls
+  const connect = buildConnector({ ...base, ca, cert, key, servername })
+  if (servername === undefined) return connect
+  // undici derives a servername from the request's Host header (the URL's host) and prefers it
+  // to the connector's own: the configured one must win.
+  return (opts, callback) => { connect({ ...opts, servername }, callback) }
+}
+
+// OpenSSL's certificate verification results, as Node reports them (err.code).
+const CERT_ERRORS = new Set([
+  'UNABLE_TO_GET_ISSUER_CERT', 'UNABLE_TO_GET_CRL', 'UNABLE_TO_DECRYPT_CERT_SIGNATURE', 'UNABLE_TO_DECRYPT_CRL_SIGNATURE',
+  'UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY', 'CERT_SIGNATURE_FAILURE', 'CRL_SIGNATURE_FAILURE', 'CERT_NOT_YET_VALID', 'CERT_HAS_EXPIRED',
+  'CRL_NOT_YET_VALID', 'CRL_HAS_EXPIRED', 'ERROR_IN_CERT_NOT_BEFORE_FIELD', 'ERROR_IN_CERT_NOT_AFTER_FIELD',
+  'ERROR_IN_CRL_LAST_UPDATE_FIELD', 'ERROR_IN_CRL_NEXT_UPDATE_FIELD', 'DEPTH_ZERO_SELF_SIGNED_CERT', 'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY', 'UNABLE_TO_VERIFY_LEAF_SIGNATURE', 'CERT_CHAIN_TOO_LONG', 'CERT_REVOKED', 'INVALID_CA',
+  'PATH_LENGTH_EXCEEDED', 'INVALID_PURPOSE', 'CERT_UNTRUSTED', 'CERT_REJECTED', 'HOSTNAME_MISMATCH'
+])
+
+/**
+ * The TLS failure code of an upstream error (a certificate that did not verify, a name that does
+ * not match, a handshake the upstream refused), or undefined. Such a connection never carried
+ * the request to the upstream's application.
+ */
+export function tlsFailure (err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code
+  if (typeof code !== 'string') return undefined
+  return CERT_ERRORS.has(code) || code.startsWith('ERR_TLS_') || code.startsWith('ERR_SSL_') ? code : undefined
+}
+
+/**
+ * What was wrong with an upstream response undici refused while parsing its head, or undefined.
+ * undici destroys the socket of such a response: it is never reused.
+ */
+export function malformedResponse (err: unknown): string | undefined {
+  if (err instanceof errors.HeadersOverflowError) return 'response headers over the size limit'
+  // Raised by the head parser when the framing is ambiguous (Transfer-Encoding with
+  // Content-Length, or two Content-Lengths) and the declared length was never read.
+  if (err instanceof errors.ResponseContentLengthMismatchError) return 'conflicting Content-Length or Transfer-Encoding'
+  if (err instanceof errors.HTTPParserError) return err.message
+  return undefined
 }
