@@ -36,6 +36,14 @@ export const UpstreamUnreachableError = createError<'GATEHOUSE_ERR_UPSTREAM_UNRE
 export const UpstreamResetError = createError<'GATEHOUSE_ERR_UPSTREAM_RESET', 502, [string, ErrorOptions?]>(
   'GATEHOUSE_ERR_UPSTREAM_RESET', 'Upstream %s closed the connection before a complete response', 502)
 
+// The upstream's certificate did not verify (or it refused ours): no request was sent over it.
+export const UpstreamTlsError = createError<'GATEHOUSE_ERR_UPSTREAM_TLS', 502, [string, string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_UPSTREAM_TLS', 'TLS with upstream %s failed: %s', 502)
+
+// Framing or headers undici refused (request smuggling from the upstream side); that connection is closed.
+export const UpstreamBadResponseError = createError<'GATEHOUSE_ERR_UPSTREAM_BAD_RESPONSE', 502, [string, string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_UPSTREAM_BAD_RESPONSE', 'Upstream %s sent a malformed response: %s', 502)
+
 export const UpstreamTimeoutError = createError<'GATEHOUSE_ERR_UPSTREAM_TIMEOUT', 504, [string, ErrorOptions?]>(
   'GATEHOUSE_ERR_UPSTREAM_TIMEOUT', 'Upstream %s did not answer in time', 504)
 

@@ -7,11 +7,11 @@ import fp from 'fastify-plugin'
 import type { TrustProxy } from '../../src/config/env.js'
 import { HTTP_METHODS } from '../../src/config/route-file.js'
 import {
-  BadPathError, BodyTooLargeError, ClientClosedError, RouteNotFoundError, UpstreamResetError, UpstreamSaturatedError,
-  UpstreamTimeoutError, UpstreamUnavailableError, UpstreamUnreachableError
+  BadPathError, BodyTooLargeError, ClientClosedError, RouteNotFoundError, UpstreamBadResponseError, UpstreamResetError, UpstreamSaturatedError,
+  UpstreamTimeoutError, UpstreamTlsError, UpstreamUnavailableError, UpstreamUnreachableError
 } from '../../src/errors.js'
 import { selectTarget } from '../../src/upstream/select.js'
-import type { Target } from '../../src/upstream/target.js'
+import { malformedResponse, tlsFailure, type Target } from '../../src/upstream/target.js'
 import type { CompiledRoute, CompiledUpstream } from '../route-table/route-table.js'
 import { compileTrust, stripResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import { hasEncodedSlash, normalizePath } from './normalize-path.js'
@@ -201,6 +201,10 @@ function upstreamError (reply: FastifyReply, upstream: CompiledUpstream, error: 
   const code = cause?.code ?? (error as { code?: string }).code ?? ''
   const where = `${upstream.name} (${request.target?.origin ?? '?'})`
   if (UNREACHABLE.has(code)) return new UpstreamUnreachableError(where, { cause: error })
+  const tls = tlsFailure(cause ?? error)
+  if (tls !== undefined) return new UpstreamTlsError(where, tls, { cause: error })
+  const malformed = malformedResponse(cause ?? error)
+  if (malformed !== undefined) return new UpstreamBadResponseError(where, malformed, { cause: error })
   if (TIMEOUT.has(code)) return new UpstreamTimeoutError(where, { cause: error })
   return new UpstreamResetError(where, { cause: error })
 }

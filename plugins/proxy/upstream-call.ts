@@ -6,7 +6,7 @@ import { errors, type Dispatcher } from 'undici'
 import { UpstreamUnavailableError } from '../../src/errors.js'
 import { backoffMs, retryable, retryAfterMs, type TryFailure } from '../../src/upstream/retry.js'
 import { selectTarget } from '../../src/upstream/select.js'
-import type { Target } from '../../src/upstream/target.js'
+import { tlsFailure, type Target } from '../../src/upstream/target.js'
 import type { CompiledUpstream } from '../route-table/route-table.js'
 import { CancelSignal } from './cancel-signal.js'
 
@@ -21,7 +21,8 @@ const ABORTED = new Set(['UND_ERR_ABORTED', 'ABORT_ERR'])
 
 function classify (err: Error & { code?: string }): TryFailure | 'aborted' {
   const code = err.code ?? ''
-  if (CONNECT_FAILURE.has(code)) return 'connect-failure'
+  // A failed TLS handshake carried no request to the upstream's application.
+  if (CONNECT_FAILURE.has(code) || tlsFailure(err) !== undefined) return 'connect-failure'
   if (TIMEOUT.has(code)) return 'timeout'
   if (ABORTED.has(code) || err.name === 'AbortError') return 'aborted'
   return 'reset'
