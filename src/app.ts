@@ -36,6 +36,8 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
       // Room for the longest target and the largest headers: the guard then tells 414 from 431.
       maxHeaderSize: env.maxHeaderSize + env.maxUrlLength,
       headersTimeout: env.headersTimeoutMs,
+      // The request guard refuses a missing Host itself, and closes what is pipelined behind it.
+      requireHostHeader: false,
       // Node checks both timeouts on this interval (default 30 s): check often enough to keep them.
       connectionsCheckingInterval: Math.min(1000, env.headersTimeoutMs)
     },
@@ -85,10 +87,12 @@ function hopsTrusted (hops: number) {
 function clientError (this: FastifyInstance, err: Error & { code?: string }, socket: Socket): void {
   if (err.code === 'ECONNRESET' || socket.destroyed) return
   this.log.debug({ err }, 'client error')
-  // As Node does: no second answer once a response has started on this connection (bytes
-  // pipelined behind a refused request land here).
-  const started = (socket as Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage?.headersSent === true
-  if (socket.writable && !started) {
+  // No answer while an earlier, complete request on this connection is still being served: the
+  // client would read it as the answer to that request (bytes pipelined behind it land here).
+  // A request whose own body broke off or timed out is the one answered.
+  const current = (socket as Socket & { _httpMessage?: { headersSent: boolean, req?: { complete: boolean } } | null })._httpMessage
+  const busy = current != null && (current.headersSent || current.req?.complete !== false)
+  if (socket.writable && !busy) {
     const error = err.code === 'HPE_HEADER_OVERFLOW'
       ? new HeadersTooLargeError()
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? new RequestTimeoutError() : new BadRequestError()

@@ -24,6 +24,9 @@ export const BadRequestError = createError<'GATEHOUSE_ERR_BAD_REQUEST', 400, [Er
 export const BadFramingError = createError<'GATEHOUSE_ERR_BAD_FRAMING', 400, [string, ErrorOptions?]>(
   'GATEHOUSE_ERR_BAD_FRAMING', 'Request framing refused: %s', 400)
 
+export const HttpVersionError = createError<'GATEHOUSE_ERR_HTTP_VERSION', 505, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_HTTP_VERSION', 'HTTP/%s is not served: send HTTP/1.1 or HTTP/1.0', 505)
+
 export const TooManyHeadersError = createError<'GATEHOUSE_ERR_TOO_MANY_HEADERS', 431, [number, ErrorOptions?]>(
   'GATEHOUSE_ERR_TOO_MANY_HEADERS', 'More than %d request headers', 431)
 

@@ -26,6 +26,8 @@ export function compileTrust (trust: TrustProxy): (address: string) => boolean {
 /** Request headers for the upstream: hop-by-hop removed, forwarding chain and request id set. */
 export function upstreamRequestHeaders (request: FastifyRequest, headers: IncomingHttpHeaders, trusted: (address: string) => boolean): IncomingHttpHeaders {
   stripHopByHop(headers)
+  // Node has already answered `Expect: 100-continue` to the client; undici refuses to send it on.
+  delete headers.expect
   const socket = request.raw.socket
   const peer = socket.remoteAddress ?? ''
   const proto = 'encrypted' in socket && socket.encrypted === true ? 'https' : 'http'

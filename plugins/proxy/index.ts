@@ -1,5 +1,6 @@
 // The proxy path: one lookup in the route table, a first target, then an UpstreamCall that runs
 // the tries (retries, breakers, cancellation) and hands the final response to reply-from.
+import type { Socket } from 'node:net'
 import { Transform, type Readable, type TransformCallback } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import replyFrom, { type FastifyReplyFromHooks } from '@fastify/reply-from'
@@ -110,23 +111,31 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
 
   function proxy (request: FastifyRequest, reply: FastifyReply): FastifyReply {
     const { route, forward } = request.match as RouteMatch
+    // The client may be gone already (a parse error later in the same packet destroyed the
+    // socket): nothing to send, and a body that will never end must not hold a target.
+    const socket = request.raw.socket
+    if (socket.destroyed) throw new ClientClosedError()
     const declared = request.headers['content-length']
     if (declared !== undefined && Number(declared) > route.bodyLimit) {
       reply.header('connection', 'close')
       throw new BodyTooLargeError(route.bodyLimit)
     }
+
+    const upstream = route.upstream
+    const first = selectTarget(upstream.targets, upstream.totalWeight)
+    if (first === undefined) throw unavailable(upstream, reply)
     if (request.body !== undefined && declared === undefined) {
       // Chunked: the size is known only while streaming.
       request.body = (request.body as NodeJS.ReadableStream).pipe(limitBody(route.bodyLimit, () => tooLarge.set(request, route.bodyLimit)))
     }
 
-    const upstream = route.upstream
-    const first = selectTarget(upstream.targets, upstream.totalWeight)
-    if (first === undefined) throw unavailable(upstream, reply)
-
-    // 'close' before the response finished: the client left. Cancel whatever try is running.
+    // The client left before the response finished: cancel whatever try is running. A response
+    // queued behind a pipelined one never emits 'close', so the socket is watched as well.
     const cancel = new CancelSignal()
-    reply.raw.once('close', () => { if (!reply.raw.writableFinished) cancel.abort(new ClientClosedError()) })
+    const gone = (): void => { if (!reply.raw.writableFinished) cancel.abort(new ClientClosedError()) }
+    reply.raw.once('close', gone)
+    const unwatch = onSocketClose(socket, gone)
+    reply.raw.once('finish', unwatch)
     const start = (replay: Buffer | undefined, replayable: boolean): void => {
       dispatcher.use(new UpstreamCall({
         upstream,
@@ -181,7 +190,26 @@ function readAll (stream: Readable): Promise<Buffer> {
     stream.on('data', (chunk: Buffer) => chunks.push(chunk))
     stream.once('end', () => resolve(Buffer.concat(chunks)))
     stream.once('error', reject)
+    // Destroyed without an error (the client went away): the body will never end.
+    stream.once('close', () => reject(new ClientClosedError()))
   })
+}
+
+// One 'close' listener per client socket, however many pipelined requests wait on it.
+const socketWatchers = new WeakMap<Socket, Set<() => void>>()
+
+/** Calls `fn` when `socket` closes; returns the function that stops watching. */
+function onSocketClose (socket: Socket, fn: () => void): () => void {
+  let watchers = socketWatchers.get(socket)
+  if (watchers === undefined) {
+    const set = new Set<() => void>()
+    watchers = set
+    socketWatchers.set(socket, set)
+    socket.once('close', () => { for (const w of set) w() })
+  }
+  watchers.add(fn)
+  const set = watchers
+  return () => { set.delete(fn) }
 }
 
 function upstreamError (reply: FastifyReply, upstream: CompiledUpstream, error: Error, tooLarge: WeakMap<FastifyRequest, number>): Error {

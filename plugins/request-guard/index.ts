@@ -4,7 +4,7 @@
 import type { Socket } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
-import { BadFramingError, HeadersTooLargeError, TooManyHeadersError, UriTooLongError } from '../../src/errors.js'
+import { BadFramingError, HeadersTooLargeError, HttpVersionError, TooManyHeadersError, UriTooLongError } from '../../src/errors.js'
 
 export interface RequestGuardOptions {
   /** More request headers than this: 431. */
@@ -28,6 +28,13 @@ async function requestGuardPlugin (app: FastifyInstance, opts: RequestGuardOptio
     done(err)
   }
 
+  // Any response that closes the connection ends it for the requests pipelined behind it too
+  // (RFC 9112 §9.6): Node may already have parsed them.
+  app.addHook('onSend', (request, reply, payload, done) => {
+    if (reply.getHeader('connection') === 'close') refused.add(request.raw.socket)
+    done(null, payload)
+  })
+
   app.addHook('onRequest', (request, reply, done) => {
     const raw = request.raw
     if (refused.has(raw.socket)) {
@@ -36,6 +43,11 @@ async function requestGuardPlugin (app: FastifyInstance, opts: RequestGuardOptio
     }
     if ((raw.url as string).length > opts.maxUrlLength) {
       done(new UriTooLongError(opts.maxUrlLength))
+      return
+    }
+    if (raw.httpVersionMajor !== 1) {
+      // llhttp reads HTTP/0.9 and HTTP/2.0 request lines as HTTP/1.x: answer, do not proxy.
+      refuse(request, reply, new HttpVersionError(raw.httpVersion), done)
       return
     }
     const names = raw.rawHeaders
@@ -67,9 +79,9 @@ async function requestGuardPlugin (app: FastifyInstance, opts: RequestGuardOptio
       done(new HeadersTooLargeError())
       return
     }
-    if (hosts > 1) {
-      // RFC 9112 §3.2: a server must refuse a request with more than one Host.
-      refuse(request, reply, new BadFramingError('more than one Host header'), done)
+    if (hosts > 1 || (hosts === 0 && raw.httpVersionMinor === 1)) {
+      // RFC 9112 §3.2: a server must refuse an HTTP/1.1 request with no Host or more than one.
+      refuse(request, reply, new BadFramingError(hosts === 0 ? 'no Host header' : 'more than one Host header'), done)
       return
     }
     done()
