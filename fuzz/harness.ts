@@ -297,6 +297,8 @@ function isOwn (ref: RefRequest): boolean {
 
 export interface CaseOutcome {
   caseIndex: number
+  /** The bytes the case sent. */
+  bytes: Buffer
   ref: RefParse
   responses: RefResponse[]
   exchange: Exchange
@@ -313,6 +315,7 @@ export function judge (ref: RefParse, responses: RefResponse[], upstream: Upstre
   const violations: string[] = []
   const claimed = new Set<number>()
   responses.forEach((res, k) => {
+    if (res.interimInBody !== undefined) violations.push(`response ${k}: an interim ${JSON.stringify(res.interimInBody)} written after its final head (read as its body)`)
     const seqHeader = res.headers['x-fuzz-seq']
     const req = ref.requests[k]
     if (!is2xx(res.status)) {
@@ -420,7 +423,7 @@ export class Session {
     for (const r of upstream.filter(r => r.open)) {
       violations.push(`upstream request #${r.seq} ${r.method} ${JSON.stringify(r.url)} (${r.bodyLength} body bytes so far) is still open ${HANG_MS} ms after the client connection ended: the gateway did not cancel it`)
     }
-    const outcome: CaseOutcome = { caseIndex, ref, responses, exchange: ex, upstream, upstreamErrors, violations, late: [] }
+    const outcome: CaseOutcome = { caseIndex, bytes, ref, responses, exchange: ex, upstream, upstreamErrors, violations, late: [] }
     // An earlier case's request (by its x-request-id) that reached the upstream only now: that
     // case is judged again with it.
     for (const owner of new Set(arrived.filter(r => r.caseIndex !== caseIndex).map(r => r.caseIndex))) {
@@ -444,6 +447,21 @@ export class Session {
     let sum = 0
     for (const m of text.matchAll(/^upstream_active_connections\{[^}]*\} (\d+)/gm)) sum += Number(m[1])
     return sum
+  }
+
+  /**
+   * The in-flight count once it has had time to settle: polled until it is at most `atMost` or
+   * `graceMs` have passed. A cancelled upstream attempt leaves the count only when undici has
+   * aborted it, some milliseconds after the client connection is gone: reading the count at once
+   * takes that for a leak.
+   */
+  async settledUpstreamRequests (atMost: number, graceMs = HANG_MS): Promise<number> {
+    const deadline = Date.now() + graceMs
+    for (;;) {
+      const active = await this.activeUpstreamRequests()
+      if (active <= atMost || Date.now() >= deadline) return active
+      await new Promise(resolve => setTimeout(resolve, 10))
+    }
   }
 
   /** Whether the gateway still runs and answers GET /health with 200. */

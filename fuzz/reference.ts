@@ -7,8 +7,10 @@ const TCHAR = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/
 // RFC 9112 §3: a recipient MAY take a run of spaces as one separator (llhttp does).
 const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) +([\x21-\x7e]+) +HTTP\/1\.([01])$/
 const FIELD_VALUE = /^[\t\x20-\x7e\x80-\xff]*$/
-// chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ( token / quoted-string ) ] )
-const CHUNK_LINE = /^([0-9A-Fa-f]+)((?:[ \t]*;[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:[ \t]*=[ \t]*(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"))?)*)$/
+// chunk-ext = *( BWS ";" BWS ext-name [ BWS "=" BWS ( token / quoted-string ) ] ), and an empty
+// value after "=" (`5;a=`): llhttp takes it, and it cannot move where the chunk ends (the size
+// comes before the ";", and the gateway re-frames the body and forwards no extension).
+const CHUNK_LINE = /^([0-9A-Fa-f]+)((?:[ \t]*;[ \t]*[!#$%&'*+\-.^_`|~0-9A-Za-z]+(?:[ \t]*=[ \t]*(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]*|"(?:[\t \x21\x23-\x5b\x5d-\x7e\x80-\xff]|\\[\t \x21-\x7e\x80-\xff])*"))?)*)$/
 
 export interface RefRequest {
   method: string
@@ -167,6 +169,12 @@ export interface RefResponse {
   body: string
   /** Whether the body was read to its framed end (or to the close, when framed by close). */
   complete: boolean
+  /**
+   * The status line of a 1xx interim response found where this response's body starts: an
+   * interim response written after the final response's head (RFC 9110 §15.2: 1xx come before
+   * the final response). A client reads it as body bytes.
+   */
+  interimInBody?: string
 }
 
 /**
@@ -197,6 +205,8 @@ export function parseResponses (bytes: Buffer, methods: readonly string[], close
     const method = methods[out.length]
     const bodiless = method === 'HEAD' || status === 204 || status === 304 ||
       (method === undefined && text.startsWith('HTTP/1.', p))
+    const interim = bodiless ? null : /^HTTP\/1\.[01] 1\d\d[^\r\n]*/.exec(text.slice(p, p + 256))
+    const extra = interim === null ? {} : { interimInBody: interim[0] }
     if (bodiless) {
       out.push({ status, headers, body: '', complete: true })
     } else if (headers['transfer-encoding']?.toLowerCase() === 'chunked') {
@@ -218,16 +228,16 @@ export function parseResponses (bytes: Buffer, methods: readonly string[], close
         body += text.slice(lineEnd + 2, lineEnd + 2 + size)
         p = lineEnd + 2 + size + 2
       }
-      out.push({ status, headers, body, complete })
+      out.push({ status, headers, body, complete, ...extra })
       if (!complete) break
     } else if (headers['content-length'] !== undefined) {
       const length = Number(headers['content-length'])
       const complete = p + length <= text.length
-      out.push({ status, headers, body: text.slice(p, p + length), complete })
+      out.push({ status, headers, body: text.slice(p, p + length), complete, ...extra })
       if (!complete) break
       p += length
     } else {
-      out.push({ status, headers, body: text.slice(p), complete: closed })
+      out.push({ status, headers, body: text.slice(p), complete: closed, ...extra })
       break
     }
   }
