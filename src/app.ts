@@ -1,8 +1,8 @@
 // The gateway as one Fastify app: request ids, one access-log line, then the plugins in order.
 import { randomUUID } from 'node:crypto'
-import { STATUS_CODES } from 'node:http'
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import authPlugin from '../plugins/auth/index.js'
 import healthPlugin from '../plugins/health/index.js'
 import observabilityPlugin from '../plugins/observability/index.js'
@@ -13,6 +13,8 @@ import routeTablePlugin from '../plugins/route-table/index.js'
 import { AccessLog } from './access-log.js'
 import type { GatewayEnv } from './config/env.js'
 import { BadPathError, BadRequestError, HeadersTooLargeError, RequestTimeoutError } from './errors.js'
+
+const BODILESS = new Set(['GET', 'HEAD', 'TRACE'])
 
 // A client's request id is kept when it is a sane token; anything else is replaced.
 const REQUEST_ID = /^[\w.:@/+=-]{1,128}$/
@@ -46,12 +48,22 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     bodyLimit: env.bodyLimit,
     clientErrorHandler: clientError,
     // The router refuses malformed percent-encoding before the proxy sees the path.
-    frameworkErrors: (error, _request, reply) => {
-      (reply as FastifyReply).send(error.code === 'FST_ERR_BAD_URL' ? new BadPathError('malformed percent-encoding', { cause: error }) : error)
+    // Fastify answers these without running onRequest hooks, so the request guard never saw the
+    // request: close the connection rather than trust its framing for the next one.
+    frameworkErrors: (error, request, reply) => {
+      app.closeConnection(request as FastifyRequest, reply as FastifyReply)
+      ;(reply as FastifyReply).send(error.code === 'FST_ERR_BAD_URL' ? new BadPathError('malformed percent-encoding', { cause: error }) : error)
     }
   })
 
   app.server.maxConnections = env.maxConnections
+  // Node answers `Expect: 100-continue` by itself, even for a response queued behind a pipelined
+  // one, where the 100 would land after this response's head. Send it only when the response
+  // owns the connection; otherwise the client sends its body after its own wait (RFC 9110 §10.1.1).
+  app.server.on('checkContinue', (req: IncomingMessage, res: ServerResponse) => {
+    if ((req.socket as Socket & { _httpMessage?: unknown })._httpMessage === res) res.writeContinue()
+    app.server.emit('request', req, res)
+  })
 
   app.addHook('onRequest', (request, reply, done) => {
     reply.header('x-request-id', request.id)
@@ -90,8 +102,9 @@ function clientError (this: FastifyInstance, err: Error & { code?: string }, soc
   // No answer while an earlier, complete request on this connection is still being served: the
   // client would read it as the answer to that request (bytes pipelined behind it land here).
   // A request whose own body broke off or timed out is the one answered.
-  const current = (socket as Socket & { _httpMessage?: { headersSent: boolean, req?: { complete: boolean } } | null })._httpMessage
-  const busy = current != null && (current.headersSent || current.req?.complete !== false)
+  // (GET, HEAD and TRACE are forwarded without waiting for a body, so theirs never counts.)
+  const current = (socket as Socket & { _httpMessage?: { headersSent: boolean, req?: { complete: boolean, method?: string } } | null })._httpMessage
+  const busy = current != null && (current.headersSent || current.req?.complete !== false || BODILESS.has(current.req.method ?? ''))
   if (socket.writable && !busy) {
     const error = err.code === 'HPE_HEADER_OVERFLOW'
       ? new HeadersTooLargeError()

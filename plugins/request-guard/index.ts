@@ -1,10 +1,18 @@
 // Requests a proxy must refuse before any upstream sees them. Node's parser already refuses most
 // malformed framing (Content-Length with Transfer-Encoding, duplicate or malformed Content-Length,
 // bare LF, NUL or CR in headers); these are the gaps it leaves open, found by trying them.
+import type { ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
 import { BadFramingError, HeadersTooLargeError, HttpVersionError, TooManyHeadersError, UriTooLongError } from '../../src/errors.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Answers this request with `Connection: close` and refuses what is pipelined behind it. */
+    closeConnection: (request: FastifyRequest, reply: FastifyReply) => void
+  }
+}
 
 export interface RequestGuardOptions {
   /** More request headers than this: 431. */
@@ -21,33 +29,36 @@ async function requestGuardPlugin (app: FastifyInstance, opts: RequestGuardOptio
   app.server.maxHeadersCount = opts.maxHeaders + 1
   // Node may already have parsed requests pipelined behind a refused one: they are refused too.
   const refused = new WeakSet<Socket>()
-
-  const refuse = (request: FastifyRequest, reply: FastifyReply, err: Error, done: (err?: Error) => void): void => {
+  app.decorate('closeConnection', (request: FastifyRequest, reply: FastifyReply) => {
     refused.add(request.raw.socket)
     reply.header('connection', 'close')
+  })
+
+  const refuse = (request: FastifyRequest, reply: FastifyReply, err: Error, done: (err?: Error) => void): void => {
+    app.closeConnection(request, reply)
     done(err)
   }
 
   // Any response that closes the connection ends it for the requests pipelined behind it too
-  // (RFC 9112 §9.6): Node may already have parsed them.
+  // (RFC 9112 §9.6).
   app.addHook('onSend', (request, reply, payload, done) => {
     if (reply.getHeader('connection') === 'close') refused.add(request.raw.socket)
     done(null, payload)
   })
 
-  app.addHook('onRequest', (request, reply, done) => {
+  const check = (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void => {
     const raw = request.raw
     if (refused.has(raw.socket)) {
-      refuse(request, reply, new BadFramingError('a request before this one on the connection was refused'), done)
-      return
-    }
-    if ((raw.url as string).length > opts.maxUrlLength) {
-      done(new UriTooLongError(opts.maxUrlLength))
+      refuse(request, reply, new BadFramingError('a response before this one closed the connection'), done)
       return
     }
     if (raw.httpVersionMajor !== 1) {
       // llhttp reads HTTP/0.9 and HTTP/2.0 request lines as HTTP/1.x: answer, do not proxy.
       refuse(request, reply, new HttpVersionError(raw.httpVersion), done)
+      return
+    }
+    if ((raw.url as string).length > opts.maxUrlLength) {
+      refuse(request, reply, new UriTooLongError(opts.maxUrlLength), done)
       return
     }
     const names = raw.rawHeaders
@@ -76,7 +87,7 @@ async function requestGuardPlugin (app: FastifyInstance, opts: RequestGuardOptio
       if (name.length === 4 && name.toLowerCase() === 'host') hosts++
     }
     if (size > opts.maxHeaderSize) {
-      done(new HeadersTooLargeError())
+      refuse(request, reply, new HeadersTooLargeError(), done)
       return
     }
     if (hosts > 1 || (hosts === 0 && raw.httpVersionMinor === 1)) {
@@ -85,6 +96,35 @@ async function requestGuardPlugin (app: FastifyInstance, opts: RequestGuardOptio
       return
     }
     done()
+  }
+
+  // The response of the request before this one on each connection, to wait for.
+  const lastResponse = new WeakMap<Socket, ServerResponse>()
+
+  app.addHook('onRequest', (request, reply, done) => {
+    // A pipelined request waits until the response before it is over: that response may still
+    // close the connection (a body found too large while streaming), and then this one must not
+    // have reached an upstream. Pipelining is rare; its responses are sent in order anyway.
+    const socket = request.raw.socket
+    const earlier = lastResponse.get(socket)
+    lastResponse.set(socket, reply.raw)
+    if (earlier === undefined) {
+      check(request, reply, done)
+      return
+    }
+    const go = (): void => {
+      earlier.removeListener('finish', go)
+      earlier.removeListener('close', go)
+      // Node decided to close after it (an error, HTTP/1.0, a refused body): so does this one.
+      if (!earlier.shouldKeepAlive) refused.add(socket)
+      check(request, reply, done)
+    }
+    if (earlier.writableFinished) {
+      go()
+      return
+    }
+    earlier.once('finish', go)
+    earlier.once('close', go)
   })
 }
 
