@@ -168,9 +168,17 @@ test('no token: 401 with a bare Bearer challenge (RFC 6750 §3) and the upstream
     assert.equal(r.headers['www-authenticate'], 'Bearer realm="gatehouse"')
     assert.deepEqual(JSON.parse(r.body), { statusCode: 401, code: 'GATEHOUSE_ERR_AUTH_REQUIRED', error: 'Unauthorized', message: 'This route needs a bearer token in the Authorization header' })
   }
+  // Auth applies to the normalised path: a detour through a public route still lands on /orders.
+  // (node:http sends the path as written; fetch would resolve the dot segments itself.)
+  for (const path of ['/public/%2e%2e/orders', '/public/../orders/1', '//orders']) {
+    const status = await new Promise<number>((resolve, reject) => {
+      http.get(`${gw.url}${path}`, { path }, res => { res.resume(); resolve(res.statusCode ?? 0) }).on('error', reject)
+    })
+    assert.equal(status, 401, path)
+  }
   assert.equal(upstream.requests.length, 0)
   assert.equal((await get(`${gw.url}/public`)).status, 200)
-  assert.equal(await metric(gw, 'auth_failures_total', 'route="orders-0",reason="missing_token"'), 3)
+  assert.equal(await metric(gw, 'auth_failures_total', 'route="orders-0",reason="missing_token"'), 6)
 })
 
 test('every bad token is 401 invalid_token with its reason, never echoed, and never reaches the upstream', async t => {
