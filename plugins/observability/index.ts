@@ -22,6 +22,11 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
     }
   })
   const client = app.metrics.client
+  // prom-client's totals of these gauges end in _total, which Prometheus reserves for counters
+  // (promtool refuses them); the same figures stay available per type, and summed in PromQL.
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+    client.register.removeSingleMetric(name)
+  }
 
   let active = 0
   app.addHook('onRequest', (request, reply, done) => {

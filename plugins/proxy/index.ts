@@ -163,8 +163,11 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
   }
 
   // `gatehouseProxy` lets per-route plugins (rate limits) find these routes; they run after resolve.
-  app.route({ method: HTTP_METHODS as string[], url: '/*', config: { gatehouseProxy: true }, onRequest: [resolve], handler: proxy })
-  app.route({ method: HTTP_METHODS as string[], url: '/', config: { gatehouseProxy: true }, onRequest: [resolve], handler: proxy })
+  // One route per method: fastify-metrics matches a request against `METHOD:url` slugs, and a
+  // route registered with a list of methods would never match (no request histogram at all).
+  for (const method of HTTP_METHODS) {
+    for (const url of ['/*', '/']) app.route({ method, url, exposeHeadRoute: false, config: { gatehouseProxy: true }, onRequest: [resolve], handler: proxy })
+  }
   app.setNotFoundHandler((request, reply) => {
     reply.send(new RouteNotFoundError(request.method, request.url.split('?')[0] ?? ''))
   })
