@@ -2,8 +2,12 @@
 // the gateway populated: proxied, retried, limited, refused and authenticated traffic.
 import { strict as assert } from 'node:assert'
 import { execFile, execFileSync } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { test } from 'node:test'
-import { closedPort, removeDir, routeDir, startGateway, startUpstream } from './helpers.js'
+import { closedPort, removeDir, ROOT, routeDir, startGateway, startUpstream } from './helpers.js'
+
+const { version } = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }
 
 const promtool = (() => {
   try {
@@ -40,6 +44,8 @@ test('/metrics passes promtool check metrics', { skip: !promtool && 'promtool is
   for (const family of ['rate_limiter_rejected_total', 'auth_failures_total', 'upstream_requests_total', 'circuit_breaker_state', 'http_request_duration_seconds_bucket']) {
     assert.ok(text.includes(family), `${family} is missing`)
   }
+  assert.match(text, new RegExp(`^gateway_build_info\\{version="${version}",node="${process.version}"\\} 1$`, 'm'))
+  assert.match(text, new RegExp(`^upstream_target_healthy\\{upstream="app",target="${upstream.url}"\\} 1$`, 'm'))
   const { code, output } = await new Promise<{ code: number, output: string }>(resolve => {
     const child = execFile('promtool', ['check', 'metrics'], { timeout: 10_000 }, (err, stdout, stderr) => {
       resolve({ code: err === null ? 0 : (typeof err.code === 'number' ? err.code : 1), output: stdout + stderr })

@@ -1,12 +1,16 @@
 // Prometheus metrics at /metrics. Gauges are read from the live route table at scrape time, so
 // the request path does no metric bookkeeping of its own beyond the request histogram.
 /* eslint-disable no-new -- prom-client metrics register themselves when constructed */
+import { readFileSync } from 'node:fs'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fastifyMetrics from 'fastify-metrics'
 import fp from 'fastify-plugin'
 import type { Metric } from 'prom-client'
 import type { Target } from '../../src/upstream/target.js'
 import { DURATION_BUCKETS, type DurationHistogram } from '../../src/upstream/try-stats.js'
+
+// The version of package.json, read once (the package is not imported as JSON to keep dist/ flat).
+const GATEHOUSE_VERSION = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
 async function observabilityPlugin (app: FastifyInstance): Promise<void> {
   // A CommonJS module whose plugin is its `default` export.
@@ -59,6 +63,7 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
   perTarget('upstream_active_connections', 'In-flight requests per target.', t => t.inFlight)
   perTarget('upstream_max_connections', 'maxConnections per target.', t => t.maxConnections)
   perTarget('circuit_breaker_state', 'Breaker state per target: 0 closed, 1 open, 2 half-open.', t => states[t.breaker.state])
+  perTarget('upstream_target_healthy', '1 while the target\'s breaker is closed, 0 while it is open or half-open.', t => t.breaker.state === 'closed' ? 1 : 0)
   new client.Counter({
     name: 'circuit_breaker_transitions_total',
     help: 'Breaker transitions per target, by the state entered.',
@@ -173,6 +178,12 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
       this.inc({ result: 'success' }, app.routeTable.reloads.success)
       this.inc({ result: 'failure' }, app.routeTable.reloads.failure)
     }
+  })
+  new client.Gauge({
+    name: 'gateway_build_info',
+    help: 'Always 1; the labels say which Gatehouse and Node.js serve.',
+    labelNames: ['version', 'node'],
+    collect () { this.set({ version: GATEHOUSE_VERSION, node: process.version }, 1) }
   })
   new client.Gauge({
     name: 'config_route_table_version',
