@@ -1,7 +1,8 @@
 import { strict as assert } from 'node:assert'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { readFile } from 'node:fs/promises'
+import { mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import http from 'node:http'
 import { test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -127,6 +128,33 @@ test('file changes in ROUTES_DIR reload by themselves (debounced)', async t => {
   await writeRoutes(dir, { 'b.yaml': routeFile([upstream.url], ['/b']) })
   await gw.waitForLog(l => l.msg === 'route table reloaded' && (l.applied as string[]).includes('b.yaml'))
   assert.equal(await status(`${gw.url}/b`), 200)
+})
+
+test('a Kubernetes ConfigMap update (files are symlinks through ..data, swapped by one rename) reloads by itself', async t => {
+  const upstream = await startUpstream()
+  t.after(() => upstream.close())
+  // The kubelet's layout: <dir>/app.yaml -> ..data/app.yaml, ..data -> ..<timestamp>/.
+  const dir = await routeDir({})
+  t.after(() => removeDir(dir))
+  const version = async (name: string, paths: string[]): Promise<void> => {
+    await mkdir(join(dir, name))
+    await writeFile(join(dir, name, 'app.yaml'), routeFile([upstream.url], paths))
+  }
+  await version('..2026_11_29_a', ['/a'])
+  await symlink('..2026_11_29_a', join(dir, '..data'))
+  await symlink('..data/app.yaml', join(dir, 'app.yaml'))
+  const gw = await startGateway(dir, { RELOAD_DEBOUNCE: '50ms' })
+  t.after(() => gw.stop())
+  assert.equal(await status(`${gw.url}/a`), 200)
+
+  // The update: a new timestamped folder, a new ..data link made aside and renamed over the old.
+  await version('..2026_11_29_b', ['/b'])
+  await symlink('..2026_11_29_b', join(dir, '..data_tmp'))
+  await rename(join(dir, '..data_tmp'), join(dir, '..data'))
+  await rm(join(dir, '..2026_11_29_a'), { recursive: true })
+  await gw.waitForLog(reloaded(2))
+  assert.equal(await status(`${gw.url}/b`), 200)
+  assert.equal(await status(`${gw.url}/a`), 404)
 })
 
 test('a broken file on reload keeps its last good version serving; the failure is logged and counted', async t => {
