@@ -54,3 +54,19 @@ test('/metrics passes promtool check metrics', { skip: !promtool && 'promtool is
   })
   assert.equal(code, 0, output)
 })
+
+async function promtoolRun (...args: string[]): Promise<{ code: number, output: string }> {
+  return await new Promise(resolve => {
+    execFile('promtool', args, { timeout: 20_000, cwd: join(ROOT, 'deploy', 'prometheus') }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : (typeof err.code === 'number' ? err.code : 1), output: stdout + stderr })
+    })
+  })
+}
+
+test('deploy/prometheus/alerts.yml passes promtool check rules, and its unit tests (saturation 1 m, breaker open 5 m, reload failure, store fallback) pass', { skip: !promtool && 'promtool is not installed (.ci/run installs it)' }, async () => {
+  const check = await promtoolRun('check', 'rules', 'alerts.yml')
+  assert.equal(check.code, 0, check.output)
+  assert.match(check.output, /SUCCESS: 4 rules found/)
+  const unit = await promtoolRun('test', 'rules', 'alerts.test.yml')
+  assert.equal(unit.code, 0, unit.output)
+})
