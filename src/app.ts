@@ -85,7 +85,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     maxHeapUsedBytes: env.maxHeapUsedBytes,
     maxRssBytes: env.maxRssBytes
   })
-  await app.register(observabilityPlugin)
+  await app.register(observabilityPlugin, { adminPort: env.adminPort, adminHost: env.host })
   await app.register(proxyPlugin, { trustProxy: env.trustProxy })
   return app
 }

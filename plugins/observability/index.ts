@@ -2,20 +2,28 @@
 // the request path does no metric bookkeeping of its own beyond the request histogram.
 /* eslint-disable no-new -- prom-client metrics register themselves when constructed */
 import { readFileSync } from 'node:fs'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fastifyMetrics from 'fastify-metrics'
 import fp from 'fastify-plugin'
-import type { Metric } from 'prom-client'
+import type { Metric, Registry } from 'prom-client'
 import type { Target } from '../../src/upstream/target.js'
 import { DURATION_BUCKETS, type DurationHistogram } from '../../src/upstream/try-stats.js'
 
 // The version of package.json, read once (the package is not imported as JSON to keep dist/ flat).
 const GATEHOUSE_VERSION = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version
 
-async function observabilityPlugin (app: FastifyInstance): Promise<void> {
+export interface ObservabilityOptions {
+  /** Serve /metrics on this port of `adminHost` instead of the main port; undefined: main port. */
+  adminPort: number | undefined
+  adminHost: string
+}
+
+async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOptions): Promise<void> {
   // A CommonJS module whose plugin is its `default` export.
   await app.register(fastifyMetrics.default, {
-    endpoint: '/metrics',
+    endpoint: opts.adminPort === undefined ? '/metrics' : null,
     clearRegisterOnInit: true,
     defaultMetrics: { enabled: true },
     routeMetrics: {
@@ -26,6 +34,7 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
     }
   })
   const client = app.metrics.client
+  if (opts.adminPort !== undefined) serveAdmin(app, client.register, opts.adminPort, opts.adminHost)
   // prom-client's totals of these gauges end in _total, which Prometheus reserves for counters
   // (promtool refuses them); the same figures stay available per type, and summed in PromQL.
   for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
@@ -189,6 +198,40 @@ async function observabilityPlugin (app: FastifyInstance): Promise<void> {
     name: 'config_route_table_version',
     help: 'Version of the route table serving; goes up by one per reload.',
     collect () { this.set(app.routeTable.table.version) }
+  })
+}
+
+/**
+ * /metrics on a port of its own, so it need not be public: a bare node:http server (nothing of the
+ * gateway's request path runs for a scrape). It listens when the app does and closes with it.
+ */
+function serveAdmin (app: FastifyInstance, registry: Registry, port: number, host: string): void {
+  const server = createServer((req, res) => {
+    if (req.method !== 'GET' || req.url?.split('?')[0] !== '/metrics') {
+      res.writeHead(404, { 'content-type': 'application/json' }).end(JSON.stringify({ statusCode: 404, error: 'Not Found', message: 'The admin port serves GET /metrics only' }))
+      return
+    }
+    registry.metrics().then(text => {
+      res.writeHead(200, { 'content-type': registry.contentType }).end(text)
+    }, (err: Error) => {
+      app.log.error({ err }, 'metrics collection failed')
+      res.writeHead(500, { 'content-type': 'application/json' }).end(JSON.stringify({ statusCode: 500, error: 'Internal Server Error', message: 'metrics collection failed' }))
+    })
+  })
+  app.addHook('onListen', async () => {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject)
+      server.listen(port, host, () => {
+        server.removeListener('error', reject)
+        resolve()
+      })
+    })
+    const address = server.address() as AddressInfo
+    app.log.info({ adminPort: address.port, host }, 'metrics listening on the admin port')
+  })
+  app.addHook('onClose', async () => {
+    server.closeAllConnections()
+    await new Promise<void>(resolve => server.close(() => resolve()))
   })
 }
 

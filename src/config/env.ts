@@ -10,6 +10,7 @@ import { schemaErrors } from './validate.js'
 
 export const EnvSchema = Type.Object({
   PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 8080, description: 'Port the gateway listens on.' }),
+  ADMIN_PORT: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535, description: 'Serve /metrics on this port (same HOST) instead of the main port; unset: the main port.' })),
   HOST: Type.String({ minLength: 1, default: '0.0.0.0', description: 'Address the gateway binds to.' }),
   ROUTES_DIR: Type.String({ minLength: 1, default: './routes.d', description: 'Folder of route files, one per upstream service.' }),
   REDIS_URL: Type.Optional(Type.String({ description: 'Redis for shared state: redis://host:port, redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/master-name (rediss for TLS); unset: in-memory stores.' })),
@@ -44,6 +45,7 @@ export type TrustProxy = false | number | string[]
 
 export interface GatewayEnv {
   port: number
+  adminPort: number | undefined
   host: string
   routesDir: string
   redis: RedisConnection | undefined
@@ -101,11 +103,13 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
     const headers = toMs(raw.HEADERS_TIMEOUT)
     const request = toMs(raw.REQUEST_TIMEOUT)
     if (headers === 0) errors.push('HEADERS_TIMEOUT: must be more than 0')
+    if (raw.ADMIN_PORT !== undefined && raw.ADMIN_PORT !== 0 && raw.ADMIN_PORT === raw.PORT) errors.push('ADMIN_PORT: must differ from PORT')
     if (request > 0 && headers > request) errors.push('HEADERS_TIMEOUT: must not exceed REQUEST_TIMEOUT (the head is part of the request)')
   }
   if (errors.length > 0) throw new ConfigEnvError(errors.join('\n'))
   return Object.freeze({
     port: raw.PORT,
+    adminPort: raw.ADMIN_PORT,
     host: raw.HOST,
     routesDir: raw.ROUTES_DIR,
     redis,
