@@ -18,7 +18,7 @@ import { compileTrust, stripResponseHeaders, upstreamRequestHeaders } from './he
 import { hasEncodedSlash, normalizePath } from './normalize-path.js'
 import { CallDispatcher } from './call-dispatcher.js'
 import { CancelSignal } from './cancel-signal.js'
-import { UpstreamCall } from './upstream-call.js'
+import { CONNECT_FAILURE, UpstreamCall } from './upstream-call.js'
 
 export interface ProxyOptions {
   trustProxy: TrustProxy
@@ -42,8 +42,7 @@ declare module 'fastify' {
   }
 }
 
-// undici error codes: the connection was never made, or it broke, or it went quiet.
-const UNREACHABLE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT'])
+// undici and reply-from codes of an upstream that went quiet.
 const TIMEOUT = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'FST_REPLY_FROM_GATEWAY_TIMEOUT', 'FST_REPLY_FROM_TIMEOUT'])
 
 const RETRY_AFTER_SATURATED = '1'
@@ -129,12 +128,12 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
       request.body = (request.body as NodeJS.ReadableStream).pipe(limitBody(route.bodyLimit, () => tooLarge.set(request, route.bodyLimit)))
     }
 
-    // The client left before the response finished: cancel whatever try is running. A response
-    // queued behind a pipelined one never emits 'close', so the socket is watched as well.
+    // The client left before the response finished: cancel whatever try is running. Watched on
+    // the socket, because a response queued behind a pipelined one never emits 'close' itself.
     const cancel = new CancelSignal()
-    const gone = (): void => { if (!reply.raw.writableFinished) cancel.abort(new ClientClosedError()) }
-    reply.raw.once('close', gone)
-    const unwatch = onSocketClose(socket, gone)
+    const unwatch = onSocketClose(socket, () => { if (!reply.raw.writableFinished) cancel.abort(new ClientClosedError()) })
+    // Not on the response's 'close': Node emits it before the socket's, so the watch would be
+    // gone before it could cancel.
     reply.raw.once('finish', unwatch)
     const start = (replay: Buffer | undefined, replayable: boolean): void => {
       dispatcher.use(new UpstreamCall({
@@ -231,7 +230,7 @@ function upstreamError (reply: FastifyReply, upstream: CompiledUpstream, error: 
   }
   const code = cause?.code ?? (error as { code?: string }).code ?? ''
   const where = `${upstream.name} (${request.target?.origin ?? '?'})`
-  if (UNREACHABLE.has(code)) return new UpstreamUnreachableError(where, { cause: error })
+  if (CONNECT_FAILURE.has(code)) return new UpstreamUnreachableError(where, { cause: error })
   const tls = tlsFailure(cause ?? error)
   if (tls !== undefined) return new UpstreamTlsError(where, tls, { cause: error })
   const malformed = malformedResponse(cause ?? error)

@@ -15,7 +15,7 @@ const PRECISE_BELOW_MS = 2000
 type Callback = (err: Error | null, data: Dispatcher.ResponseData) => void
 
 // undici error codes by what they mean for a retry. A connect failure never reached the upstream.
-const CONNECT_FAILURE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT'])
+export const CONNECT_FAILURE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT'])
 const TIMEOUT = new Set(['UND_ERR_HEADERS_TIMEOUT'])
 const ABORTED = new Set(['UND_ERR_ABORTED', 'ABORT_ERR'])
 
