@@ -1,12 +1,11 @@
 // deploy/grafana/gatehouse.json imports cleanly: the structure Grafana expects, panels that do not
 // overlap, queries that are valid PromQL (promtool) and name only metrics the gateway exports.
 import { strict as assert } from 'node:assert'
-import { execFile, execFileSync } from 'node:child_process'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { removeDir, ROOT, routeDir, routeFile, startGateway, startUpstream } from './helpers.js'
+import { promtool, PROMTOOL_MISSING, removeDir, ROOT, routeDir, routeFile, startGateway, startUpstream } from './helpers.js'
 
 interface Panel { id: number, type: string, title: string, gridPos: { x: number, y: number, w: number, h: number }, targets: Array<{ refId: string, expr: string }> }
 interface Dashboard { uid: string, title: string, schemaVersion: number, panels: Panel[], templating: { list: Array<{ name: string }> } }
@@ -15,15 +14,6 @@ const dashboard = async (): Promise<Dashboard> => JSON.parse(await readFile(join
 
 /** The PromQL of a panel query with Grafana's variables filled in. */
 const promql = (expr: string): string => expr.replaceAll('$__rate_interval', '5m').replaceAll('$job', '.*').replaceAll('$instance', '.*')
-
-const promtool = (() => {
-  try {
-    execFileSync('promtool', ['--version'], { stdio: 'ignore' })
-    return true
-  } catch {
-    return false
-  }
-})()
 
 test('the dashboard has what Grafana needs: uid, title, schemaVersion, variables, panels with unique ids on a 24-column grid without overlaps', async () => {
   const d = await dashboard()
@@ -69,17 +59,13 @@ test('every query names only metrics a running gateway exports', async t => {
   }
 })
 
-test('every query is valid PromQL (promtool check rules over them as recording rules)', { skip: !promtool && 'promtool is not installed (.ci/run installs it)' }, async t => {
+test('every query is valid PromQL (promtool check rules over them as recording rules)', { skip: PROMTOOL_MISSING }, async t => {
   const d = await dashboard()
   const rules = d.panels.flatMap(p => p.targets.map(target => ({ record: `gatehouse:panel${p.id}:${target.refId}`, expr: promql(target.expr) })))
   const dir = await mkdtemp(join(tmpdir(), 'gatehouse-dashboard-'))
   t.after(() => rm(dir, { recursive: true, force: true }))
   const file = join(dir, 'rules.yml')
   await writeFile(file, JSON.stringify({ groups: [{ name: 'dashboard', rules }] }))
-  const { code, output } = await new Promise<{ code: number, output: string }>(resolve => {
-    execFile('promtool', ['check', 'rules', file], { timeout: 20_000 }, (err, stdout, stderr) => {
-      resolve({ code: err === null ? 0 : (typeof err.code === 'number' ? err.code : 1), output: stdout + stderr })
-    })
-  })
+  const { code, output } = await promtool(['check', 'rules', file])
   assert.equal(code, 0, output)
 })

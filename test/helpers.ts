@@ -1,6 +1,6 @@
 // Real things for tests: upstream HTTP servers on ephemeral ports, route folders on disk, and the
 // gateway as a real child process (or in-process for inject()).
-import { execFile, spawn, type ChildProcess } from 'node:child_process'
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtemp, rm, writeFile, unlink } from 'node:fs/promises'
 import http, { type IncomingMessage, type ServerResponse } from 'node:http'
@@ -310,4 +310,24 @@ export async function startSentinel (masterPort: number, name: string): Promise<
   await writeFile(conf, `port ${port}\nbind 127.0.0.1\ndir ${dir}\nsentinel monitor ${name} 127.0.0.1 ${masterPort} 1\n`)
   const server = await startRedis(port, [conf, '--sentinel'])
   return { ...server, stop: async () => { await server.stop(); await removeDir(dir) } }
+}
+
+/** Why promtool tests are skipped, or false when promtool is installed (.ci/run installs it). */
+export const PROMTOOL_MISSING: string | false = (() => {
+  try {
+    execFileSync('promtool', ['--version'], { stdio: 'ignore' })
+    return false
+  } catch {
+    return 'promtool is not installed (.ci/run installs it)'
+  }
+})()
+
+/** promtool's exit code and output; `input` goes to its stdin. Bounded at 20 s. */
+export async function promtool (args: string[], options: { cwd?: string, input?: string } = {}): Promise<{ code: number, output: string }> {
+  return await new Promise(resolve => {
+    const child = execFile('promtool', args, { timeout: 20_000, cwd: options.cwd }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : (typeof err.code === 'number' ? err.code : 1), output: stdout + stderr })
+    })
+    child.stdin?.end(options.input ?? '')
+  })
 }
