@@ -10,9 +10,11 @@ import proxyPlugin from '../plugins/proxy/index.js'
 import rateLimitPlugin from '../plugins/rate-limit/index.js'
 import requestGuardPlugin from '../plugins/request-guard/index.js'
 import routeTablePlugin from '../plugins/route-table/index.js'
+import tracingPlugin from '../plugins/tracing/index.js'
 import { AccessLog } from './access-log.js'
 import type { GatewayEnv } from './config/env.js'
 import { BadPathError, BadRequestError, HeadersTooLargeError, RequestTimeoutError } from './errors.js'
+import type { Tracing } from './tracing.js'
 
 const BODILESS = new Set(['GET', 'HEAD', 'TRACE'])
 
@@ -22,6 +24,8 @@ const REQUEST_ID = /^[\w.:@/+=-]{1,128}$/
 export interface AppOptions {
   /** Overrides the pino logger options (tests silence it). */
   logger?: FastifyServerOptions['logger']
+  /** From startTracing(): undefined leaves tracing off. */
+  tracing?: Tracing | undefined
 }
 
 export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Promise<FastifyInstance> {
@@ -65,6 +69,8 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     app.server.emit('request', req, res)
   })
 
+  // First: the server span must be open before any other hook runs, and see every route.
+  if (options.tracing !== undefined) await app.register(tracingPlugin, { instrumentation: options.tracing.instrumentation })
   app.addHook('onRequest', (request, reply, done) => {
     reply.header('x-request-id', request.id)
     done()

@@ -4,6 +4,9 @@ import type { FastifyInstance } from 'fastify'
 import { buildApp } from './app.js'
 import { loadEnv, type GatewayEnv } from './config/env.js'
 import { onReload } from './reload-signals.js'
+import { startTracing, type Tracing } from './tracing.js'
+
+const TRACE_FLUSH_MS = 5000
 
 export async function start (): Promise<void> {
   let app: FastifyInstance | undefined
@@ -26,8 +29,10 @@ export async function start (): Promise<void> {
     console.error((err as Error).message)
     process.exit(1)
   }
+  let tracing: Tracing | undefined
   try {
-    app = await buildApp(env)
+    tracing = await startTracing()
+    app = await buildApp(env, { tracing })
     await app.listen({ port: env.port, host: env.host })
   } catch (err) {
     // The logger may not exist yet: say it plainly on stderr as well.
@@ -54,6 +59,10 @@ export async function start (): Promise<void> {
       await app.close()
       clearInterval(sweeper)
       clearTimeout(timer)
+      // The last spans are still queued for export; an exporter that hangs does not hold the exit.
+      if (tracing !== undefined) {
+        await Promise.race([tracing.shutdown(), sleep(TRACE_FLUSH_MS)]).catch((err: unknown) => app.log.warn({ err }, 'could not flush traces'))
+      }
       app.log.info({ forced }, 'stopped')
       process.exit(forced ? 1 : 0)
     } catch (err) {

@@ -14,6 +14,7 @@ import {
 import { selectTarget } from '../../src/upstream/select.js'
 import { malformedResponse, tlsFailure, type Target } from '../../src/upstream/target.js'
 import type { CompiledRoute, CompiledUpstream } from '../route-table/route-table.js'
+import { routeMatched } from '../tracing/spans.js'
 import { compileTrust, stripResponseHeaders, upstreamRequestHeaders } from './headers.js'
 import { hasEncodedSlash, normalizePath } from './normalize-path.js'
 import { CallDispatcher } from './call-dispatcher.js'
@@ -105,6 +106,7 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
     }
     const forward = route.rewritePrefix === undefined ? path : rewrite(route.rewritePrefix, path.slice(route.prefixLength))
     request.match = { route, path, forward: q === -1 ? forward : forward + url.slice(q) }
+    if (request.span != null) routeMatched(request.span, request.method, route)
     done()
   }
 
@@ -122,7 +124,7 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
 
     const upstream = route.upstream
     const first = selectTarget(upstream.targets, upstream.totalWeight)
-    if (first === undefined) throw unavailable(upstream, reply)
+    if (first === undefined) throw unavailable(upstream, request, reply)
     if (request.body !== undefined && declared === undefined) {
       // Chunked: the size is known only while streaming.
       request.body = (request.body as NodeJS.ReadableStream).pipe(limitBody(route.bodyLimit, () => tooLarge.set(request, route.bodyLimit)))
@@ -173,7 +175,7 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
 }
 
 /** 503 when no target admits a request: saturated, or every breaker open (then Retry-After says until the next probe). */
-function unavailable (upstream: CompiledUpstream, reply: FastifyReply): Error {
+function unavailable (upstream: CompiledUpstream, request: FastifyRequest, reply: FastifyReply): Error {
   let soonest = Infinity
   for (const t of upstream.targets) {
     if (t.breaker.state !== 'open') {
@@ -182,7 +184,9 @@ function unavailable (upstream: CompiledUpstream, reply: FastifyReply): Error {
     }
     soonest = Math.min(soonest, t.breaker.retryAfterMs())
   }
-  reply.header('retry-after', String(Math.max(1, Math.ceil(soonest / 1000))))
+  const seconds = Math.max(1, Math.ceil(soonest / 1000))
+  request.span?.addEvent('circuit_breaker.rejected', { 'gatehouse.upstream': upstream.name, 'circuit_breaker.retry_after_s': seconds })
+  reply.header('retry-after', String(seconds))
   return new UpstreamUnavailableError(upstream.name)
 }
 

@@ -8,6 +8,7 @@ import { backoffMs, retryable, retryAfterMs, type TryFailure } from '../../src/u
 import { selectTarget } from '../../src/upstream/select.js'
 import { tlsFailure, type Target } from '../../src/upstream/target.js'
 import type { CompiledUpstream } from '../route-table/route-table.js'
+import { endTry, startTry } from '../tracing/spans.js'
 import { CancelSignal } from './cancel-signal.js'
 
 const PRECISE_BELOW_MS = 2000
@@ -69,13 +70,27 @@ export class UpstreamCall {
   }
 
   private attempt (options: Dispatcher.RequestOptions, callback: Callback, target: Target, isRetry: boolean): void {
-    const { upstream, signal } = this.o
+    const { upstream, signal, request } = this.o
+    const breakerWas = target.breaker.state
     const probe = target.breaker.acquire()
     this.tries++
     if (this.last !== undefined) (this.tried ??= new Set([this.last])).add(target)
     this.last = target
-    this.o.request.target = target
+    request.target = target
     target.inFlight++
+    let headers = options.headers
+    const traced = request.span == null ? undefined : startTry(request.span, options.method, target, this.o.path, this.tries - 1, headers as Record<string, unknown>)
+    if (traced !== undefined) {
+      headers = traced.headers as Dispatcher.RequestOptions['headers']
+      if (probe) traced.span.addEvent('circuit_breaker.probe', { 'circuit_breaker.state.before': breakerWas })
+    }
+    // A try that moves its target's breaker says so on its span (opened, closed, re-opened).
+    const settled = (outcome: number | string): void => {
+      if (traced === undefined) return
+      const state = target.breaker.state
+      if (state !== 'half-open' && state !== breakerWas) traced.span.addEvent('circuit_breaker.transition', { 'circuit_breaker.state.before': breakerWas, 'circuit_breaker.state': state })
+      endTry(traced.span, outcome)
+    }
     const began = performance.now()
     // undici checks its timeouts on a timer that ticks every ~500 ms, so a short request timeout
     // would fire up to a second late: below PRECISE_BELOW_MS the try gets a timer of its own.
@@ -92,7 +107,7 @@ export class UpstreamCall {
     }
     target.pool.request({
       method: options.method,
-      headers: options.headers,
+      headers,
       path: this.o.path,
       body: this.o.replay ?? options.body,
       signal: trySignal,
@@ -109,10 +124,12 @@ export class UpstreamCall {
         target.tries.record(why, undefined, seconds)
         if (why === 'aborted') {
           target.breaker.release(probe)
+          settled(why)
           this.finish(callback, err)
           return
         }
         target.breaker.record(probe, false, why)
+        settled(why)
         this.next(options, callback, target, why, err, undefined)
         return
       }
@@ -120,6 +137,7 @@ export class UpstreamCall {
       const failed = upstream.failureStatuses.has(status)
       target.breaker.record(probe, !failed, failed ? `status ${status}` : '')
       target.tries.record(failed ? 'bad-status' : 'ok', status, seconds)
+      settled(status)
       this.next(options, callback, target, status, null, data)
     })
   }

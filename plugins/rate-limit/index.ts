@@ -112,6 +112,7 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
     errorResponseBuilder: (request, context) => {
       const limit = limitOf(request) as CompiledLimit
       state.rejected.set(limit.id, (state.rejected.get(limit.id) ?? 0) + 1)
+      request.span?.addEvent('rate_limit.rejected', { 'gatehouse.rate_limit.id': limit.id, 'gatehouse.rate_limit.max': context.max, 'gatehouse.rate_limit.window_s': Math.ceil(limit.windowMs / 1000) })
       return new RateLimitedError(context.max, `${Math.ceil(limit.windowMs / 1000)}s`)
     }
   })

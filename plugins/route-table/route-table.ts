@@ -29,6 +29,8 @@ export interface CompiledLimit extends RateLimitConfig {
 export interface CompiledRoute {
   /** `<upstream>-<route index>`: names the route in metrics. */
   readonly id: string
+  /** The route's prefix as written (`/api/users`): names it in traces. */
+  readonly path: string
   readonly upstream: CompiledUpstream
   /** Undefined: public. */
   readonly auth: JwtAuthConfig | undefined
@@ -101,6 +103,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaultBody
       const id = `${config.name}-${index}`
       const compiled: CompiledRoute = Object.freeze({
         id,
+        path: route.path,
         upstream,
         auth: route.auth,
         rateLimit: limit === undefined ? undefined : Object.freeze({ ...limit, id, policy: `"${id}";q=${limit.max};w=${Math.ceil(limit.windowMs / 1000)}` }),

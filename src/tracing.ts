@@ -1,0 +1,41 @@
+// OpenTelemetry tracing, configured by the standard OTEL_* variables. Off unless an exporter is
+// configured: then nothing of the SDK is even loaded, and the request path skips every span call.
+import type { FastifyPluginCallback } from 'fastify'
+
+export interface Tracing {
+  /** @fastify/otel's plugin: one server span per request. Register it before any route. */
+  instrumentation: FastifyPluginCallback
+  /** Flushes the spans still queued; call when the server has closed. */
+  shutdown: () => Promise<void>
+}
+
+// Probes and scrapes every few seconds would be most of the traces and tell nothing.
+const UNTRACED = new Set(['/health', '/ready', '/metrics'])
+
+/** Whether these variables ask for traces: an OTLP endpoint, or a traces exporter other than none. */
+export function tracingConfigured (env: NodeJS.ProcessEnv = process.env): boolean {
+  if (env.OTEL_SDK_DISABLED?.trim().toLowerCase() === 'true') return false
+  const exporters = env.OTEL_TRACES_EXPORTER?.split(',').map(e => e.trim()).filter(e => e !== '') ?? []
+  if (exporters.length > 0) return !exporters.includes('none')
+  return Boolean(env.OTEL_EXPORTER_OTLP_ENDPOINT?.trim() || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT?.trim())
+}
+
+/** Starts the SDK when tracingConfigured(); call after `.env` is loaded, before the app is built. */
+export async function startTracing (env: NodeJS.ProcessEnv = process.env): Promise<Tracing | undefined> {
+  if (!tracingConfigured(env)) return undefined
+  // Metrics stay with Prometheus and logs with pino: the SDK would otherwise push both over OTLP
+  // too (its default when these are unset). Set either to opt in.
+  env.OTEL_METRICS_EXPORTER ??= 'none'
+  env.OTEL_LOGS_EXPORTER ??= 'none'
+  if (env.OTEL_SERVICE_NAME === undefined && !/(^|,)\s*service\.name\s*=/.test(env.OTEL_RESOURCE_ATTRIBUTES ?? '')) env.OTEL_SERVICE_NAME = 'gatehouse'
+  const [{ NodeSDK }, { FastifyOtelInstrumentation }] = await Promise.all([import('@opentelemetry/sdk-node'), import('@fastify/otel')])
+  const otel = new FastifyOtelInstrumentation({
+    // A span per hook would be a dozen per request; the proxy adds a client span per try instead.
+    instrumentHooks: false,
+    instrumentHandler: false,
+    ignorePaths: ({ url }) => UNTRACED.has(url.split('?', 1)[0] as string)
+  })
+  const sdk = new NodeSDK({ instrumentations: [otel] })
+  sdk.start()
+  return { instrumentation: otel.plugin(), shutdown: () => sdk.shutdown() }
+}
