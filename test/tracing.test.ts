@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net'
 import { test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { tracingConfigured } from '../src/tracing.js'
-import { closedPort, removeDir, routeDir, startGateway, startUpstream, type GatewayProcess, type Upstream, type UpstreamHandler } from './helpers.js'
+import { closedPort, removeDir, routeDir, startGateway, startUpstream, writeRoutes, type GatewayProcess, type Upstream, type UpstreamHandler } from './helpers.js'
 
 const SPAN_KIND = { server: 2, client: 3 }
 const STATUS_ERROR = 2
@@ -217,6 +217,25 @@ test('events: a rate-limit rejection on the server span; a breaker that opens on
   const [rejected] = await receiver.waitFor(s => s.kind === SPAN_KIND.server && attr(s, 'http.response.status_code') === 503)
   assert.ok(rejected?.events?.some(e => e.name === 'circuit_breaker.rejected'), 'a circuit_breaker.rejected event')
   assert.equal(receiver.spans.filter(s => s.kind === SPAN_KIND.client && attr(s, 'gatehouse.target') === dead).length, 1, 'the open breaker sent no second try')
+
+  // A target that answers 503 once, then recovers: its breaker opens, and the probe closes it.
+  let healthy = false
+  const flaky = await upstream(t, (_req, res) => { res.statusCode = healthy ? 200 : 503; res.end() })
+  await writeRoutes(gw.routesDir, { 'flaky.json': JSON.stringify({ name: 'flaky', targets: [{ url: flaky.url }], routes: [{ path: '/flaky' }], retry: { attempts: 0 }, circuitBreaker: { consecutiveFailures: 1, openFor: '200ms', closeAfter: 1 } }) })
+  gw.signal('SIGHUP')
+  await gw.waitForLog(l => l.msg === 'route table reloaded' && JSON.stringify(l).includes('flaky'))
+  assert.equal((await fetch(`${gw.url}/flaky`)).status, 503)
+  healthy = true
+  await sleep(250)
+  assert.equal((await fetch(`${gw.url}/flaky`)).status, 200)
+  const probes = await receiver.waitFor(s => s.kind === SPAN_KIND.client && attr(s, 'gatehouse.target') === flaky.url, 2)
+  const failed = probes.find(s => attr(s, 'http.response.status_code') === 503)
+  const probe = probes.find(s => attr(s, 'http.response.status_code') === 200)
+  assert.deepEqual(failed?.events?.map(e => [e.name, attrs(e.attributes)]), [['circuit_breaker.transition', { 'circuit_breaker.state.before': 'closed', 'circuit_breaker.state': 'open' }]])
+  assert.deepEqual(probe?.events?.map(e => [e.name, attrs(e.attributes)]), [
+    ['circuit_breaker.probe', {}],
+    ['circuit_breaker.transition', { 'circuit_breaker.state.before': 'half-open', 'circuit_breaker.state': 'closed' }]
+  ])
 })
 
 test('the default OTLP protocol (http/protobuf) exports too, and SIGTERM flushes spans still queued', async t => {

@@ -71,8 +71,9 @@ export class UpstreamCall {
 
   private attempt (options: Dispatcher.RequestOptions, callback: Callback, target: Target, isRetry: boolean): void {
     const { upstream, signal, request } = this.o
-    const breakerWas = target.breaker.state
     const probe = target.breaker.acquire()
+    // half-open for a probe (acquire() moves an open breaker whose time is up).
+    const sentIn = target.breaker.state
     this.tries++
     if (this.last !== undefined) (this.tried ??= new Set([this.last])).add(target)
     this.last = target
@@ -82,13 +83,13 @@ export class UpstreamCall {
     const traced = request.span == null ? undefined : startTry(request.span, options.method, target, this.o.path, this.tries - 1, headers as Record<string, unknown>)
     if (traced !== undefined) {
       headers = traced.headers as Dispatcher.RequestOptions['headers']
-      if (probe) traced.span.addEvent('circuit_breaker.probe', { 'circuit_breaker.state.before': breakerWas })
+      if (probe) traced.span.addEvent('circuit_breaker.probe')
     }
     // A try that moves its target's breaker says so on its span (opened, closed, re-opened).
     const settled = (outcome: number | string): void => {
       if (traced === undefined) return
       const state = target.breaker.state
-      if (state !== 'half-open' && state !== breakerWas) traced.span.addEvent('circuit_breaker.transition', { 'circuit_breaker.state.before': breakerWas, 'circuit_breaker.state': state })
+      if (state !== sentIn) traced.span.addEvent('circuit_breaker.transition', { 'circuit_breaker.state.before': sentIn, 'circuit_breaker.state': state })
       endTry(traced.span, outcome)
     }
     const began = performance.now()
