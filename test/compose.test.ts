@@ -1,21 +1,25 @@
 // The container setup: docker-compose.yml against the Compose specification, the Dockerfile's
 // runtime stage, and the wiring they promise (routes.d mounted, demo upstreams and the demo token
-// issuer on 127.0.0.1, a healthcheck that really answers). No Docker engine here: the health
-// checks are run as the plain node commands they are, against a real gateway process.
+// issuer on 127.0.0.1, a healthcheck that really answers; Prometheus scraping the gateway with
+// the alert rules loaded, Grafana with the dashboard and its data source, traces sent to Jaeger).
+// No Docker engine here: the health checks are run as the plain node commands they are, against
+// a real gateway process, and the configuration files are checked where the mounts put them.
 import { strict as assert } from 'node:assert'
-import { spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
-import { readdir, readFile } from 'node:fs/promises'
+import { execFile, execFileSync, spawn } from 'node:child_process'
+import { existsSync, statSync } from 'node:fs'
+import { cp, mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
 import { createServer, isIP, type AddressInfo } from 'node:net'
 import { createRequire } from 'node:module'
 import { once } from 'node:events'
-import { join, resolve } from 'node:path'
+import { tmpdir } from 'node:os'
+import { join, posix, relative, resolve } from 'node:path'
 import { test } from 'node:test'
 import { Ajv2019 } from 'ajv/dist/2019.js'
 import YAML from 'yaml'
 import { EnvSchema, loadEnv } from '../src/config/env.js'
 import { ROUTE_FILE_EXTENSIONS } from '../src/config/route-file.js'
-import { removeDir, ROOT, routeDir, startGateway, startUpstream } from './helpers.js'
+import { tracingConfigured } from '../src/tracing.js'
+import { promtool, PROMTOOL_MISSING, removeDir, ROOT, routeDir, startGateway, startUpstream } from './helpers.js'
 
 type Json = Record<string, unknown>
 
@@ -23,6 +27,7 @@ interface Service {
   build?: string | { context?: string, dockerfile?: string }
   image?: string
   entrypoint?: string | string[]
+  command?: string | string[]
   environment?: Record<string, string> | string[]
   ports?: Array<string | number | Json>
   volumes?: Array<string | { type: string, source?: string, target?: string, read_only?: boolean }>
@@ -39,6 +44,45 @@ function environment (service: Service): Record<string, string> {
   const env = service.environment ?? {}
   if (!Array.isArray(env)) return Object.fromEntries(Object.entries(env).map(([k, v]) => [k, String(v)]))
   return Object.fromEntries(env.map(line => [line.slice(0, line.indexOf('=')), line.slice(line.indexOf('=') + 1)]))
+}
+
+interface Mount { source: string, target: string, readOnly: boolean }
+
+/** The bind mounts of a service, short (`./a:/b:ro`) or long syntax alike; sources resolved from the repo. */
+function mounts (service: Service): Mount[] {
+  return (service.volumes ?? []).map(v => {
+    if (typeof v !== 'string') {
+      assert.equal(v.type, 'bind', `only bind mounts are expected: ${JSON.stringify(v)}`)
+      return { source: resolve(ROOT, v.source ?? ''), target: v.target ?? '', readOnly: v.read_only === true }
+    }
+    const [source, target, mode] = v.split(':')
+    return { source: resolve(ROOT, source ?? ''), target: target ?? '', readOnly: (mode ?? '').split(',').includes('ro') }
+  })
+}
+
+/** Where a path inside the container comes from in the repo: the deepest mount above it, or undefined. */
+function hostPath (service: Service, containerPath: string): string | undefined {
+  const mount = mounts(service)
+    .filter(m => containerPath === m.target || containerPath.startsWith(m.target.replace(/\/$/, '') + '/'))
+    .sort((a, b) => b.target.length - a.target.length)[0]
+  return mount === undefined ? undefined : join(mount.source, posix.relative(mount.target, containerPath))
+}
+
+/** The container ports a service publishes on the host with the same number (`"9090:9090"`). */
+function published (service: Service): string[] {
+  return (service.ports ?? []).map(p => {
+    assert.equal(typeof p, 'string', `ports: write "host:container" (${JSON.stringify(p)})`)
+    const [host, container, extra] = String(p).split(':')
+    assert.ok(extra === undefined && host === container, `ports: ${String(p)} should publish the same port number`)
+    return container as string
+  })
+}
+
+/** The value of a `--flag=value` in a service's command, else the image's default. */
+function flag (service: Service, name: string, imageDefault: string): string {
+  const command = typeof service.command === 'string' ? service.command.split(/\s+/) : service.command ?? []
+  const given = command.find(arg => arg.startsWith(`--${name}=`))
+  return given === undefined ? imageDefault : given.slice(name.length + 3)
 }
 
 /** A Go duration as Compose reads it (`1m30s`, `35s`, `500ms`), in milliseconds. */
@@ -131,7 +175,28 @@ test('docker-compose.yml is a valid Compose file (compose-spec schema)', async (
   const validate = await composeValidator()
   const file = await compose()
   assert.equal(validate(file), true, JSON.stringify(validate.errors, null, 2))
-  assert.deepEqual(Object.keys(file.services).sort(), ['echo-a', 'echo-b', 'gateway', 'issuer', 'redis', 'slow'])
+  assert.deepEqual(Object.keys(file.services).sort(), ['echo-a', 'echo-b', 'gateway', 'grafana', 'issuer', 'jaeger', 'prometheus', 'redis', 'slow'])
+})
+
+/** Why `docker compose` checks are skipped, or false when the Compose plugin answers. */
+const DOCKER_COMPOSE_MISSING: string | false = (() => {
+  try {
+    execFileSync('docker', ['compose', 'version'], { stdio: 'ignore', timeout: 10_000 })
+    return false
+  } catch {
+    return 'docker compose (the Docker CLI with its Compose plugin) is not installed'
+  }
+})()
+
+test('docker compose config -q accepts docker-compose.yml', { skip: DOCKER_COMPOSE_MISSING }, async () => {
+  // Compose's own reading of the file: interpolation, merges and checks the schema leaves out.
+  // It needs no engine.
+  const { code, output } = await new Promise<{ code: number, output: string }>(resolve => {
+    execFile('docker', ['compose', '--file', 'docker-compose.yml', 'config', '--quiet'], { cwd: ROOT, timeout: 20_000 }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, output: stdout + stderr })
+    })
+  })
+  assert.equal(code, 0, output)
 })
 
 test('the compose-spec check refuses a misspelt service key', async () => {
@@ -162,23 +227,24 @@ test('gateway mounts ./routes.d read-only at its ROUTES_DIR, the image default',
   const gateway = services.gateway as Service
   const routesDir = environment(gateway).ROUTES_DIR
   assert.equal(routesDir, '/app/routes.d')
-  const mounts = (gateway.volumes ?? []).map(v => {
-    if (typeof v !== 'string') return { source: v.source, target: v.target, readOnly: v.read_only === true }
-    const [source, target, mode] = v.split(':')
-    return { source, target, readOnly: (mode ?? '').split(',').includes('ro') }
-  })
-  const mount = mounts.find(m => m.target === routesDir)
-  assert.ok(mount !== undefined, `nothing mounted at ${routesDir}: ${JSON.stringify(mounts)}`)
-  assert.equal(resolve(ROOT, mount.source ?? ''), join(ROOT, 'routes.d'))
+  const mount = mounts(gateway).find(m => m.target === routesDir)
+  assert.ok(mount !== undefined, `nothing mounted at ${routesDir}: ${JSON.stringify(mounts(gateway))}`)
+  assert.equal(mount.source, join(ROOT, 'routes.d'))
   assert.equal(mount.readOnly, true)
   const env = all((await dockerfile()).at(-1) as Stage, 'ENV').join(' ').split(/\s+/)
   assert.ok(env.includes(`ROUTES_DIR=${routesDir}`), `Dockerfile ENV: ${env.join(' ')}`)
 })
 
+/** Standard OpenTelemetry variables, read by the gateway's SDK (src/tracing.ts) rather than EnvSchema. */
+const OTEL_VARIABLES = new Set([
+  'OTEL_SDK_DISABLED', 'OTEL_SERVICE_NAME', 'OTEL_RESOURCE_ATTRIBUTES', 'OTEL_TRACES_EXPORTER', 'OTEL_TRACES_SAMPLER',
+  'OTEL_TRACES_SAMPLER_ARG', 'OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'OTEL_EXPORTER_OTLP_PROTOCOL'
+])
+
 test('gateway environment: only known variables, all valid, REDIS_URL names the redis service', async () => {
   const { services } = await compose()
   const env = environment(services.gateway as Service)
-  const unknown = Object.keys(env).filter(k => !(k in EnvSchema.properties))
+  const unknown = Object.keys(env).filter(k => !(k in EnvSchema.properties) && !OTEL_VARIABLES.has(k))
   assert.deepEqual(unknown, [], 'variables the gateway does not read (typo?)')
   const loaded = loadEnv(env, '/nonexistent/.env')
   assert.equal(loaded.port, 8080)
@@ -311,4 +377,172 @@ test('the image and compose health checks pass on a running gateway and fail whe
     assert.equal(await runHealthCheck(command, { PORT: String(unhealthy.port) }), 1, `${name}: passed on a 503 /health`)
     assert.equal(await runHealthCheck(command, { PORT: String(down) }), 1, `${name}: passed with nothing listening`)
   }
+})
+
+test('every bind mount of every service has its source in the repo; configuration is mounted read-only', async () => {
+  const { services } = await compose()
+  for (const [name, service] of Object.entries(services)) {
+    for (const mount of mounts(service)) {
+      assert.ok(mount.source.startsWith(ROOT + '/'), `${name}: ${mount.source} is outside the repo`)
+      assert.ok(existsSync(mount.source), `${name}: ${relative(ROOT, mount.source)} does not exist (Docker would create an empty folder in its place)`)
+      assert.ok(posix.isAbsolute(mount.target), `${name}: ${mount.target} is not an absolute container path`)
+      assert.equal(mount.readOnly, true, `${name}: ${mount.target} should be read-only`)
+    }
+  }
+})
+
+test('observability images are pinned: Prometheus 3.x, Grafana, Jaeger 2.x; each publishes only its UI', async () => {
+  const { services } = await compose()
+  assert.match(services.prometheus?.image ?? '', /^prom\/prometheus:v3\.\d+\.\d+$/)
+  assert.match(services.grafana?.image ?? '', /^grafana\/grafana:\d+\.\d+\.\d+$/)
+  assert.match(services.jaeger?.image ?? '', /^jaegertracing\/jaeger:2\.\d+\.\d+$/)
+  assert.deepEqual(published(services.prometheus as Service), [flag(services.prometheus as Service, 'web.listen-address', ':9090').split(':').at(-1)])
+  assert.deepEqual(published(services.grafana as Service), [environment(services.grafana as Service).GF_SERVER_HTTP_PORT ?? '3000'])
+  // OTLP (4317, 4318) stays inside the compose network.
+  assert.deepEqual(published(services.jaeger as Service), ['16686'])
+})
+
+/** prometheus.yml, parsed, from where the prometheus service's mounts put it. */
+async function prometheusConfig (service: Service): Promise<{ containerPath: string, file: string, config: PrometheusConfig }> {
+  const containerPath = flag(service, 'config.file', '/etc/prometheus/prometheus.yml')
+  const file = hostPath(service, containerPath)
+  assert.ok(file !== undefined, `nothing mounted at ${containerPath}, the config file Prometheus reads`)
+  assert.equal(file, join(ROOT, 'deploy', 'prometheus', 'prometheus.yml'))
+  return { containerPath, file, config: YAML.parse(await readFile(file, 'utf8')) as PrometheusConfig }
+}
+
+interface PrometheusConfig {
+  global?: { scrape_interval?: string }
+  rule_files?: string[]
+  scrape_configs?: Array<{ job_name: string, scrape_interval?: string, metrics_path?: string, scheme?: string, static_configs?: Array<{ targets: string[] }> }>
+}
+
+test('prometheus.yml passes promtool check config where the mounts put it, alert rules included', { skip: PROMTOOL_MISSING }, async t => {
+  const { services } = await compose()
+  const prometheus = services.prometheus as Service
+  const { containerPath } = await prometheusConfig(prometheus)
+  // The container's file system, as far as the mounts make it: promtool resolves rule_files
+  // relative to the config file, so a rule file that is not mounted beside it fails here.
+  const root = await mkdtemp(join(tmpdir(), 'gatehouse-prometheus-'))
+  t.after(() => rm(root, { recursive: true, force: true }))
+  for (const mount of mounts(prometheus)) await cp(mount.source, join(root, mount.target), { recursive: true })
+  const { code, output } = await promtool(['check', 'config', join(root, containerPath)])
+  assert.equal(code, 0, output)
+  assert.match(output, /SUCCESS: 1 rule files found/)
+  assert.ok(output.includes(`Checking ${join(root, posix.dirname(containerPath), 'alerts.yml')}`), output)
+  assert.match(output, /SUCCESS: [1-9]\d* rules found/)
+})
+
+test('Prometheus scrapes the gateway service at its PORT, /metrics, every 5 s, and loads the mounted alerts.yml', async () => {
+  const { services } = await compose()
+  const prometheus = services.prometheus as Service
+  const { containerPath, config } = await prometheusConfig(prometheus)
+  const gatewayEnv = environment(services.gateway as Service)
+  // With ADMIN_PORT set, /metrics would move off PORT to a port of its own.
+  assert.equal(gatewayEnv.ADMIN_PORT, undefined, 'ADMIN_PORT is set: /metrics is not on PORT')
+  const jobs = config.scrape_configs ?? []
+  assert.deepEqual(jobs.map(j => j.job_name), ['gatehouse'])
+  const job = jobs[0] as NonNullable<PrometheusConfig['scrape_configs']>[number]
+  assert.equal(job.metrics_path ?? '/metrics', '/metrics')
+  assert.equal(job.scheme ?? 'http', 'http')
+  assert.equal(job.scrape_interval ?? config.global?.scrape_interval, '5s')
+  assert.deepEqual(job.static_configs?.flatMap(s => s.targets), [`gateway:${gatewayEnv.PORT ?? ''}`])
+  assert.equal(services.gateway?.network_mode, undefined, 'the gateway must be on the compose network to be reached by name')
+  // Rule files are relative to the config file; each must be a mounted file of the repo.
+  const rules = (config.rule_files ?? []).map(f => hostPath(prometheus, posix.resolve(posix.dirname(containerPath), f)))
+  assert.deepEqual(rules, [join(ROOT, 'deploy', 'prometheus', 'alerts.yml')])
+})
+
+interface GrafanaDatasource { name: string, uid?: string, type: string, url?: string, access?: string, isDefault?: boolean }
+interface GrafanaProvider { name: string, type?: string, options?: { path?: string, foldersFromFilesStructure?: boolean } }
+
+/** The YAML files of one kind of Grafana provisioning (datasources, dashboards), as the mounts show them. */
+async function provisioning<T> (grafana: Service, kind: 'datasources' | 'dashboards', key: string): Promise<T[]> {
+  const containerDir = posix.join(environment(grafana).GF_PATHS_PROVISIONING ?? '/etc/grafana/provisioning', kind)
+  const dir = hostPath(grafana, containerDir)
+  assert.ok(dir !== undefined && existsSync(dir), `nothing mounted at ${containerDir}`)
+  const files = (await readdir(dir)).filter(f => /\.ya?ml$/.test(f))
+  assert.ok(files.length > 0, `no provisioning file in ${relative(ROOT, dir)}`)
+  const parsed = await Promise.all(files.map(async f => YAML.parse(await readFile(join(dir, f), 'utf8')) as Record<string, unknown>))
+  for (const [i, p] of parsed.entries()) assert.equal(p.apiVersion, 1, `${files[i] ?? ''}: apiVersion`)
+  return parsed.flatMap(p => (p[key] ?? []) as T[])
+}
+
+interface DashboardDatasourceRef { type?: string, uid?: string }
+interface DashboardJson {
+  uid: string
+  __inputs?: Array<{ name: string, type: string, pluginId: string }>
+  templating: { list: Array<{ name: string, type: string, query?: string, datasource?: DashboardDatasourceRef }> }
+  panels: Array<{ title: string, datasource?: DashboardDatasourceRef, targets: Array<{ datasource?: DashboardDatasourceRef }> }>
+}
+
+test('Grafana\'s data source is the prometheus service, of the type and as the default the dashboard needs', async () => {
+  const { services } = await compose()
+  const grafana = services.grafana as Service
+  const datasources = await provisioning<GrafanaDatasource>(grafana, 'datasources', 'datasources')
+  assert.equal(datasources.length, 1, JSON.stringify(datasources))
+  const ds = datasources[0] as GrafanaDatasource
+  const url = new URL(ds.url ?? '')
+  assert.equal(url.protocol, 'http:')
+  assert.match(services[url.hostname]?.image ?? '', /^prom\/prometheus:/, `${ds.url ?? ''}: ${url.hostname} is not the prometheus service`)
+  assert.equal(url.port, flag(services[url.hostname] as Service, 'web.listen-address', ':9090').split(':').at(-1), `${ds.url ?? ''}: not the port Prometheus listens on`)
+  // proxy: Grafana's server asks Prometheus (by service name); the browser could not resolve it.
+  assert.equal(ds.access ?? 'proxy', 'proxy')
+  assert.match(ds.uid ?? '', /^[\w.-]{1,40}$/, 'a fixed uid (Grafana allows 40 letters, digits, -, _ and .)')
+
+  const dashboard = JSON.parse(await readFile(join(ROOT, 'deploy', 'grafana', 'gatehouse.json'), 'utf8')) as DashboardJson
+  // The dashboard's own "Data source" variable lists data sources of one type and, with nothing
+  // chosen in the file, starts on the default one of them.
+  const variable = dashboard.templating.list.find(v => v.type === 'datasource')
+  assert.ok(variable !== undefined, 'the dashboard has no data source variable')
+  assert.equal(variable.query, ds.type)
+  assert.equal(ds.isDefault, true, 'the dashboard\'s data source variable starts on the default data source')
+  for (const input of dashboard.__inputs ?? []) assert.equal(input.pluginId, ds.type, `__inputs ${input.name}`)
+  // File provisioning does not fill in __inputs: a `${DS_...}` left in a panel would name no data
+  // source. Every reference is the variable or the provisioned uid, of the provisioned type.
+  const refs = [
+    ...dashboard.templating.list.flatMap(v => v.datasource === undefined ? [] : [[`variable ${v.name}`, v.datasource] as const]),
+    ...dashboard.panels.flatMap(p => [p.datasource, ...p.targets.map(t => t.datasource)].flatMap(d => d === undefined ? [] : [[`panel ${p.title}`, d] as const]))
+  ]
+  assert.ok(refs.length > 0, 'the dashboard names no data source')
+  for (const [where, ref] of refs) {
+    assert.equal(ref.type, ds.type, `${where}: data source type`)
+    assert.ok(ref.uid === `\${${variable.name}}` || ref.uid === ds.uid, `${where}: data source uid ${ref.uid ?? '(none)'}`)
+  }
+})
+
+test('Grafana\'s dashboard provider finds gatehouse.json in the mounted folder; it is also the home dashboard', async () => {
+  const { services } = await compose()
+  const grafana = services.grafana as Service
+  const providers = await provisioning<GrafanaProvider>(grafana, 'dashboards', 'providers')
+  assert.equal(providers.length, 1, JSON.stringify(providers))
+  const provider = providers[0] as GrafanaProvider
+  assert.equal(provider.type ?? 'file', 'file')
+  const containerDir = provider.options?.path ?? ''
+  const dir = hostPath(grafana, containerDir)
+  assert.ok(dir !== undefined && statSync(dir, { throwIfNoEntry: false })?.isDirectory() === true, `nothing mounted at ${containerDir}`)
+  // Grafana walks the folder and reads every .json file in it.
+  const found = (await readdir(dir, { recursive: true })).filter(f => f.endsWith('.json')).map(f => join(dir, f))
+  assert.deepEqual(found, [join(ROOT, 'deploy', 'grafana', 'gatehouse.json')])
+  const home = environment(grafana).GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH
+  assert.ok(home !== undefined, 'no home dashboard')
+  assert.equal(hostPath(grafana, home), join(ROOT, 'deploy', 'grafana', 'gatehouse.json'))
+  // FOR DEVELOPMENT ONLY (see the compose file), but if on, with a role Grafana knows.
+  const env = environment(grafana)
+  if (env.GF_AUTH_ANONYMOUS_ENABLED === 'true') assert.ok(['Viewer', 'Editor', 'Admin'].includes(env.GF_AUTH_ANONYMOUS_ORG_ROLE ?? 'Viewer'))
+})
+
+test('the gateway sends its traces to the jaeger service over OTLP/HTTP (4318), as service gatehouse', async () => {
+  const { services } = await compose()
+  const env = environment(services.gateway as Service)
+  assert.equal(tracingConfigured(env), true, 'these variables leave tracing off')
+  const endpoint = new URL(env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT ?? env.OTEL_EXPORTER_OTLP_ENDPOINT ?? '')
+  assert.equal(endpoint.protocol, 'http:')
+  assert.equal(endpoint.hostname, 'jaeger')
+  assert.match(services[endpoint.hostname]?.image ?? '', /^jaegertracing\/jaeger:2\.\d+\.\d+$/, `${endpoint.hostname} is not a Jaeger 2 service`)
+  assert.equal(services.jaeger?.network_mode, undefined, 'jaeger must be on the compose network to be reached by name')
+  // 4318 is OTLP over HTTP; gRPC (4317) would need OTEL_EXPORTER_OTLP_PROTOCOL=grpc.
+  assert.equal(endpoint.port, '4318')
+  assert.match(env.OTEL_EXPORTER_OTLP_PROTOCOL ?? 'http/protobuf', /^http\//)
+  assert.equal(env.OTEL_SERVICE_NAME, 'gatehouse')
 })
