@@ -1,7 +1,7 @@
 // npm run bench: how much does Gatehouse cost over a bare @fastify/reply-from proxy, and over
-// calling the upstream directly? What does one dead target of three cost it? And what does a
-// rate limit cost the same route? Real processes on 127.0.0.1, autocannon as the load generator
-// (in this process), interleaved rounds, medians.
+// calling the upstream directly? What does one dead target of three cost it? And what do a rate
+// limit, JWT auth and tracing cost the same route? Real processes on 127.0.0.1, autocannon as the
+// load generator (in this process), interleaved rounds, medians.
 // The fourth path is a second Gatehouse whose upstream has three targets: the bench upstream, a
 // second one like it, and a port nothing listens on (connections refused). Default retry and
 // circuitBreaker settings (openFor 5s): the dead target's first failures are retried onto the
@@ -18,6 +18,14 @@
 // (autocannon's setupClient): many clients each reusing their token, so after the warm-up every
 // request finds its token in the gateway's verified-token cache. What a token the gateway has not
 // seen yet costs (one RS256 verification) is measured apart, in this process, before the rounds.
+// The tracing path is Gatehouse with the route file of "gatehouse" and OpenTelemetry on:
+// OTEL_EXPORTER_OTLP_ENDPOINT set to an OTLP sink this runner serves on 127.0.0.1 (it answers every
+// POST /v1/traces with 200 and an empty body, and counts the exports, their bytes and their spans),
+// everything else the SDK's defaults: OTLP/HTTP protobuf, the batch span processor, every trace
+// sampled (the worst case). Each request makes a server span and a client span for its one try.
+// Its goal, like the JWT path's, is reported and does not fail the run. The sink works in this
+// process, beside autocannon: not counted in the gateway's CPU time, as a real collector would not be.
+// Every gateway gets no OTEL_* variable of the caller's environment: only this one traces.
 //   BENCH_DURATION=10 BENCH_CONNECTIONS=50 BENCH_ROUNDS=3 npm run bench [-- --json]
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import type { EventEmitter } from 'node:events'
@@ -30,6 +38,7 @@ import { createInterface } from 'node:readline'
 import { freePort, httpStatus } from '../scripts/loopback.js'
 import { histogram, histogramDelta, histogramSum, quantileBound, samples, scrape, total, type ScrapedHistogram } from './metrics.js'
 import { firstSeenCost, JWT_ALGORITHM, JWT_AUDIENCE, RSA_BITS, startIssuer, statusWith, TOKEN_TTL, type BenchIssuer, type VerifyCost } from './jwt.js'
+import { startSink, TRACES_PATH, type OtlpSink, type SinkCounts } from './otlp.js'
 import { RedisProbe, redisServerVersion, type ScriptStats } from './redis.js'
 
 // ---- autocannon (it ships no types: the part used here) ------------------------------------
@@ -98,6 +107,9 @@ const GOAL_THROUGHPUT = 0.8
 // The JWT goal: verification costs under 10% of throughput with RS256 and a cached key set, i.e.
 // the route with auth keeps at least 0.90x of the same route without it.
 const GOAL_JWT_THROUGHPUT = 0.9
+// The tracing goal: every request traced and exported costs at most 15% of throughput, i.e. the
+// traced route keeps at least 0.85x of the same route untraced.
+const GOAL_TRACED_THROUGHPUT = 0.85
 // The first-seen cost: jose verifications in this process, timed after some untimed ones.
 const FIRST_SEEN_VERIFICATIONS = 2000
 const FIRST_SEEN_WARMUP = 200
@@ -122,8 +134,8 @@ const ALL_LIMITERS: LimiterSpec[] = [
 ]
 // Without redis-server, the memory limiter alone.
 const LIMITERS = ALL_LIMITERS.filter(l => l.store === 'memory' || 'version' in REDIS)
-// direct, bare, gatehouse, gatehouse + JWT, one down, and the limited ones; the one-connection runs: gatehouse and the limited ones.
-const SUBJECTS = 5 + LIMITERS.length
+// direct, bare, gatehouse + tracing, gatehouse, gatehouse + JWT, one down, and the limited ones; the one-connection runs: gatehouse and the limited ones.
+const SUBJECTS = 6 + LIMITERS.length
 const LIGHT_SUBJECTS = 1 + LIMITERS.length
 // Everything is bounded: the whole run is killed if it takes much longer than planned.
 const PLANNED_S = ROUNDS * (SUBJECTS * (DURATION_S + 1) + LIGHT_SUBJECTS * (LIGHT_S + 1)) + SUBJECTS * (WARMUP_S + 1) + JWT_SETUP_S
@@ -148,8 +160,9 @@ interface Child {
 }
 
 const children: Child[] = []
-// The JWT path's key set server (in this process): closed at the end, whatever happens.
+// The JWT path's key set server and the tracing path's OTLP sink (in this process): closed at the end, whatever happens.
 let jwtIssuer: BenchIssuer | undefined
+let otlpSink: OtlpSink | undefined
 
 /**
  * Spawns `command` with this process's environment plus `env` (an undefined value removes the
@@ -441,6 +454,18 @@ interface JwtRun {
   logLines: string[]
 }
 
+/** What the tracing path adds besides its samples: what the sink received and what its gateway said. */
+interface TracedRun {
+  /** The sink's counts over the whole run: start-up, warm-up and rounds. */
+  sink: SinkCounts
+  /** upstream_requests_total of its gateway at the end (the whole run): its tries, one per request here. */
+  tries: number
+  /** Spans its SDK dropped (batch queue full), from its "Dropped N spans" warnings. */
+  droppedSpans: number
+  /** Lines its gateway (and the SDK, OTEL_LOG_LEVEL warn) logged at warn or above. */
+  logLines: string[]
+}
+
 function median (values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
   const mid = sorted.length >> 1
@@ -476,7 +501,7 @@ interface LimitedRun {
 
 interface Subject {
   name: string
-  kind: 'direct' | 'bare' | 'gatehouse' | 'jwt' | 'one-down' | 'limited'
+  kind: 'direct' | 'bare' | 'gatehouse' | 'jwt' | 'traced' | 'one-down' | 'limited'
   url: string
   /** The process whose CPU time is counted: the proxy, or the upstream for "direct". */
   pid: number
@@ -620,7 +645,9 @@ async function main (): Promise<void> {
       tokenPerConnection: 'autocannon setupClient',
       forwardClaims: { sub: 'x-user-id' },
       firstSeen: { verifications: FIRST_SEEN_VERIFICATIONS, warmup: FIRST_SEEN_WARMUP }
-    }
+    },
+    // Everything but the endpoint is the SDK's default.
+    tracing: { exporter: 'OTLP/HTTP protobuf', endpoint: `runner's sink on 127.0.0.1, POST ${TRACES_PATH}`, sampler: 'default (parentbased_always_on: every request)', spanProcessor: 'batch, defaults' }
   }
   log(`machine: node ${machine.node}, ${machine.cores} cores (${machine.cpu}), ${machine.platform}, ${machine.memoryGiB} GiB, load ${machine.loadavg.join(' ')}`)
   log(`settings: ${DURATION_S} s x ${ROUNDS} rounds per path (${SUBJECTS} paths), ${CONNECTIONS} connections, pipelining ${PIPELINING}, ${WARMUP_S} s warm-up; one connection ${LIGHT_S} s x ${ROUNDS} rounds (${LIGHT_SUBJECTS} paths); about ${Math.ceil(PLANNED_S / 10) * 10} s`)
@@ -630,6 +657,8 @@ async function main (): Promise<void> {
   const issuer = await startIssuer(CONNECTIONS)
   jwtIssuer = issuer
   const firstSeen = await measureFirstSeen(issuer)
+  const sink = await startSink()
+  otlpSink = sink
   const fs = firstSeen.cost
   log(`first seen: jose jwtVerify ${JWT_ALGORITHM} (${RSA_BITS}-bit key), ${FIRST_SEEN_VERIFICATIONS} verifications: KeyObject ${fmt(fs.keyObject.cpuUs, 1)} µs CPU (${fmt(fs.keyObject.wallUs, 1)} µs elapsed), ` +
     `createLocalJWKSet ${fmt(fs.localJwks.cpuUs, 1)} µs CPU (${fmt(fs.localJwks.wallUs, 1)} µs elapsed) per verification` +
@@ -682,11 +711,18 @@ async function main (): Promise<void> {
       `  openFor: ${OPEN_FOR}`,
       ''
     ].join('\n'))
-    // REDIS_URL only where a path sets it: one in the caller's environment must not change a path.
-    const gatewayEnv = { HOST: '127.0.0.1', LOG_LEVEL: 'warn', WATCH_ROUTES: 'false', REDIS_URL: undefined }
+    // REDIS_URL and OTEL_* only where a path sets them: the caller's environment must not change a path.
+    const callerOtel = Object.fromEntries(Object.keys(process.env).filter(key => key.startsWith('OTEL_')).map(key => [key, undefined]))
+    const gatewayEnv = { HOST: '127.0.0.1', LOG_LEVEL: 'warn', WATCH_ROUTES: 'false', REDIS_URL: undefined, ...callerOtel }
     const gatewayPort = await freePort()
     const gateway = startChild('gatehouse', join(ROOT, 'dist', 'src', 'cli.js'), ['start'], {
       ...gatewayEnv, PORT: String(gatewayPort), ROUTES_DIR: routesDir
+    }, routesDir)
+    // The tracing path: the very route file of "gatehouse", the spans exported to the sink. OTEL_LOG_LEVEL
+    // warn: the SDK says when it drops spans or an export fails, nothing else.
+    const tracedPort = await freePort()
+    const tracedGateway = startChild('gatehouse + tracing', join(ROOT, 'dist', 'src', 'cli.js'), ['start'], {
+      ...gatewayEnv, PORT: String(tracedPort), ROUTES_DIR: routesDir, OTEL_EXPORTER_OTLP_ENDPOINT: sink.endpoint, OTEL_LOG_LEVEL: 'warn'
     }, routesDir)
     // The JWT path: the route of "gatehouse" plus auth.jwt, nothing else.
     const jwtDir = await tempDir('gatehouse-bench-jwt-')
@@ -741,6 +777,8 @@ async function main (): Promise<void> {
     await waitFor200(bare, barePort, PATH)
     await waitFor200(gateway, gatewayPort, '/ready')
     await waitFor200(gateway, gatewayPort, PATH)
+    await waitFor200(tracedGateway, tracedPort, '/ready')
+    await waitFor200(tracedGateway, tracedPort, PATH)
     for (const run of limitedRuns) {
       await waitFor200(run.gateway, run.gatewayPort, '/ready')
       // The gateway's Redis client connects in the background; a request before that would be a
@@ -762,8 +800,10 @@ async function main (): Promise<void> {
     const subjects: Subject[] = [
       { name: 'direct', kind: 'direct', url: upstreamUrl + PATH, pid: upstream.proc.pid as number, samples: [], countWarmup: false },
       { name: 'bare reply-from', kind: 'bare', url: `http://127.0.0.1:${barePort}${PATH}`, pid: bare.proc.pid as number, samples: [], countWarmup: false },
+      // Just before "gatehouse" (and the JWT path just after): each pair compared runs back to back.
+      { name: 'gatehouse + tracing', kind: 'traced', url: `http://127.0.0.1:${tracedPort}${PATH}`, pid: tracedGateway.proc.pid as number, samples: [], countWarmup: false },
       { name: 'gatehouse', kind: 'gatehouse', url: `http://127.0.0.1:${gatewayPort}${PATH}`, pid: gateway.proc.pid as number, samples: [], light: [], countWarmup: false },
-      // Next to "gatehouse": the pair compared runs close together in time. Its warm-up verifies each connection's token once.
+      // Its warm-up verifies each connection's token once.
       { name: 'gatehouse + JWT', kind: 'jwt', url: `http://127.0.0.1:${jwtPort}${PATH}`, pid: jwtGateway.proc.pid as number, tokens: issuer.tokens, samples: [], countWarmup: false },
       // Next to "gatehouse" in each round: the pairs compared run close together in time.
       ...limitedRuns.map((run): Subject => ({
@@ -794,6 +834,9 @@ async function main (): Promise<void> {
       s.warmup = warm
       log(`warm-up ${s.name}: ${Math.round(warm.rps)} req/s${warm.failures > 0 ? `, ${warm.failures} failures ${JSON.stringify(warm.statusCodes)}` : ''}`)
     }
+    // Thousands of spans by now (the batch processor exports every 512): none received, no trace is made or sent.
+    const warmSink = sink.counts()
+    if (warmSink.exports === 0) throw new Error(`gatehouse + tracing sent no span export to the sink (${sink.endpoint}${TRACES_PATH}) in its warm-up; other requests to the sink: ${warmSink.other}:\n${tracedGateway.output.slice(-20).join('\n')}`)
     // The limiter's counters from here on are the rounds' (the warm-ups and start-up left out).
     for (const run of limitedRuns) {
       run.metricsBefore = await withTimeout(`${run.spec.name} /metrics`, scrape(run.gatewayPort))
@@ -829,9 +872,18 @@ async function main (): Promise<void> {
       authFailures: total(jwtMetrics, 'auth_failures_total') - total(jwtMetricsBefore, 'auth_failures_total'),
       logLines: jwtGateway.output.filter(line => line.trim() !== '')
     }
+    // Its last spans were exported while the paths after it ran (the batch processor waits 5 s at most).
+    const tracedLines = tracedGateway.output.filter(line => line.trim() !== '')
+    const dropped = tracedLines.map(line => /Dropped (\d+) spans/.exec(line)?.[1]).filter((n): n is string => n !== undefined)
+    const traced: TracedRun = {
+      sink: sink.counts(),
+      tries: total(await withTimeout('gatehouse + tracing /metrics', scrape(tracedPort)), 'upstream_requests_total'),
+      droppedSpans: dropped.reduce((sum, n) => sum + Number(n), 0),
+      logLines: tracedLines
+    }
     const dead = deadTargetReport(await withTimeout('failing-target gateway /metrics', scrape(failingPort)), deadUrl, failing.output)
     const warnings = gateway.output.filter(line => line.trim() !== '')
-    report(machine, settings, subjects, warnings, dead, jwt)
+    report(machine, settings, subjects, warnings, dead, jwt, traced)
   } finally {
     for (const run of limitedRuns) run.redis?.probe.close()
     // The redis-servers write into their folders until they exit.
@@ -898,6 +950,44 @@ function ratio (a: number | null, b: number | null): number | null {
   return a === null || b === null || b === 0 ? null : a / b
 }
 
+function diff (a: number | null | undefined, b: number | null | undefined): number | null {
+  return a === null || a === undefined || b === null || b === undefined ? null : a - b
+}
+
+/** A path against "gatehouse", the same route without what the path adds (auth, tracing): what that costs. */
+interface Versus {
+  rps: number
+  rpsRatio: number | null
+  p50Ms: number
+  p50AddedMs: number
+  p99Ms: number
+  p99AddedMs: number
+  cpuUsPerReq: number | null
+  cpuRatio: number | null
+  cpuAddedUs: number | null
+  /** Each round runs the two back to back: the spread of these ratios is the pair's noise. */
+  perRound: Array<{ rpsRatio: number | null, cpuAddedUs: number | null }>
+}
+
+function versus (s: Subject, gatehouse: Subject): Versus {
+  const [a, b] = [summarize(s.samples), summarize(gatehouse.samples)]
+  return {
+    rps: a.rps,
+    rpsRatio: ratio(a.rps, b.rps),
+    p50Ms: a.p50,
+    p50AddedMs: a.p50 - b.p50,
+    p99Ms: a.p99,
+    p99AddedMs: a.p99 - b.p99,
+    cpuUsPerReq: a.cpuUsPerReq,
+    cpuRatio: ratio(a.cpuUsPerReq, b.cpuUsPerReq),
+    cpuAddedUs: diff(a.cpuUsPerReq, b.cpuUsPerReq),
+    perRound: s.samples.map((x, i) => {
+      const g = gatehouse.samples[i] as Sample
+      return { rpsRatio: ratio(x.rps, g.rps), cpuAddedUs: diff(x.cpuUsPerReq, g.cpuUsPerReq) }
+    })
+  }
+}
+
 /** `+0.12` / `-0.03`: a difference, signed. */
 function signed (n: number | null, digits: number): string {
   if (n === null || !Number.isFinite(n)) return 'n/a'
@@ -957,7 +1047,6 @@ function limiterReport (s: Subject, gatehouse: Summary, gatehouseLight: Summary 
   const m = run.measures as LimiterMeasures
   const load = summarize(s.samples)
   const light = s.light === undefined || s.light.length === 0 ? null : summarize(s.light)
-  const diff = (a: number | null, b: number | null | undefined) => a === null || b === null || b === undefined ? null : a - b
   return {
     name: s.name,
     store: run.spec.store,
@@ -981,7 +1070,7 @@ function limiterReport (s: Subject, gatehouse: Summary, gatehouseLight: Summary 
   }
 }
 
-function report (machine: object, settings: object, subjects: Subject[], gatewayOutput: string[], dead: DeadTargetReport, jwtRun: JwtRun): void {
+function report (machine: object, settings: object, subjects: Subject[], gatewayOutput: string[], dead: DeadTargetReport, jwtRun: JwtRun, tracedRun: TracedRun): void {
   const summaries = subjects.map(s => summarize(s.samples))
   const of = (kind: Subject['kind']): Summary => summaries[subjects.findIndex(s => s.kind === kind)] as Summary
   const [direct, bare, gatehouse, oneDown] = [of('direct'), of('bare'), of('gatehouse'), of('one-down')]
@@ -998,30 +1087,14 @@ function report (machine: object, settings: object, subjects: Subject[], gateway
   const gatehouseSubject = subjects.find(s => s.kind === 'gatehouse') as Subject
   const gatehouseLight = gatehouseSubject.light === undefined || gatehouseSubject.light.length === 0 ? null : summarize(gatehouseSubject.light)
   const limiters = subjects.filter(s => s.kind === 'limited').map(s => limiterReport(s, gatehouse, gatehouseLight))
+  const versusGatehouse = (kind: Subject['kind']): Versus => versus(subjects.find(s => s.kind === kind) as Subject, gatehouseSubject)
   // The JWT path against "gatehouse" (the same route without auth).
-  const withJwt = of('jwt')
-  const diff = (a: number | null, b: number | null) => a === null || b === null ? null : a - b
   const firstSeen = jwtRun.firstSeen
-  // Each round runs the two back to back: the spread of these ratios is this pair's noise.
-  const jwtSamples = (subjects.find(s => s.kind === 'jwt') as Subject).samples
-  const perRound = jwtSamples.map((j, i) => {
-    const g = gatehouseSubject.samples[i] as Sample
-    return { rpsRatio: ratio(j.rps, g.rps), cpuAddedUs: diff(j.cpuUsPerReq ?? null, g.cpuUsPerReq ?? null) }
-  })
   const jwt = {
     name: 'gatehouse + JWT',
     tokens: CONNECTIONS,
     tokenPerConnection: 'autocannon setupClient: connection i sends token i on every request',
-    rps: withJwt.rps,
-    rpsRatio: ratio(withJwt.rps, gatehouse.rps),
-    p50Ms: withJwt.p50,
-    p50AddedMs: withJwt.p50 - gatehouse.p50,
-    p99Ms: withJwt.p99,
-    p99AddedMs: withJwt.p99 - gatehouse.p99,
-    cpuUsPerReq: withJwt.cpuUsPerReq,
-    cpuRatio: ratio(withJwt.cpuUsPerReq, gatehouse.cpuUsPerReq),
-    cpuAddedUs: diff(withJwt.cpuUsPerReq, gatehouse.cpuUsPerReq),
-    perRound,
+    ...versusGatehouse('jwt'),
     // jose jwtVerify in the runner: what a token the gateway has not seen yet costs once (its JWKS cache selects keys with createLocalJWKSet).
     firstSeen: {
       cpuUs: firstSeen.cost.localJwks.cpuUs,
@@ -1035,6 +1108,18 @@ function report (machine: object, settings: object, subjects: Subject[], gateway
     jwksServed: jwtRun.jwksServed,
     authFailures: jwtRun.authFailures,
     logLines: jwtRun.logLines
+  }
+  // The tracing path against "gatehouse" (the same route untraced), and what reached the sink.
+  const { sink: sinkCounts, tries, droppedSpans } = tracedRun
+  const traced = {
+    name: 'gatehouse + tracing',
+    ...versusGatehouse('traced'),
+    sink: { ...sinkCounts, megabytes: sinkCounts.bytes / 1e6, bytesPerSpan: ratio(sinkCounts.bytes, sinkCounts.spans) },
+    // Its gateway's proxied tries (upstream_requests_total), one per request: each should make a server and a client span.
+    requests: tries,
+    spansPerRequest: ratio(sinkCounts.spans, tries),
+    droppedSpans,
+    logLines: tracedRun.logLines.filter(line => !/Dropped \d+ spans/.test(line))
   }
   const goals = {
     throughput: { ratio: throughputRatio, limit: 0.9, pass: throughputRatio !== null && throughputRatio >= 0.9 },
@@ -1050,6 +1135,8 @@ function report (machine: object, settings: object, subjects: Subject[], gateway
     },
     // RS256 with a cached key set costs under 10% of throughput; a miss is reported, not a failure (noisy machine).
     jwt: { throughput: { ratio: jwt.rpsRatio, limit: GOAL_JWT_THROUGHPUT, pass: jwt.rpsRatio !== null && jwt.rpsRatio >= GOAL_JWT_THROUGHPUT } },
+    // Every request traced and exported costs at most 15% of throughput; a miss is reported, not a failure (noisy machine).
+    tracing: { throughput: { ratio: traced.rpsRatio, limit: GOAL_TRACED_THROUGHPUT, pass: traced.rpsRatio !== null && traced.rpsRatio >= GOAL_TRACED_THROUGHPUT } },
     // Issue 4, per limited path against the unlimited route; a miss is reported, not a failure (noisy machine).
     limiter: limiters.map(l => ({
       name: l.name,
@@ -1088,7 +1175,7 @@ function report (machine: object, settings: object, subjects: Subject[], gateway
       const light = s.light === undefined || s.light.length === 0 ? undefined : summarize(s.light)
       return [r.name, { ...r, name: undefined, ratios: ratios(r), oneConnection: light, warmup: s.warmup, rounds: s.samples, oneConnectionRounds: s.light }]
     }))
-    console.log(JSON.stringify({ machine, settings, results, goals, deadTarget: dead, jwt, limiters, redisSkipped, noise, valid, gatewayOutput }, null, 2))
+    console.log(JSON.stringify({ machine, settings, results, goals, deadTarget: dead, jwt, tracing: traced, limiters, redisSkipped, noise, valid, gatewayOutput }, null, 2))
   } else {
     const x = (n: number | null) => n === null ? 'n/a' : `${fmt(n, 2)}x`
     const header = ['', 'req/s', 'x direct', 'x bare', 'p50 ms', 'x direct', 'x bare', 'p99 ms', 'x direct', 'x bare', 'CPU µs/req', 'x direct', 'x bare', 'non-2xx/err']
@@ -1105,6 +1192,14 @@ function report (machine: object, settings: object, subjects: Subject[], gateway
     })
     const counts = (o: Record<string, number>) => Object.keys(o).length === 0 ? 'none' : Object.entries(o).map(([k, v]) => `${k} ${fmt(v, 0)}`).join(', ')
     const fg = goals.failingTarget
+    const sink = traced.sink
+    // A path against "gatehouse": two lines of a table, and its ratios round by round.
+    const reference = (label: string): string[] => [label, fmt(gatehouse.rps, 0), '1.00x', fmt(gatehouse.p50, 2), '', fmt(gatehouse.p99, 2), '', fmt(gatehouse.cpuUsPerReq, 1), '1.00x', '']
+    const printVersus = (label: string, v: Versus & { name: string }): void => {
+      const row = [v.name, fmt(v.rps, 0), x(v.rpsRatio), fmt(v.p50Ms, 2), signed(v.p50AddedMs, 2), fmt(v.p99Ms, 2), signed(v.p99AddedMs, 2), fmt(v.cpuUsPerReq, 1), x(v.cpuRatio), signed(v.cpuAddedUs, 1)]
+      for (const l of table(['', 'req/s', 'x req/s', 'p50 ms', 'added', 'p99 ms', 'added', 'CPU µs/req', 'x CPU', 'added'], [reference(label), row])) console.log('  ' + l)
+      console.log(`  per round (the two run back to back): req/s ${v.perRound.map(r => x(r.rpsRatio)).join(', ')}; CPU µs/req added ${v.perRound.map(r => signed(r.cpuAddedUs, 1)).join(', ')}`)
+    }
     console.log('')
     console.log(`medians of ${ROUNDS} rounds; CPU = utime+stime of the proxy process (for direct: the upstream) per request`)
     console.log(`"${oneDownRow.name}": Gatehouse, upstream of 3 targets (2 like direct's, 1 refusing connections), default retry and circuitBreaker (openFor ${OPEN_FOR}); its non-2xx/err includes its warm-up, when the dead target's breaker first opens`)
@@ -1128,12 +1223,7 @@ function report (machine: object, settings: object, subjects: Subject[], gateway
     console.log(`JWT: the "gatehouse" route plus auth.jwt { jwksUrl (this runner, 127.0.0.1), issuer, audience, algorithms: [${JWT_ALGORITHM}], forwardClaims: { sub: x-user-id } }; ${RSA_BITS}-bit RSA key, tokens valid ${TOKEN_TTL}`)
     console.log(`  ${fmt(CONNECTIONS, 0)} tokens, one per connection (autocannon setupClient), each reused all run: after the warm-up every request hits the verified-token cache`)
     console.log(`  key set fetched ${fmt(jwt.jwksServed, 0)} time(s) (jwks_fetches_total ok ${fmt(jwt.jwksFetches.ok, 0)}, error ${fmt(jwt.jwksFetches.error, 0)}); auth refusals during warm-up and rounds: ${fmt(jwt.authFailures, 0)}`)
-    const jwtLines = [
-      ['gatehouse (no auth)', fmt(gatehouse.rps, 0), '1.00x', fmt(gatehouse.p50, 2), '', fmt(gatehouse.p99, 2), '', fmt(gatehouse.cpuUsPerReq, 1), '1.00x', ''],
-      [jwt.name, fmt(jwt.rps, 0), x(jwt.rpsRatio), fmt(jwt.p50Ms, 2), signed(jwt.p50AddedMs, 2), fmt(jwt.p99Ms, 2), signed(jwt.p99AddedMs, 2), fmt(jwt.cpuUsPerReq, 1), x(jwt.cpuRatio), signed(jwt.cpuAddedUs, 1)]
-    ]
-    for (const l of table(['', 'req/s', 'x req/s', 'p50 ms', 'added', 'p99 ms', 'added', 'CPU µs/req', 'x CPU', 'added'], jwtLines)) console.log('  ' + l)
-    console.log(`  per round (the two run back to back): req/s ${jwt.perRound.map(r => x(r.rpsRatio)).join(', ')}; CPU µs/req added ${jwt.perRound.map(r => signed(r.cpuAddedUs, 1)).join(', ')}`)
+    printVersus('gatehouse (no auth)', jwt)
     const fsc = jwt.firstSeen
     console.log(`  first seen: a token the gateway has not seen yet costs about ${fmt(fsc.cpuUs, 0)} µs of CPU once; repeats hit the verified-token cache`)
     console.log(`    (jose jwtVerify ${JWT_ALGORITHM} in this runner, before the rounds, ${fmt(FIRST_SEEN_VERIFICATIONS, 0)} verifications each after ${fmt(FIRST_SEEN_WARMUP, 0)} untimed: ` +
@@ -1143,12 +1233,21 @@ function report (machine: object, settings: object, subjects: Subject[], gateway
     console.log(`${goals.jwt.throughput.pass ? 'PASS' : 'MISS'}  ${jwt.name}: throughput ${x(jwt.rpsRatio)} of the same route without auth (goal >= ${fmt(GOAL_JWT_THROUGHPUT, 2)}x); a MISS does not fail the run`)
 
     console.log('')
+    console.log(`tracing: the "gatehouse" route file, OTEL_EXPORTER_OTLP_ENDPOINT a sink in this runner on 127.0.0.1 (POST ${TRACES_PATH}: 200, empty body), the SDK's defaults otherwise: OTLP/HTTP protobuf, batch span processor, every request sampled`)
+    console.log(`  sink: ${fmt(sink.exports, 0)} exports, ${fmt(traced.sink.megabytes, 1)} MB, ${fmt(sink.spans, 0)} spans (${fmt(traced.sink.bytesPerSpan, 0)} bytes each)` +
+      `${sink.uncounted > 0 ? `, ${fmt(sink.uncounted, 0)} exports not read (not plain protobuf)` : ''}${sink.other > 0 ? `, ${fmt(sink.other, 0)} other requests` : ''}; ` +
+      `${fmt(traced.spansPerRequest, 2)} spans per request of its gateway (${fmt(tries, 0)} upstream tries; 2 expected: server + client span)` +
+      `${droppedSpans > 0 ? `; the SDK DROPPED ${fmt(droppedSpans, 0)} spans (batch queue full)` : '; none dropped'}`)
+    printVersus('gatehouse (untraced)', traced)
+    if (traced.logLines.length > 0) console.log(`  ${traced.name} logged ${traced.logLines.length} line(s) at warn or above: ${logSummary(traced.logLines)}`)
+    console.log(`${goals.tracing.throughput.pass ? 'PASS' : 'MISS'}  ${traced.name}: throughput ${x(traced.rpsRatio)} of the same route untraced (goal >= ${fmt(GOAL_TRACED_THROUGHPUT, 2)}x); a MISS does not fail the run`)
+
+    console.log('')
     console.log(`rate limiter: the "gatehouse" route plus rateLimit { max: ${fmt(LIMIT_MAX, 0)}, window: ${LIMIT_WINDOW}, key: ip, onStoreError: local }; never spent, so every request runs a whole decision and none is refused`)
     console.log('  one hot key: every request comes from 127.0.0.1, so each limiter works on one entry (in Redis: one sorted set, or one pair of counters) under all the load')
     console.log(`  load = ${CONNECTIONS} connections (medians of ${ROUNDS} rounds); 1 conn = one connection, ${LIGHT_S} s per round: the added latency without queueing behind other requests`)
     if (redisSkipped !== null) console.log(`  Redis limiter paths SKIPPED: ${redisSkipped}`)
-    const ref = ['gatehouse (no limit)', fmt(gatehouse.rps, 0), '1.00x', fmt(gatehouse.p50, 2), '', fmt(gatehouse.p99, 2), '', fmt(gatehouse.cpuUsPerReq, 1), '1.00x', '',
-      fmt(gatehouseLight?.p50, 3), '', fmt(gatehouseLight?.p99, 3), '']
+    const ref = [...reference('gatehouse (no limit)'), fmt(gatehouseLight?.p50, 3), '', fmt(gatehouseLight?.p99, 3), '']
     const costLines = limiters.map(l => {
       const r = rows.find(row => row.name === l.name) as (typeof rows)[number]
       return [l.name, fmt(r.rps, 0), x(l.rpsRatio), fmt(r.p50, 2), signed(l.p50AddedMs, 2), fmt(r.p99, 2), signed(l.p99AddedMs, 2), fmt(l.cpuUsPerReq, 1), x(l.cpuRatio), signed(l.cpuAddedUs, 1),
@@ -1217,4 +1316,5 @@ try {
 } finally {
   await stopChildren()
   await jwtIssuer?.close()
+  await otlpSink?.close()
 }
