@@ -10,7 +10,7 @@ import proxyPlugin from '../plugins/proxy/index.js'
 import rateLimitPlugin from '../plugins/rate-limit/index.js'
 import requestGuardPlugin from '../plugins/request-guard/index.js'
 import routeTablePlugin from '../plugins/route-table/index.js'
-import tracingPlugin from '../plugins/tracing/index.js'
+import tracingPlugin, { traceIds } from '../plugins/tracing/index.js'
 import { AccessLog } from './access-log.js'
 import type { GatewayEnv } from './config/env.js'
 import { BadPathError, BadRequestError, HeadersTooLargeError, RequestTimeoutError } from './errors.js'
@@ -30,7 +30,7 @@ export interface AppOptions {
 
 export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Promise<FastifyInstance> {
   const app: FastifyInstance = Fastify({
-    logger: options.logger ?? { level: env.logLevel },
+    logger: options.logger ?? { level: env.logLevel, ...(options.tracing === undefined ? {} : { mixin: traceIds }) },
     logController: new AccessLog(),
     requestIdHeader: false,
     genReqId: req => {

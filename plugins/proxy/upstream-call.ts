@@ -79,18 +79,15 @@ export class UpstreamCall {
     this.last = target
     request.target = target
     target.inFlight++
-    let headers = options.headers
-    const traced = request.span == null ? undefined : startTry(request.span, options.method, target, this.o.path, this.tries - 1, headers as Record<string, unknown>)
-    if (traced !== undefined) {
-      headers = traced.headers as Dispatcher.RequestOptions['headers']
-      if (probe) traced.span.addEvent('circuit_breaker.probe')
-    }
+    // reply-from's headers object, made for this request; undici reads it when the try starts.
+    const span = request.span == null ? undefined : startTry(request.span, options.method, target, this.o.path, this.tries - 1, options.headers as Record<string, unknown>)
+    if (probe) span?.addEvent('circuit_breaker.probe')
     // A try that moves its target's breaker says so on its span (opened, closed, re-opened).
     const settled = (outcome: number | string): void => {
-      if (traced === undefined) return
+      if (span === undefined) return
       const state = target.breaker.state
-      if (state !== sentIn) traced.span.addEvent('circuit_breaker.transition', { 'circuit_breaker.state.before': sentIn, 'circuit_breaker.state': state })
-      endTry(traced.span, outcome)
+      if (state !== sentIn) span.addEvent('circuit_breaker.transition', { 'circuit_breaker.state.before': sentIn, 'circuit_breaker.state': state })
+      endTry(span, outcome)
     }
     const began = performance.now()
     // undici checks its timeouts on a timer that ticks every ~500 ms, so a short request timeout
@@ -108,7 +105,7 @@ export class UpstreamCall {
     }
     target.pool.request({
       method: options.method,
-      headers,
+      headers: options.headers,
       path: this.o.path,
       body: this.o.replay ?? options.body,
       signal: trySignal,

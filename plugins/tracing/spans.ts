@@ -30,10 +30,10 @@ function attributesOf (target: Target): Attributes {
 }
 
 /**
- * A client span for one try, child of the server span, and the headers that carry it upstream:
- * the client's own traceparent and tracestate are replaced by this span's.
+ * A client span for one try, child of the server span, written into the upstream request's
+ * headers in place of the client's traceparent and tracestate (each try sets its own).
  */
-export function startTry (server: Span, method: string, target: Target, path: string, resendCount: number, headers: Record<string, unknown>): { span: Span, headers: Record<string, unknown> } {
+export function startTry (server: Span, method: string, target: Target, path: string, resendCount: number, headers: Record<string, unknown>): Span {
   server.setAttribute('gatehouse.target', target.origin)
   const span = tracer.startSpan(method, {
     kind: SpanKind.CLIENT,
@@ -45,11 +45,11 @@ export function startTry (server: Span, method: string, target: Target, path: st
       ...(resendCount > 0 ? { 'http.request.resend_count': resendCount } : {})
     }
   }, trace.setSpan(ROOT_CONTEXT, server))
-  const carrier = { ...headers }
-  delete carrier.traceparent
-  delete carrier.tracestate
-  propagation.inject(trace.setSpan(ROOT_CONTEXT, span), carrier)
-  return { span, headers: carrier }
+  // Set only when the span has one; undici skips an undefined header (no `delete`: it would make
+  // the object slow for undici to read).
+  headers.tracestate = undefined
+  propagation.inject(trace.setSpan(ROOT_CONTEXT, span), headers)
+  return span
 }
 
 /** Ends a try's span with the upstream's status, or with the reason it failed. */
