@@ -457,7 +457,10 @@ interface GrafanaDatasource { name: string, uid?: string, type: string, url?: st
 interface GrafanaProvider { name: string, type?: string, options?: { path?: string, foldersFromFilesStructure?: boolean } }
 
 /** The YAML files of one kind of Grafana provisioning (datasources, dashboards), as the mounts show them. */
-async function provisioning<T> (grafana: Service, kind: 'datasources' | 'dashboards', key: string): Promise<T[]> {
+/** The one entry Grafana's provisioning files under `kind` list under `key`, and the grafana service. */
+async function provisioned<T> (kind: 'datasources' | 'dashboards', key: string): Promise<{ services: Record<string, Service>, grafana: Service, entry: T }> {
+  const { services } = await compose()
+  const grafana = services.grafana as Service
   const containerDir = posix.join(environment(grafana).GF_PATHS_PROVISIONING ?? '/etc/grafana/provisioning', kind)
   const dir = hostPath(grafana, containerDir)
   assert.ok(dir !== undefined && existsSync(dir), `nothing mounted at ${containerDir}`)
@@ -465,7 +468,9 @@ async function provisioning<T> (grafana: Service, kind: 'datasources' | 'dashboa
   assert.ok(files.length > 0, `no provisioning file in ${relative(ROOT, dir)}`)
   const parsed = await Promise.all(files.map(async f => YAML.parse(await readFile(join(dir, f), 'utf8')) as Record<string, unknown>))
   for (const [i, p] of parsed.entries()) assert.equal(p.apiVersion, 1, `${files[i] ?? ''}: apiVersion`)
-  return parsed.flatMap(p => (p[key] ?? []) as T[])
+  const entries = parsed.flatMap(p => (p[key] ?? []) as T[])
+  assert.equal(entries.length, 1, JSON.stringify(entries))
+  return { services, grafana, entry: entries[0] as T }
 }
 
 interface DashboardDatasourceRef { type?: string, uid?: string }
@@ -477,11 +482,7 @@ interface DashboardJson {
 }
 
 test('Grafana\'s data source is the prometheus service, of the type and as the default the dashboard needs', async () => {
-  const { services } = await compose()
-  const grafana = services.grafana as Service
-  const datasources = await provisioning<GrafanaDatasource>(grafana, 'datasources', 'datasources')
-  assert.equal(datasources.length, 1, JSON.stringify(datasources))
-  const ds = datasources[0] as GrafanaDatasource
+  const { services, entry: ds } = await provisioned<GrafanaDatasource>('datasources', 'datasources')
   const url = new URL(ds.url ?? '')
   assert.equal(url.protocol, 'http:')
   assert.match(services[url.hostname]?.image ?? '', /^prom\/prometheus:/, `${ds.url ?? ''}: ${url.hostname} is not the prometheus service`)
@@ -512,11 +513,7 @@ test('Grafana\'s data source is the prometheus service, of the type and as the d
 })
 
 test('Grafana\'s dashboard provider finds gatehouse.json in the mounted folder; it is also the home dashboard', async () => {
-  const { services } = await compose()
-  const grafana = services.grafana as Service
-  const providers = await provisioning<GrafanaProvider>(grafana, 'dashboards', 'providers')
-  assert.equal(providers.length, 1, JSON.stringify(providers))
-  const provider = providers[0] as GrafanaProvider
+  const { grafana, entry: provider } = await provisioned<GrafanaProvider>('dashboards', 'providers')
   assert.equal(provider.type ?? 'file', 'file')
   const containerDir = provider.options?.path ?? ''
   const dir = hostPath(grafana, containerDir)
