@@ -178,6 +178,18 @@ function assertNothingSent (u: TlsUpstream): void {
   assert.deepEqual(u.requests, [], 'the upstream application received a request')
 }
 
+/**
+ * A GET of `path` to a target on an upstream other routes share: 502 TLS, no new TLS session
+ * there, and no request under the path's first segment reached its application.
+ */
+async function assertRefusedAtHandshake (gw: GatewayProcess, u: TlsUpstream, path: string): Promise<void> {
+  const handshakes = u.handshakes
+  assertError(await send(gw, path), 502, TLS)
+  assert.equal(u.handshakes, handshakes, 'a TLS session was established')
+  const prefix = path.slice(0, path.indexOf('/', 1))
+  assert.equal(u.requests.filter(r => r.url.startsWith(prefix)).length, 0, 'the upstream application received a request')
+}
+
 /** A YAML route file: one target with an optional tls block, one route. */
 function tlsRoute (url: string, path: string, tls: Record<string, string> = {}, extra = ''): string {
   const lines = ['targets:', `  - url: ${url}`]
@@ -234,10 +246,7 @@ test('upstream TLS through a gateway process', { timeout: 90_000 }, async t => {
   })
 
   await t.test('no tls key, upstream signed by a private CA: 502 (the public roots do not know it)', SUBTEST, async () => {
-    const before = privateCa.handshakes
-    assertError(await send(gw, '/private-default/x'), 502, TLS)
-    assert.equal(privateCa.handshakes, before)
-    assert.equal(privateCa.requests.filter(r => r.url.startsWith('/private-default')).length, 0)
+    await assertRefusedAtHandshake(gw, privateCa, '/private-default/x')
   })
 
   await t.test('tls.ca with the CA that signed the upstream: 200', SUBTEST, async () => {
@@ -245,10 +254,7 @@ test('upstream TLS through a gateway process', { timeout: 90_000 }, async t => {
   })
 
   await t.test('tls.ca with an unrelated certificate: 502, the upstream application never sees the request', SUBTEST, async () => {
-    const handshakes = privateCa.handshakes
-    assertError(await send(gw, '/ca-wrong/x'), 502, TLS)
-    assert.equal(privateCa.handshakes, handshakes)
-    assert.equal(privateCa.requests.filter(r => r.url.startsWith('/ca-wrong')).length, 0)
+    await assertRefusedAtHandshake(gw, privateCa, '/ca-wrong/x')
   })
 
   await t.test('servername: a certificate for upstream.test at 127.0.0.1 fails without it and passes with it; another name fails', SUBTEST, async () => {
@@ -258,10 +264,8 @@ test('upstream TLS through a gateway process', { timeout: 90_000 }, async t => {
     const right = answer(await send(gw, '/sn-right/x'))
     assert.equal(right.servername, 'upstream.test', 'the configured name is sent as SNI')
     assert.equal(answer(await send(gw, '/sn-right-named/x')).servername, 'upstream.test')
-    const handshakes = privateCa.handshakes
     // The 127.0.0.1/localhost certificate does not hold upstream.test.
-    assertError(await send(gw, '/sn-wrong/x'), 502, TLS)
-    assert.equal(privateCa.handshakes, handshakes)
+    await assertRefusedAtHandshake(gw, privateCa, '/sn-wrong/x')
   })
 
   await t.test('mTLS: without a client certificate or with one the upstream does not trust: 502 and no request; with cert/key: 200 and the upstream sees its subject', SUBTEST, async () => {
