@@ -73,47 +73,35 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
   perTarget('upstream_max_connections', 'maxConnections per target.', t => t.maxConnections)
   perTarget('circuit_breaker_state', 'Breaker state per target: 0 closed, 1 open, 2 half-open.', t => states[t.breaker.state])
   perTarget('upstream_target_healthy', '1 while the target\'s breaker is closed, 0 while it is open or half-open.', t => t.breaker.state === 'closed' ? 1 : 0)
-  new client.Counter({
-    name: 'circuit_breaker_transitions_total',
-    help: 'Breaker transitions per target, by the state entered.',
-    labelNames: ['upstream', 'target', 'to'],
-    collect () {
-      this.reset()
-      for (const t of targets()) {
-        for (const [to, n] of Object.entries(t.transitions)) this.inc({ upstream: t.upstream, target: t.origin, to }, n)
+  // A counter read from state at scrape time: `totals` yields every label set with its count so far.
+  const counter = (name: string, help: string, labelNames: string[], totals: () => Iterable<[Record<string, string>, number]>): void => {
+    new client.Counter({
+      name,
+      help,
+      labelNames,
+      collect () {
+        this.reset()
+        for (const [labels, n] of totals()) this.inc(labels, n)
       }
-    }
-  })
-  new client.Counter({
-    name: 'upstream_retry_budget_exhausted_total',
-    help: 'Retries not made because the upstream\'s retry budget was spent.',
-    labelNames: ['upstream'],
-    collect () {
-      this.reset()
-      for (const u of upstreams()) this.inc({ upstream: u.name }, u.budget.denied)
-    }
-  })
+    })
+  }
   const upstreams = () => app.routeTable.table.upstreams
-  new client.Counter({
-    name: 'upstream_retries_total',
-    help: 'Retries sent, by what the try before them ran into.',
-    labelNames: ['upstream', 'reason'],
-    collect () {
-      this.reset()
-      for (const u of upstreams()) {
-        for (const [reason, n] of Object.entries(u.budget.retries)) this.inc({ upstream: u.name, reason }, n)
-      }
+  counter('circuit_breaker_transitions_total', 'Breaker transitions per target, by the state entered.', ['upstream', 'target', 'to'], function * () {
+    for (const t of targets()) {
+      for (const [to, n] of Object.entries(t.transitions)) yield [{ upstream: t.upstream, target: t.origin, to }, n]
     }
   })
-  new client.Counter({
-    name: 'upstream_requests_total',
-    help: 'Tries sent to each target, by outcome: ok, bad-status (a breaker failure status), connect-failure, reset, timeout, aborted (the client left).',
-    labelNames: ['upstream', 'target', 'outcome'],
-    collect () {
-      this.reset()
-      for (const t of targets()) {
-        for (const [outcome, n] of Object.entries(t.tries.outcomes)) this.inc({ upstream: t.upstream, target: t.origin, outcome }, n)
-      }
+  counter('upstream_retry_budget_exhausted_total', 'Retries not made because the upstream\'s retry budget was spent.', ['upstream'], function * () {
+    for (const u of upstreams()) yield [{ upstream: u.name }, u.budget.denied]
+  })
+  counter('upstream_retries_total', 'Retries sent, by what the try before them ran into.', ['upstream', 'reason'], function * () {
+    for (const u of upstreams()) {
+      for (const [reason, n] of Object.entries(u.budget.retries)) yield [{ upstream: u.name, reason }, n]
+    }
+  })
+  counter('upstream_requests_total', 'Tries sent to each target, by outcome: ok, bad-status (a breaker failure status), connect-failure, reset, timeout, aborted (the client left).', ['upstream', 'target', 'outcome'], function * () {
+    for (const t of targets()) {
+      for (const [outcome, n] of Object.entries(t.tries.outcomes)) yield [{ upstream: t.upstream, target: t.origin, outcome }, n]
     }
   })
   // The registry reads only name, help, type and get(); its types list only prom-client's own classes.
@@ -129,23 +117,10 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
     yield [{}, limiter().latency]
   }))
 
-  new client.Counter({
-    name: 'rate_limiter_rejected_total',
-    help: 'Requests refused with 429, by route limit (<upstream>-<route index>); never by client key.',
-    labelNames: ['route'],
-    collect () {
-      this.reset()
-      for (const [route, n] of limiter().rejected) this.inc({ route }, n)
-    }
+  counter('rate_limiter_rejected_total', 'Requests refused with 429, by route limit (<upstream>-<route index>); never by client key.', ['route'], function * () {
+    for (const [route, n] of limiter().rejected) yield [{ route }, n]
   })
-  new client.Counter({
-    name: 'rate_limiter_store_errors_total',
-    help: 'Rate-limit store (Redis) calls that failed or timed out.',
-    collect () {
-      this.reset()
-      this.inc(limiter().storeErrors)
-    }
-  })
+  counter('rate_limiter_store_errors_total', 'Rate-limit store (Redis) calls that failed or timed out.', [], () => [[{}, limiter().storeErrors]])
   new client.Gauge({
     name: 'rate_limiter_replicas',
     help: 'Live gateway replicas last counted in Redis (heartbeats); the local fallback divides each max by it.',
@@ -156,38 +131,20 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
     help: '1 while the rate-limit store is failing and routes use their onStoreError policy.',
     collect () { this.set(limiter().store === 'fallback' ? 1 : 0) }
   })
-  new client.Counter({
-    name: 'auth_failures_total',
-    help: 'Requests refused by edge authentication, by route (<upstream>-<route index>) and reason.',
-    labelNames: ['route', 'reason'],
-    collect () {
-      this.reset()
-      for (const [key, n] of app.authState.failures) {
-        const [route, reason] = key.split('\n') as [string, string]
-        this.inc({ route, reason }, n)
-      }
+  counter('auth_failures_total', 'Requests refused by edge authentication, by route (<upstream>-<route index>) and reason.', ['route', 'reason'], function * () {
+    for (const [key, n] of app.authState.failures) {
+      const [route, reason] = key.split('\n') as [string, string]
+      yield [{ route, reason }, n]
     }
   })
-  new client.Counter({
-    name: 'jwks_fetches_total',
-    help: 'JWKS fetches, by result (ok, error); a failed fetch keeps the last good key set.',
-    labelNames: ['result'],
-    collect () {
-      this.reset()
-      this.inc({ result: 'ok' }, app.authState.jwksFetches.ok)
-      this.inc({ result: 'error' }, app.authState.jwksFetches.error)
-    }
-  })
-  new client.Counter({
-    name: 'config_reloads_total',
-    help: 'Route reloads; failure: at least one file was rejected (its last good version kept serving).',
-    labelNames: ['result'],
-    collect () {
-      this.reset()
-      this.inc({ result: 'success' }, app.routeTable.reloads.success)
-      this.inc({ result: 'failure' }, app.routeTable.reloads.failure)
-    }
-  })
+  counter('jwks_fetches_total', 'JWKS fetches, by result (ok, error); a failed fetch keeps the last good key set.', ['result'], () => [
+    [{ result: 'ok' }, app.authState.jwksFetches.ok],
+    [{ result: 'error' }, app.authState.jwksFetches.error]
+  ])
+  counter('config_reloads_total', 'Route reloads; failure: at least one file was rejected (its last good version kept serving).', ['result'], () => [
+    [{ result: 'success' }, app.routeTable.reloads.success],
+    [{ result: 'failure' }, app.routeTable.reloads.failure]
+  ])
   new client.Gauge({
     name: 'gateway_build_info',
     help: 'Always 1; the labels say which Gatehouse and Node.js serve.',
