@@ -7,6 +7,7 @@ import type { JWTPayload } from 'jose'
 import type { JwtAuthConfig } from '../../src/config/route-file.js'
 import { AuthForbiddenError, AuthInvalidError, AuthRequiredError, AuthUnavailableError } from '../../src/errors.js'
 import { JwksCache, NO_KEYS_RETRY_MS, type JwksFetchResult } from './jwks.js'
+import { onProxyRequest } from '../route-table/index.js'
 import { AuthFailure, JwtVerifier, staticKey, type Verified } from './verifier.js'
 
 /** What a verified token proves, and what the upstream is to see of it. */
@@ -129,40 +130,36 @@ async function authPlugin (app: FastifyInstance, opts: AuthOptions): Promise<voi
   }
 
   // On the proxy routes after route resolution and before rate limits (claim keys need the identity).
-  app.addHook('onRoute', route => {
-    if (route.config?.gatehouseProxy !== true) return
-    const hooks = route.onRequest === undefined ? [] : Array.isArray(route.onRequest) ? route.onRequest : [route.onRequest]
-    route.onRequest = [...hooks, (request, reply, done) => {
-      const auth = request.match?.route.auth
-      if (auth === undefined) {
-        done()
-        return
-      }
-      // The client's own identity headers never reach the upstream, verified or not.
-      const headers = request.headers
-      for (const [, header] of auth.forwardClaims) if (headers[header] !== undefined) delete headers[header]
-      const token = bearerToken(headers.authorization)
-      if (token === undefined) {
-        refuse(request, reply, new AuthFailure('missing_token'), done)
-        return
-      }
-      const settle = (verified: Verified): void => {
-        const failure = admit(request, auth, verified)
-        if (failure === undefined) done()
-        else refuse(request, reply, failure, done)
-      }
-      const fail = (err: unknown): void => {
-        if (err instanceof AuthFailure) refuse(request, reply, err, done)
-        else done(err as Error)
-      }
-      try {
-        const verified = verifierFor(auth).verify(token)
-        if (verified instanceof Promise) verified.then(settle, fail)
-        else settle(verified)
-      } catch (err) {
-        fail(err)
-      }
-    }]
+  onProxyRequest(app, (request, reply, done) => {
+    const auth = request.match?.route.auth
+    if (auth === undefined) {
+      done()
+      return
+    }
+    // The client's own identity headers never reach the upstream, verified or not.
+    const headers = request.headers
+    for (const [, header] of auth.forwardClaims) if (headers[header] !== undefined) delete headers[header]
+    const token = bearerToken(headers.authorization)
+    if (token === undefined) {
+      refuse(request, reply, new AuthFailure('missing_token'), done)
+      return
+    }
+    const settle = (verified: Verified): void => {
+      const failure = admit(request, auth, verified)
+      if (failure === undefined) done()
+      else refuse(request, reply, failure, done)
+    }
+    const fail = (err: unknown): void => {
+      if (err instanceof AuthFailure) refuse(request, reply, err, done)
+      else done(err as Error)
+    }
+    try {
+      const verified = verifierFor(auth).verify(token)
+      if (verified instanceof Promise) verified.then(settle, fail)
+      else settle(verified)
+    } catch (err) {
+      fail(err)
+    }
   })
 }
 

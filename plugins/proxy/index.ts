@@ -163,7 +163,7 @@ async function proxyPlugin (app: FastifyInstance, opts: ProxyOptions): Promise<v
     return reply
   }
 
-  // `gatehouseProxy` lets per-route plugins (rate limits) find these routes; they run after resolve.
+  // `gatehouseProxy` lets per-route plugins (auth, rate limits) find these routes; they run after resolve.
   // One route per method: fastify-metrics matches a request against `METHOD:url` slugs, and a
   // route registered with a list of methods would never match (no request histogram at all).
   for (const method of HTTP_METHODS) {

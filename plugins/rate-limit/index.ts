@@ -8,6 +8,7 @@ import fp from 'fastify-plugin'
 import type { RedisConnection } from '../../src/config/redis-url.js'
 import { RateLimitedError, RateLimitUnavailableError } from '../../src/errors.js'
 import { DurationHistogram } from '../../src/upstream/try-stats.js'
+import { onProxyRequest } from '../route-table/index.js'
 import type { CompiledLimit } from '../route-table/route-table.js'
 import { MemoryLimitStore } from './store/memory.js'
 import { RedisLimitStore } from './store/redis.js'
@@ -35,10 +36,6 @@ export interface RateLimitState {
 declare module 'fastify' {
   interface FastifyInstance {
     rateLimitState: RateLimitState
-  }
-  interface FastifyContextConfig {
-    /** Set by the proxy on its routes: the rate limiter applies to them. */
-    gatehouseProxy?: boolean
   }
 }
 
@@ -131,23 +128,19 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
   })
 
   // On the proxy routes, after the route is resolved. A route without a limit costs one check.
-  app.addHook('onRoute', route => {
-    if (route.config?.gatehouseProxy !== true) return
-    const hooks = route.onRequest === undefined ? [] : Array.isArray(route.onRequest) ? route.onRequest : [route.onRequest]
-    route.onRequest = [...hooks, (request, reply, done) => {
-      const limit = limitOf(request)
-      if (limit === undefined) {
-        done()
-        return
-      }
-      // The check has set x-ratelimit-* (also before a 429): add the IETF fields from them.
-      const ietf = (): void => {
-        if (!reply.hasHeader('x-ratelimit-remaining')) return
-        reply.header('ratelimit-policy', limit.policy)
-        reply.header('ratelimit', `"${limit.id}";r=${String(reply.getHeader('x-ratelimit-remaining') ?? 0)};t=${String(reply.getHeader('x-ratelimit-reset') ?? 0)}`)
-      }
-      check.call(app, request, reply).then(() => { ietf(); done() }, (err: Error) => { ietf(); done(err) })
-    }]
+  onProxyRequest(app, (request, reply, done) => {
+    const limit = limitOf(request)
+    if (limit === undefined) {
+      done()
+      return
+    }
+    // The check has set x-ratelimit-* (also before a 429): add the IETF fields from them.
+    const ietf = (): void => {
+      if (!reply.hasHeader('x-ratelimit-remaining')) return
+      reply.header('ratelimit-policy', limit.policy)
+      reply.header('ratelimit', `"${limit.id}";r=${String(reply.getHeader('x-ratelimit-remaining') ?? 0)};t=${String(reply.getHeader('x-ratelimit-reset') ?? 0)}`)
+    }
+    check.call(app, request, reply).then(() => { ietf(); done() }, (err: Error) => { ietf(); done(err) })
   })
 
   // A gateway that starts while Redis is still connecting would refuse its first requests on the

@@ -1,7 +1,7 @@
 // Owns the live route table: strict load at start, then reloads (SIGUSR1, file changes) that
 // apply each valid file, keep the last good version of a broken one, and swap the table whole.
 import { watch, type FSWatcher } from 'node:fs'
-import type { FastifyInstance } from 'fastify'
+import type { FastifyInstance, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import { loadRouteDirStrict, readRouteDir, resolveRouteFiles, type AcceptedFile } from '../../src/config/route-dir.js'
 import type { TargetTransitionListener } from '../../src/upstream/target.js'
@@ -36,6 +36,22 @@ declare module 'fastify' {
   interface FastifyInstance {
     routeTable: RouteTableHolder
   }
+  interface FastifyContextConfig {
+    /** Set by the proxy on its routes: per-route plugins (auth, rate limits) apply to them. */
+    gatehouseProxy?: boolean
+  }
+}
+
+/**
+ * Runs `hook` on the proxy's routes, after the route is resolved (request.match) and after the
+ * hooks of plugins registered before the caller.
+ */
+export function onProxyRequest (app: FastifyInstance, hook: onRequestHookHandler): void {
+  app.addHook('onRoute', route => {
+    if (route.config?.gatehouseProxy !== true) return
+    const hooks = route.onRequest === undefined ? [] : Array.isArray(route.onRequest) ? route.onRequest : [route.onRequest]
+    route.onRequest = [...hooks, hook]
+  })
 }
 
 async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions): Promise<void> {
