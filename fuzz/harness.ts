@@ -8,7 +8,7 @@ import net, { type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
-import { hasEncodedSlash, normalizePath } from '../plugins/proxy/normalize-path.js'
+import { hasEncodedSlash, normalizePath } from '../plugins/route-table/normalize-path.js'
 import { freePort, httpStatus } from '../scripts/loopback.js'
 import { parseRequests, parseResponses, type RefParse, type RefRequest, type RefResponse } from './reference.js'
 

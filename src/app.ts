@@ -1,19 +1,20 @@
-// The gateway as one Fastify app: request ids, one access-log line, then the plugins in order.
+// The gateway as one Fastify app: the global plugins (tracing, request ids and access log,
+// metrics, health), then the proxied scope, whose pipeline is declared below in the order it runs.
 import { randomUUID } from 'node:crypto'
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import authPlugin from '../plugins/auth/index.js'
 import healthPlugin from '../plugins/health/index.js'
 import observabilityPlugin from '../plugins/observability/index.js'
-import proxyPlugin from '../plugins/proxy/index.js'
+import proxyRoutes from '../plugins/proxy/index.js'
 import rateLimitPlugin from '../plugins/rate-limit/index.js'
 import requestGuardPlugin from '../plugins/request-guard/index.js'
 import routeTablePlugin from '../plugins/route-table/index.js'
-import tracingPlugin, { traceIds } from '../plugins/tracing/index.js'
-import { AccessLog } from './access-log.js'
+import tracingPlugin from '../plugins/tracing/index.js'
 import type { GatewayEnv } from './config/env.js'
 import { BadPathError, BadRequestError, HeadersTooLargeError, RequestTimeoutError } from './errors.js'
+import { createLogger, GatewayLogController, requestLoggerFactory, type GatewayLogger } from './logger.js'
 import type { Tracing } from './tracing.js'
 
 const BODILESS = new Set(['GET', 'HEAD', 'TRACE'])
@@ -22,16 +23,20 @@ const BODILESS = new Set(['GET', 'HEAD', 'TRACE'])
 const REQUEST_ID = /^[\w.:@/+=-]{1,128}$/
 
 export interface AppOptions {
-  /** Overrides the pino logger options (tests silence it). */
+  /** Overrides the logger (tests silence it); then no access lines are written. */
   logger?: FastifyServerOptions['logger']
+  /** The process's logger (server.ts makes it, to flush it on exit); made here when absent. */
+  log?: GatewayLogger
   /** From startTracing(): undefined leaves tracing off. */
   tracing?: Tracing | undefined
 }
 
 export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Promise<FastifyInstance> {
+  const log = options.logger === undefined ? options.log ?? createLogger(env.logLevel) : undefined
   const app: FastifyInstance = Fastify({
-    logger: options.logger ?? { level: env.logLevel, ...(options.tracing === undefined ? {} : { mixin: traceIds }) },
-    logController: new AccessLog(),
+    ...(log === undefined ? { logger: options.logger } : { loggerInstance: log.logger as FastifyBaseLogger }),
+    childLoggerFactory: requestLoggerFactory,
+    logController: new GatewayLogController(),
     requestIdHeader: false,
     genReqId: req => {
       const id = req.headers['x-request-id']
@@ -59,6 +64,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
       ;(reply as FastifyReply).send(error.code === 'FST_ERR_BAD_URL' ? new BadPathError('malformed percent-encoding', { cause: error }) : error)
     }
   })
+  app.decorateRequest('failure', null)
 
   app.server.maxConnections = env.maxConnections
   // Node answers `Expect: 100-continue` by itself, even for a response queued behind a pipelined
@@ -69,12 +75,10 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     app.server.emit('request', req, res)
   })
 
-  // First: the server span must be open before any other hook runs, and see every route.
+  // Tracing first: the server span must be open before any other hook runs. The plugins below
+  // decorate the app with what the pipeline and /metrics need; observability, health and metrics
+  // apply to every route.
   if (options.tracing !== undefined) await app.register(tracingPlugin, { instrumentation: options.tracing.instrumentation })
-  app.addHook('onRequest', (request, reply, done) => {
-    reply.header('x-request-id', request.id)
-    done()
-  })
   await app.register(requestGuardPlugin, { maxHeaders: env.maxHeaders, maxHeaderSize: env.maxHeaderSize, maxUrlLength: env.maxUrlLength })
   await app.register(routeTablePlugin, {
     routesDir: env.routesDir,
@@ -82,17 +86,29 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     watch: env.watchRoutes,
     debounceMs: env.reloadDebounceMs
   })
-  // Auth before rate limits: a claim key needs the verified identity.
   await app.register(authPlugin, { jwksCooldownMs: env.jwksCooldownMs })
   await app.register(rateLimitPlugin, { redis: env.redis, redisTimeoutMs: env.redisTimeoutMs })
+  await app.register(observabilityPlugin, {
+    adminPort: env.adminPort,
+    adminHost: env.host,
+    accessLog: log === undefined || !log.logger.isLevelEnabled('info') ? undefined : { write: line => log.destination.write(line), base: log.base }
+  })
   await app.register(healthPlugin, {
     maxEventLoopDelayMs: env.maxEventLoopDelayMs,
     maxEventLoopUtilization: env.maxEventLoopUtilization,
     maxHeapUsedBytes: env.maxHeapUsedBytes,
     maxRssBytes: env.maxRssBytes
   })
-  await app.register(observabilityPlugin, { adminPort: env.adminPort, adminHost: env.host })
-  await app.register(proxyPlugin, { trustProxy: env.trustProxy })
+
+  // The proxied scope: every request to an upstream runs these steps, in this order. Each hook
+  // is a decorator of the plugin that owns it; one that is missing fails here, at boot.
+  await app.register(async function proxied (scope) {
+    scope.addHook('onRequest', app.guardRequest) //    framing, sizes, Host, pipelining behind a close
+    scope.addHook('onRequest', app.resolveRoute) //    route table → request.match, or 404/400
+    scope.addHook('onRequest', app.authenticate) //    JWT of routes with auth → request.identity
+    scope.addHook('onRequest', app.checkRateLimit) //  after auth: a limit can be keyed by a claim
+    await scope.register(proxyRoutes, { trustProxy: env.trustProxy }) // select → breaker → upstream → response
+  })
   return app
 }
 

@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from './app.js'
 import { loadEnv, type GatewayEnv } from './config/env.js'
+import { createLogger, type GatewayLogger } from './logger.js'
 import { onReload } from './reload-signals.js'
 import { startTracing, type Tracing } from './tracing.js'
 
@@ -16,7 +17,7 @@ export async function start (): Promise<void> {
     if (stopping) return
     stopping = true
     if (app === undefined) process.exit(0)
-    drain(app, signal).catch(() => process.exit(1))
+    drain(app, signal).catch(() => { process.exitCode = 1 })
   }
   process.once('SIGTERM', stop)
   process.once('SIGINT', stop)
@@ -29,15 +30,25 @@ export async function start (): Promise<void> {
     console.error((err as Error).message)
     process.exit(1)
   }
+  // Lines are written asynchronously in batches: whatever is still buffered is written before any exit.
+  const log: GatewayLogger = createLogger(env.logLevel)
+  const exit = (code: number): never => {
+    log.flush()
+    process.exit(code)
+  }
+  process.once('uncaughtException', err => {
+    log.logger.fatal({ err }, 'uncaught exception')
+    exit(1)
+  })
   let tracing: Tracing | undefined
   try {
     tracing = await startTracing()
-    app = await buildApp(env, { tracing })
+    app = await buildApp(env, { tracing, log })
     await app.listen({ port: env.port, host: env.host })
   } catch (err) {
     // The logger may not exist yet: say it plainly on stderr as well.
     console.error(`gatehouse: cannot start: ${(err as Error).message}`)
-    process.exit(1)
+    exit(1)
   }
 
   async function drain (app: FastifyInstance, signal: string): Promise<void> {
@@ -50,7 +61,7 @@ export async function start (): Promise<void> {
       forced = true
       app.log.warn({ timeoutMs }, 'shutdown timeout: closing the connections still open')
       app.server.closeAllConnections()
-      setTimeout(() => process.exit(1), 1000).unref()
+      setTimeout(() => exit(1), 1000).unref()
     }, timeoutMs)
     // Keep-alive connections that finish their last request while we drain would otherwise
     // stay open until their keep-alive timeout and hold the exit back.
@@ -64,10 +75,10 @@ export async function start (): Promise<void> {
         await Promise.race([tracing.shutdown(), sleep(TRACE_FLUSH_MS)]).catch((err: unknown) => app.log.warn({ err }, 'could not flush traces'))
       }
       app.log.info({ forced }, 'stopped')
-      process.exit(forced ? 1 : 0)
+      exit(forced ? 1 : 0)
     } catch (err) {
       app.log.error({ err }, 'error while stopping')
-      process.exit(1)
+      exit(1)
     }
   }
 }

@@ -2,7 +2,7 @@
 // resolved (also percent-encoded) and dangerous forms refused with 400 GATEHOUSE_ERR_BAD_PATH.
 import { strict as assert } from 'node:assert'
 import { test } from 'node:test'
-import { normalizePath } from '../plugins/proxy/normalize-path.js'
+import { normalizePath } from '../plugins/route-table/normalize-path.js'
 import { BadPathError } from '../src/errors.js'
 
 function assertBadPath (input: string, reason: RegExp): void {

@@ -1,13 +1,12 @@
 // Edge authentication: on routes with `auth.jwt`, a bearer token is verified here (signature,
 // times, issuer, audience, scopes) and the identity it proves is forwarded as headers, so
 // upstream services need no session lookup of their own.
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import type { JWTPayload } from 'jose'
 import type { JwtAuthConfig } from '../../src/config/route-file.js'
 import { AuthForbiddenError, AuthInvalidError, AuthRequiredError, AuthUnavailableError } from '../../src/errors.js'
 import { JwksCache, NO_KEYS_RETRY_MS, type JwksFetchResult } from './jwks.js'
-import { onProxyRequest } from '../route-table/index.js'
 import { AuthFailure, JwtVerifier, staticKey, type Verified } from './verifier.js'
 
 /** What a verified token proves, and what the upstream is to see of it. */
@@ -29,6 +28,8 @@ export interface AuthState {
 declare module 'fastify' {
   interface FastifyInstance {
     authState: AuthState
+    /** Pipeline hook, after resolveRoute: verifies the token of routes with auth (401/403/503), passes the rest. */
+    authenticate: onRequestHookHandler
   }
   interface FastifyRequest {
     /** Set on routes with auth once the token is verified. */
@@ -129,8 +130,8 @@ async function authPlugin (app: FastifyInstance, opts: AuthOptions): Promise<voi
     return undefined
   }
 
-  // On the proxy routes after route resolution and before rate limits (claim keys need the identity).
-  onProxyRequest(app, (request, reply, done) => {
+  // After route resolution and before rate limits (claim keys need the identity).
+  app.decorate('authenticate', function authenticate (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void {
     const auth = request.match?.route.auth
     if (auth === undefined) {
       done()

@@ -4,12 +4,13 @@
 import { readFileSync } from 'node:fs'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import fastifyMetrics from 'fastify-metrics'
 import fp from 'fastify-plugin'
 import type { Metric, Registry } from 'prom-client'
 import type { Target } from '../../src/upstream/target.js'
-import { DURATION_BUCKETS, type DurationHistogram } from '../../src/upstream/try-stats.js'
+import { DURATION_BUCKETS, DurationHistogram } from '../../src/upstream/try-stats.js'
+import { AccessLog, type AccessLogOptions } from './access-log.js'
 
 // The version of package.json, read once (the package is not imported as JSON to keep dist/ flat).
 const GATEHOUSE_VERSION = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version
@@ -18,20 +19,22 @@ export interface ObservabilityOptions {
   /** Serve /metrics on this port of `adminHost` instead of the main port; undefined: main port. */
   adminPort: number | undefined
   adminHost: string
+  /** Undefined: no access lines (LOG_LEVEL above info, or a test's own logger). */
+  accessLog: AccessLogOptions | undefined
 }
+
+const LEVELS: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60, silent: Infinity }
 
 async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOptions): Promise<void> {
   // A CommonJS module whose plugin is its `default` export.
+  // fastify-metrics serves /metrics and Node's default metrics. Its per-route histogram is off: it
+  // costs a prom-client observation with label hashing per request (measured in the README's
+  // Benchmark section); the request histogram below is counted in plain arrays and read at scrape.
   await app.register(fastifyMetrics.default, {
     endpoint: opts.adminPort === undefined ? '/metrics' : null,
     clearRegisterOnInit: true,
     defaultMetrics: { enabled: true },
-    routeMetrics: {
-      enabled: { histogram: true, summary: false },
-      routeBlacklist: ['/metrics', '/health', '/ready'],
-      // Bounded labels: the upstream name, never the raw path.
-      customLabels: { upstream: (request: FastifyRequest) => request.target?.upstream ?? '' }
-    }
+    routeMetrics: { enabled: false }
   })
   const client = app.metrics.client
   if (opts.adminPort !== undefined) serveAdmin(app, client.register, opts.adminPort, opts.adminHost)
@@ -41,10 +44,29 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
     client.register.removeSingleMetric(name)
   }
 
+  // Every request: its id on the response, and when it ends (completed, or the client gone), one
+  // access line and one observation, unless its route logs above info (health, readiness, metrics).
+  const accessLog = opts.accessLog === undefined ? undefined : new AccessLog(opts.accessLog)
+  const durations = new RequestDurations()
   let active = 0
+  const ended = (request: FastifyRequest, reply: FastifyReply): void => {
+    active--
+    // A proxied request always counts; others only when their route logs at info.
+    if (request.match === null && LEVELS[request.routeOptions.logLevel ?? 'info']! > 30) return
+    const res = reply.raw
+    let statusCode = res.statusCode
+    let failure = request.failure
+    if (!res.writableFinished) {
+      statusCode = 499
+      failure ??= { code: 'GATEHOUSE_ERR_CLIENT_CLOSED', message: 'the client closed the connection before the response was complete' }
+    }
+    durations.observe(request.target?.upstream ?? '', request.method, statusCode, reply.elapsedTime / 1000)
+    accessLog?.write(request, reply, statusCode, failure)
+  }
   app.addHook('onRequest', (request, reply, done) => {
     active++
-    reply.raw.once('close', () => { active-- })
+    reply.header('x-request-id', request.id)
+    reply.raw.once('close', () => ended(request, reply))
     done()
   })
   new client.Gauge({
@@ -113,6 +135,7 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
       }
     }
   }))
+  histogram(new ScrapedHistogram('http_request_duration_seconds', 'Requests by method, status code and upstream (empty: answered by the gateway before choosing one); route is always /*, the proxied scope.', () => durations.series()))
   histogram(new ScrapedHistogram('rate_limiter_duration_seconds', 'Time of one rate-limit decision by the store (Redis or memory; fallbacks included).', function * () {
     yield [{}, limiter().latency]
   }))
@@ -190,6 +213,29 @@ function serveAdmin (app: FastifyInstance, registry: Registry, port: number, hos
     server.closeAllConnections()
     await new Promise<void>(resolve => server.close(() => resolve()))
   })
+}
+
+/** Request durations by upstream, method and status, counted without building a key string per request. */
+class RequestDurations {
+  private readonly byUpstream = new Map<string, Map<number, { method: string, status: number, h: DurationHistogram }>>()
+  private readonly methods = new Map<string, number>()
+
+  observe (upstream: string, method: string, status: number, seconds: number): void {
+    let byKey = this.byUpstream.get(upstream)
+    if (byKey === undefined) this.byUpstream.set(upstream, byKey = new Map())
+    let m = this.methods.get(method)
+    if (m === undefined) this.methods.set(method, m = this.methods.size)
+    const key = status * 64 + m
+    let entry = byKey.get(key)
+    if (entry === undefined) byKey.set(key, entry = { method, status, h: new DurationHistogram() })
+    entry.h.observe(seconds)
+  }
+
+  * series (): Iterable<[Record<string, string>, DurationHistogram]> {
+    for (const [upstream, byKey] of this.byUpstream) {
+      for (const { method, status, h } of byKey.values()) yield [{ method, route: '/*', status_code: String(status), upstream }, h]
+    }
+  }
 }
 
 /**

@@ -1,19 +1,19 @@
 // Header rules of a proxy hop (RFC 9110 §7.6.1): hop-by-hop headers stop here, in both
-// directions, and X-Forwarded-* tell the upstream who asked.
-import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http'
+// directions, and X-Forwarded-* tell the upstream who asked. Both directions are built as flat
+// [name, value, name, value, …] lists, the form undici and Node's writeHead take without copying
+// into an object first.
 import proxyAddr from '@fastify/proxy-addr'
-import type { FastifyRequest } from 'fastify'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { TrustProxy } from '../../src/config/env.js'
 
-// Connection-specific headers; `te` is kept only as `trailers`. `connection` itself and the
-// headers it names are removed by @fastify/reply-from before these rules run (requests) and
-// by `stripResponseHeaders` (responses).
-const HOP_BY_HOP = ['keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'trailer', 'transfer-encoding', 'upgrade']
-
-function stripHopByHop (headers: IncomingHttpHeaders | OutgoingHttpHeaders): void {
-  for (const name of HOP_BY_HOP) delete headers[name]
-  if (headers.te !== undefined && headers.te !== 'trailers') delete headers.te
-}
+// Never forwarded as the client sent them: connection-specific headers (`te` is kept only as
+// `trailers`), `expect` (Node has answered it; undici refuses it), and what the gateway sets itself.
+const NOT_FORWARDED = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'trailer', 'transfer-encoding',
+  'upgrade', 'te', 'expect', 'host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id'
+])
+// Hop-by-hop in responses: never passed to the client (Node frames the response itself).
+const NOT_RETURNED = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'trailer', 'transfer-encoding', 'upgrade', 'te'])
 
 /** Whether the peer at this socket address may vouch for X-Forwarded-* headers. */
 export function compileTrust (trust: TrustProxy): (address: string) => boolean {
@@ -23,43 +23,97 @@ export function compileTrust (trust: TrustProxy): (address: string) => boolean {
   return address => fn(address, 0)
 }
 
-/** Request headers for the upstream: hop-by-hop removed, forwarding chain and request id set. */
-export function upstreamRequestHeaders (request: FastifyRequest, headers: IncomingHttpHeaders, trusted: (address: string) => boolean): IncomingHttpHeaders {
-  stripHopByHop(headers)
-  // Node has already answered `Expect: 100-continue` to the client; undici refuses to send it on.
-  delete headers.expect
+/** Names listed in a Connection header other than keep-alive and close: hop-by-hop too. */
+function connectionNames (value: string): Set<string> | undefined {
+  let names: Set<string> | undefined
+  for (const part of value.split(',')) {
+    const name = part.trim().toLowerCase()
+    if (name !== '' && name !== 'close' && name !== 'keep-alive') (names ??= new Set()).add(name)
+  }
+  return names
+}
+
+/**
+ * Request headers for the upstream: hop-by-hop removed, forwarding chain, Host of the target and
+ * request id set, and the verified identity's headers last (neither the client's headers nor its
+ * Connection list can undo them). `withBody` false drops the client's framing of a body that is
+ * not forwarded.
+ */
+export function upstreamRequestHeaders (request: FastifyRequest, host: string, withBody: boolean, trusted: (address: string) => boolean): string[] {
+  const raw = request.raw.rawHeaders
+  const connection = request.headers.connection
+  const named = connection === undefined ? undefined : connectionNames(connection)
+  const identity = request.identity?.upstreamHeaders
+  const out: string[] = []
+  for (let i = 0; i < raw.length; i += 2) {
+    const original = raw[i] as string
+    const name = original.toLowerCase()
+    const value = raw[i + 1] as string
+    if (NOT_FORWARDED.has(name)) {
+      if (name === 'te' && value.trim().toLowerCase() === 'trailers') out.push(original, value)
+      continue
+    }
+    if (named?.has(name) === true) continue
+    if (!withBody && name === 'content-length' && value !== '0') continue
+    if (identity !== undefined && overridden(identity, name)) continue
+    out.push(original, value)
+  }
   const socket = request.raw.socket
   const peer = socket.remoteAddress ?? ''
   const proto = 'encrypted' in socket && socket.encrypted === true ? 'https' : 'http'
-  const host = request.headers.host
+  const clientHost = request.headers.host
+  const headers = request.headers
   if (trusted(peer)) {
     const chain = headers['x-forwarded-for']
-    headers['x-forwarded-for'] = chain === undefined ? peer : `${chain}, ${peer}`
-    headers['x-forwarded-proto'] ??= proto
-    headers['x-forwarded-host'] ??= host
+    out.push('x-forwarded-for', chain === undefined ? peer : `${chain}, ${peer}`)
+    out.push('x-forwarded-proto', headers['x-forwarded-proto'] as string | undefined ?? proto)
+    const forwardedHost = headers['x-forwarded-host'] ?? clientHost
+    if (forwardedHost !== undefined) out.push('x-forwarded-host', forwardedHost as string)
   } else {
     // An untrusted client's forwarding headers are forgeries: replace them.
-    headers['x-forwarded-for'] = peer
-    headers['x-forwarded-proto'] = proto
-    if (host === undefined) delete headers['x-forwarded-host']
-    else headers['x-forwarded-host'] = host
+    out.push('x-forwarded-for', peer, 'x-forwarded-proto', proto)
+    if (clientHost !== undefined) out.push('x-forwarded-host', clientHost)
   }
-  headers['x-request-id'] = request.id
-  // Last, so neither the client's headers nor its Connection list can undo them.
-  for (const [name, value] of request.identity?.upstreamHeaders ?? []) {
-    if (value === undefined) delete headers[name]
-    else headers[name] = value
+  out.push('host', host, 'x-request-id', request.id)
+  if (identity !== undefined) {
+    for (const [name, value] of identity) if (value !== undefined) out.push(name, value)
   }
-  return headers
+  return out
 }
 
-/** Response headers for the client: hop-by-hop and those named in Connection removed. */
-export function stripResponseHeaders (headers: IncomingHttpHeaders): IncomingHttpHeaders {
-  const connection = headers.connection
-  if (connection !== undefined) {
-    for (const name of connection.split(',')) delete headers[name.trim().toLowerCase()]
-    delete headers.connection
+function overridden (identity: ReadonlyArray<[string, string | undefined]>, name: string): boolean {
+  for (const [header] of identity) if (header === name) return true
+  return false
+}
+
+/**
+ * Response headers for the client: the upstream's (undici's raw list), hop-by-hop and those named
+ * in Connection removed, then the headers the gateway set on the reply (request id, rate limits).
+ */
+export function clientResponseHeaders (raw: Buffer[], reply: FastifyReply): string[] {
+  const out: string[] = []
+  let named: Set<string> | undefined
+  for (let i = 0; i < raw.length; i += 2) {
+    const original = (raw[i] as Buffer).toString('latin1')
+    const name = original.toLowerCase()
+    const value = (raw[i + 1] as Buffer).toString('latin1')
+    if (NOT_RETURNED.has(name)) {
+      if (name === 'connection') named = connectionNames(value)
+      continue
+    }
+    out.push(original, value)
   }
-  stripHopByHop(headers)
-  return headers
+  if (named !== undefined) {
+    for (let i = out.length - 2; i >= 0; i -= 2) if (named.has((out[i] as string).toLowerCase())) out.splice(i, 2)
+  }
+  const own = reply.getHeaders()
+  for (const name in own) {
+    const value = own[name]
+    if (value === undefined) continue
+    // The gateway's own header replaces the upstream's of the same name.
+    for (let i = out.length - 2; i >= 0; i -= 2) if ((out[i] as string).toLowerCase() === name) out.splice(i, 2)
+    if (Array.isArray(value)) for (const v of value) out.push(name, v)
+    else out.push(name, String(value))
+  }
+  return out
 }

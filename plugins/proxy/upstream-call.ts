@@ -1,7 +1,11 @@
 // One client request's way to an upstream: a series of tries, each to a target chosen when it
-// starts, with backoff, the retry budget and the targets' breakers deciding. @fastify/reply-from
-// sees a single dispatch; it writes the final response (its own retries are off).
-import type { FastifyRequest } from 'fastify'
+// starts, with backoff, the retry budget and the targets' breakers deciding. The call is its own
+// undici dispatch handler: every try is `target.pool.dispatch(options, this)`, so the request's
+// state travels with the dispatch (as in undici's own interceptors, lib/interceptor/retry.js),
+// and the final response is written to the client as undici reads it, with no stream in between.
+import type { Readable } from 'node:stream'
+import type { Span } from '@opentelemetry/api'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import { errors, type Dispatcher } from 'undici'
 import { UpstreamUnavailableError } from '../../src/errors.js'
 import { backoffMs, retryable, retryAfterMs, type TryFailure } from '../../src/upstream/retry.js'
@@ -9,187 +13,286 @@ import { selectTarget } from '../../src/upstream/select.js'
 import { tlsFailure, type Target } from '../../src/upstream/target.js'
 import type { CompiledUpstream } from '../route-table/route-table.js'
 import { endTry, startTry } from '../tracing/spans.js'
-import { CancelSignal } from './cancel-signal.js'
+import { clientResponseHeaders, upstreamRequestHeaders } from './headers.js'
+import { CONNECT_FAILURE } from './upstream-errors.js'
 
 const PRECISE_BELOW_MS = 2000
 
-type Callback = (err: Error | null, data: Dispatcher.ResponseData) => void
-
-// undici error codes by what they mean for a retry. A connect failure never reached the upstream.
-export const CONNECT_FAILURE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT'])
 const TIMEOUT = new Set(['UND_ERR_HEADERS_TIMEOUT'])
 const ABORTED = new Set(['UND_ERR_ABORTED', 'ABORT_ERR'])
 
-function classify (err: Error & { code?: string }): TryFailure | 'aborted' {
+function classify (err: Error & { code?: string }): TryFailure {
   const code = err.code ?? ''
   // A failed TLS handshake carried no request to the upstream's application.
   if (CONNECT_FAILURE.has(code) || tlsFailure(err) !== undefined) return 'connect-failure'
   if (TIMEOUT.has(code)) return 'timeout'
-  if (ABORTED.has(code) || err.name === 'AbortError') return 'aborted'
   return 'reset'
 }
 
 export interface CallOptions {
+  request: FastifyRequest
+  reply: FastifyReply
   upstream: CompiledUpstream
   /** The target of the first try, already selected (so "none available" is answered before any proxying). */
   first: Target
-  /** The client request: its method, its logger; `target` is set to each try's target. */
-  request: FastifyRequest
   /** Normalised, rewritten path with the query string. */
   path: string
-  /** The request body kept for replay; undefined when there is none or it is streamed. */
-  replay: Buffer | undefined
-  /** Whether a try may be repeated at all (false for a streamed body). */
-  replayable: boolean
-  /** Aborted when the client goes away: cancels the try in progress, whatever its phase. */
-  signal: CancelSignal
+  trusted: (address: string) => boolean
+  /** The call failed for good, before any response was written: answer the client with it. */
+  fail: (error: Error, target: Target | undefined) => void
+  /** The call is over, whatever its outcome. */
+  done: () => void
   random?: () => number
 }
 
-export class UpstreamCall {
+/** What a try is doing with the response it got. */
+const enum Phase { Waiting, Forwarding, Discarding }
+
+export class UpstreamCall implements Dispatcher.DispatchHandler {
+  private body: Buffer | Readable | undefined
+  private replayable = true
+  private headers: string[] | undefined
+  private hostAt = 0
   /** Targets tried so far; made on the first retry (most requests never need it). */
   private tried: Set<Target> | undefined
-  private last: Target | undefined
-  private readonly startedAt = Date.now()
+  private target: Target | undefined
   private tries = 0
+  private readonly startedAt = Date.now()
   private done = false
+  /** Set when the client left: every try from now on is aborted. */
+  private cancelled: Error | undefined
 
-  constructor (private readonly o: CallOptions) {}
+  // The try in progress.
+  private phase = Phase.Waiting
+  private probe = false
+  private sentIn = ''
+  private began = 0
+  private abortTry: ((err: Error) => void) | undefined
+  private pendingAbort: Error | undefined
+  private deadline: NodeJS.Timeout | undefined
+  private span: Span | undefined
+  /** After a discarded response: the delay before the next try. */
+  private retryIn = 0
+  private retryReason: TryFailure | number = 0
+  private retryError: Error | null = null
+  /** The try in progress is a retry: it counts in the upstream's retry budget until it settles. */
+  private isRetry = false
+  private resumeUpstream: (() => void) | undefined
 
-  /** Runs the tries; `callback` gets the final response or the last error. */
-  run (options: Dispatcher.RequestOptions, callback: Callback): void {
+  constructor (private readonly o: CallOptions) {
+    o.upstream.budget.active++
+  }
+
+  /** Runs the tries; the body is a Buffer kept for replay, a stream sent once, or undefined. */
+  start (body: Buffer | Readable | undefined, replayable: boolean): void {
+    this.body = body
+    this.replayable = replayable
     const { upstream, first, random } = this.o
-    upstream.budget.active++
+    if (this.cancelled !== undefined) {
+      this.fail(this.cancelled)
+      return
+    }
     // After a wait for the body the first choice may have filled up or tripped: choose again.
     const target = first.admits() ? first : selectTarget(upstream.targets, upstream.totalWeight, random)
     if (target === undefined) {
-      this.finish(callback, new UpstreamUnavailableError(upstream.name))
+      this.fail(new UpstreamUnavailableError(upstream.name))
       return
     }
-    this.attempt(options, callback, target, false)
+    this.attempt(target)
   }
 
-  private attempt (options: Dispatcher.RequestOptions, callback: Callback, target: Target, isRetry: boolean): void {
-    const { upstream, signal, request } = this.o
-    const probe = target.breaker.acquire()
+  /** The client left: abort the try in progress and send no other. */
+  cancel (reason: Error): void {
+    if (this.cancelled !== undefined || this.done) return
+    this.cancelled = reason
+    if (this.abortTry !== undefined) this.abortTry(reason)
+    else this.pendingAbort = reason
+  }
+
+  private attempt (target: Target): void {
+    const { upstream, request } = this.o
+    this.probe = target.breaker.acquire()
     // half-open for a probe (acquire() moves an open breaker whose time is up).
-    const sentIn = target.breaker.state
+    this.sentIn = target.breaker.state
+    const isRetry = this.tries > 0
+    this.isRetry = isRetry
     this.tries++
-    if (this.last !== undefined) (this.tried ??= new Set([this.last])).add(target)
-    this.last = target
+    if (isRetry) (this.tried ??= new Set([this.target as Target])).add(target)
+    this.target = target
+    this.phase = Phase.Waiting
+    this.abortTry = undefined
+    this.pendingAbort = undefined
     request.target = target
     target.inFlight++
-    // reply-from's headers object, made for this request; undici reads it when the try starts.
-    const span = request.span == null ? undefined : startTry(request.span, options.method, target, this.o.path, this.tries - 1, options.headers as Record<string, unknown>)
-    if (probe) span?.addEvent('circuit_breaker.probe')
-    // A try that moves its target's breaker says so on its span (opened, closed, re-opened).
-    const settled = (outcome: number | string): void => {
-      if (span === undefined) return
-      const state = target.breaker.state
-      if (state !== sentIn) span.addEvent('circuit_breaker.transition', { 'circuit_breaker.state.before': sentIn, 'circuit_breaker.state': state })
-      endTry(span, outcome)
+    let headers = this.headers
+    if (headers === undefined) {
+      headers = this.headers = upstreamRequestHeaders(request, target.host, this.body !== undefined, this.o.trusted)
+      this.hostAt = headers.indexOf('host') + 1
+    } else {
+      headers[this.hostAt] = target.host
     }
-    const began = performance.now()
+    if (request.span != null) {
+      const traced = startTry(request.span, request.method, target, this.o.path, this.tries - 1, headers)
+      this.span = traced.span
+      headers = traced.headers
+      if (this.probe) this.span.addEvent('circuit_breaker.probe')
+    }
+    this.began = performance.now()
     // undici checks its timeouts on a timer that ticks every ~500 ms, so a short request timeout
     // would fire up to a second late: below PRECISE_BELOW_MS the try gets a timer of its own.
-    let deadline: NodeJS.Timeout | undefined
-    let detach: (() => void) | undefined
-    let trySignal = signal
     if (upstream.requestTimeoutMs < PRECISE_BELOW_MS) {
-      const timeout = new CancelSignal()
-      const cancel = (): void => timeout.abort(signal.reason as Error)
-      signal.once('abort', cancel)
-      detach = () => signal.removeListener('abort', cancel)
-      deadline = setTimeout(() => timeout.abort(new errors.HeadersTimeoutError()), upstream.requestTimeoutMs)
-      trySignal = timeout
+      this.deadline = setTimeout(() => this.abortWith(new errors.HeadersTimeoutError()), upstream.requestTimeoutMs)
     }
-    target.pool.request({
-      method: options.method,
-      headers: options.headers,
+    target.pool.dispatch({
+      method: request.method as Dispatcher.HttpMethod,
       path: this.o.path,
-      body: this.o.replay ?? options.body,
-      signal: trySignal,
+      headers,
+      body: this.body ?? null,
       headersTimeout: upstream.requestTimeoutMs,
       bodyTimeout: upstream.idleTimeoutMs
-    }, (err, data) => {
-      clearTimeout(deadline)
-      detach?.()
-      const seconds = (performance.now() - began) / 1000
-      if (isRetry) upstream.budget.retrying--
-      if (err !== null) {
-        target.inFlight--
-        const why = signal.aborted ? 'aborted' : classify(err)
-        target.tries.record(why, undefined, seconds)
-        if (why === 'aborted') {
-          target.breaker.release(probe)
-          settled(why)
-          this.finish(callback, err)
-          return
-        }
-        target.breaker.record(probe, false, why)
-        settled(why)
-        this.next(options, callback, target, why, err, undefined)
-        return
-      }
-      const status = data.statusCode
-      const failed = upstream.failureStatuses.has(status)
-      target.breaker.record(probe, !failed, failed ? `status ${status}` : '')
-      target.tries.record(failed ? 'bad-status' : 'ok', status, seconds)
-      settled(status)
-      this.next(options, callback, target, status, null, data)
-    })
+    }, this)
   }
 
-  /** After a try: retry it, or hand the outcome to reply-from. */
-  private next (options: Dispatcher.RequestOptions, callback: Callback, target: Target, why: TryFailure | number, err: Error | null, data: Dispatcher.ResponseData | undefined): void {
-    const delay = this.retryDelay(why, data)
-    if (delay === undefined) {
-      if (data === undefined) {
-        this.finish(callback, err as Error)
-        return
-      }
-      // The target stays busy until the body is over (or cut); then the call is done.
-      data.body.once('close', () => {
-        target.inFlight--
-        this.settle()
-      })
-      callback(null, data)
+  private abortWith (reason: Error): void {
+    if (this.abortTry !== undefined) this.abortTry(reason)
+    else this.pendingAbort = reason
+  }
+
+  // ---- undici's dispatch handler ----------------------------------------------------------
+
+  onConnect (abort: (err?: Error) => void): void {
+    const pending = this.cancelled ?? this.pendingAbort
+    if (pending !== undefined) {
+      abort(pending)
       return
     }
-    const { upstream, request, random } = this.o
-    // The failed response is not needed: read it out so its connection can be reused.
-    if (data !== undefined) {
-      data.body.once('close', () => { target.inFlight-- })
-      data.body.dump().catch(() => {})
+    this.abortTry = abort
+  }
+
+  onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    // Interim responses (102, 103) are not passed on: the client gets the final one.
+    if (statusCode < 200) return true
+    clearTimeout(this.deadline)
+    const { upstream } = this.o
+    const target = this.target as Target
+    const failed = upstream.failureStatuses.has(statusCode)
+    target.breaker.record(this.probe, !failed, failed ? `status ${statusCode}` : '')
+    target.tries.record(failed ? 'bad-status' : 'ok', statusCode, (performance.now() - this.began) / 1000)
+    this.settled(statusCode)
+    const delay = this.retryDelay(statusCode, rawHeaders)
+    if (delay !== undefined) {
+      // The failed response is not needed: read it out so its connection can be reused, then retry.
+      this.phase = Phase.Discarding
+      this.retryIn = delay
+      this.retryReason = statusCode
+      this.retryError = null
+      return true
     }
+    this.phase = Phase.Forwarding
+    this.resumeUpstream = resume
+    const reply = this.o.reply
+    reply.hijack()
+    reply.raw.writeHead(statusCode, clientResponseHeaders(rawHeaders, reply))
+    return true
+  }
+
+  onData (chunk: Buffer): boolean {
+    if (this.phase !== Phase.Forwarding) return true
+    const res = this.o.reply.raw
+    if (res.write(chunk)) return true
+    res.once('drain', this.resumeUpstream as () => void)
+    return false
+  }
+
+  onComplete (): void {
+    const target = this.target as Target
+    target.inFlight--
+    if (this.phase === Phase.Discarding) {
+      this.retryAfter(this.retryIn, this.retryReason, this.retryError)
+      return
+    }
+    this.o.reply.raw.end()
+    this.finish()
+  }
+
+  onError (err: Error): void {
+    clearTimeout(this.deadline)
+    const target = this.target as Target
+    target.inFlight--
+    if (this.phase === Phase.Forwarding) {
+      // The upstream broke off mid-body: the client's response cannot be completed either.
+      this.o.reply.raw.destroy(err)
+      this.finish()
+      return
+    }
+    if (this.phase === Phase.Discarding) {
+      // Reading out a response already counted: retry anyway.
+      this.retryAfter(this.retryIn, this.retryReason, this.retryError)
+      return
+    }
+    const seconds = (performance.now() - this.began) / 1000
+    if (this.cancelled !== undefined || ABORTED.has((err as { code?: string }).code ?? '')) {
+      target.tries.record('aborted', undefined, seconds)
+      target.breaker.release(this.probe)
+      this.settled('aborted')
+      this.fail(err)
+      return
+    }
+    const why = classify(err)
+    target.tries.record(why, undefined, seconds)
+    target.breaker.record(this.probe, false, why)
+    this.settled(why)
+    const delay = this.retryDelay(why, undefined)
+    if (delay === undefined) this.fail(err)
+    else this.retryAfter(delay, why, err)
+  }
+
+  // ---- between tries ----------------------------------------------------------------------
+
+  /** Ends the try's span; a try that moved its target's breaker says so (opened, closed, re-opened). */
+  private settled (outcome: number | string): void {
+    if (this.isRetry) {
+      this.isRetry = false
+      this.o.upstream.budget.retrying--
+    }
+    const span = this.span
+    if (span === undefined) return
+    this.span = undefined
+    const state = (this.target as Target).breaker.state
+    if (state !== this.sentIn) span.addEvent('circuit_breaker.transition', { 'circuit_breaker.state.before': this.sentIn, 'circuit_breaker.state': state })
+    endTry(span, outcome)
+  }
+
+  private retryAfter (delay: number, why: TryFailure | number, err: Error | null): void {
+    const { upstream, request, random } = this.o
     upstream.budget.retrying++
     upstream.budget.retries[why] = (upstream.budget.retries[why] ?? 0) + 1
     request.log.debug({ upstream: upstream.name, reason: why, retry: this.tries, delayMs: delay }, 'retrying upstream request')
     setTimeout(() => {
-      if (this.o.signal.aborted) {
+      if (this.cancelled !== undefined) {
         upstream.budget.retrying--
-        this.finish(callback, this.o.signal.reason as Error)
+        this.fail(this.cancelled)
         return
       }
       // Another target where there is one; the same one only when it is the only one left.
-      const target = selectTarget(upstream.targets, upstream.totalWeight, random, this.tried ?? new Set([this.last!])) ??
+      const target = selectTarget(upstream.targets, upstream.totalWeight, random, this.tried ?? new Set([this.target as Target])) ??
         selectTarget(upstream.targets, upstream.totalWeight, random)
       if (target === undefined) {
         upstream.budget.retrying--
-        this.finish(callback, err ?? new UpstreamUnavailableError(upstream.name))
+        this.fail(err ?? new UpstreamUnavailableError(upstream.name))
         return
       }
-      this.attempt(options, callback, target, true)
+      this.attempt(target)
     }, delay).unref()
   }
 
   /** Milliseconds to wait before the next try, or undefined when there is none. */
-  private retryDelay (why: TryFailure | number, data: Dispatcher.ResponseData | undefined): number | undefined {
+  private retryDelay (why: TryFailure | number, rawHeaders: Buffer[] | undefined): number | undefined {
     // Statuses below 500 are never retried (the schema allows 500-599 only): most answers stop here.
     if (typeof why === 'number' && why < 500) return undefined
-    const { upstream, request, replayable, signal, random } = this.o
+    const { upstream, request, random } = this.o
     const retry = upstream.retry
-    if (this.tries > retry.attempts || !replayable || signal.aborted) return undefined
+    if (this.tries > retry.attempts || !this.replayable || this.cancelled !== undefined) return undefined
     if (!retryable(request.method, why, retry.on)) return undefined
     // A connect failure never reached an upstream: retrying it adds no load there, so it does not
     // spend the budget (and a dead target does not fail requests while its breaker trips).
@@ -198,21 +301,33 @@ export class UpstreamCall {
       return undefined
     }
     const delay = backoffMs(this.tries, retry, random)
-    if (why !== 503 || data === undefined) return delay
+    if (why !== 503 || rawHeaders === undefined) return delay
     // Honour the upstream's Retry-After when it fits the time this request has left.
-    const after = retryAfterMs(data.headers['retry-after'])
+    const after = retryAfterMs(headerValue(rawHeaders, 'retry-after'))
     if (after === undefined) return delay
     return after <= upstream.requestTimeoutMs - (Date.now() - this.startedAt) ? after : undefined
   }
 
-  private finish (callback: Callback, err: Error): void {
-    this.settle()
-    callback(err, undefined as unknown as Dispatcher.ResponseData)
+  /** Ends the call with `err`, before any response was written (also when the body could not be read). */
+  fail (err: Error): void {
+    if (this.done) return
+    this.finish()
+    this.o.fail(err, this.target)
   }
 
-  private settle (): void {
+  private finish (): void {
     if (this.done) return
     this.done = true
     this.o.upstream.budget.active--
+    this.o.done()
   }
+}
+
+/** The value of a header in undici's raw list, or undefined. */
+function headerValue (raw: Buffer[], name: string): string | undefined {
+  for (let i = 0; i < raw.length; i += 2) {
+    const field = raw[i] as Buffer
+    if (field.length === name.length && field.toString('latin1').toLowerCase() === name) return (raw[i + 1] as Buffer).toString('latin1')
+  }
+  return undefined
 }

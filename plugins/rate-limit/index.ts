@@ -2,13 +2,12 @@
 // that asks Redis (REDIS_URL) or memory, and falls back per route when Redis fails.
 import { randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
-import type { FastifyInstance, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import fastifyRateLimit from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
 import type { RedisConnection } from '../../src/config/redis-url.js'
 import { RateLimitedError, RateLimitUnavailableError } from '../../src/errors.js'
 import { DurationHistogram } from '../../src/upstream/try-stats.js'
-import { onProxyRequest } from '../route-table/index.js'
 import type { CompiledLimit } from '../route-table/route-table.js'
 import { MemoryLimitStore } from './store/memory.js'
 import { RedisLimitStore } from './store/redis.js'
@@ -36,6 +35,8 @@ export interface RateLimitState {
 declare module 'fastify' {
   interface FastifyInstance {
     rateLimitState: RateLimitState
+    /** Pipeline hook, after authenticate: applies the route's limit (429), passes routes without one. */
+    checkRateLimit: onRequestHookHandler
   }
 }
 
@@ -127,8 +128,8 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
     timeWindow: (request: FastifyRequest) => (limitOf(request) as CompiledLimit).windowMs
   })
 
-  // On the proxy routes, after the route is resolved. A route without a limit costs one check.
-  onProxyRequest(app, (request, reply, done) => {
+  // After the route is resolved and the client authenticated. A route without a limit costs one check.
+  app.decorate('checkRateLimit', function checkRateLimit (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void {
     const limit = limitOf(request)
     if (limit === undefined) {
       done()

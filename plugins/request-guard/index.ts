@@ -3,7 +3,7 @@
 // bare LF, NUL or CR in headers); these are the gaps it leaves open, found by trying them.
 import type { ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import { BadFramingError, HeadersTooLargeError, HttpVersionError, TooManyHeadersError, UriTooLongError } from '../../src/errors.js'
 
@@ -11,6 +11,8 @@ declare module 'fastify' {
   interface FastifyInstance {
     /** Answers this request with `Connection: close` and refuses what is pipelined behind it. */
     closeConnection: (request: FastifyRequest, reply: FastifyReply) => void
+    /** Pipeline hook, first: refuses what a proxy must not forward (framing, sizes, Host, pipelining behind a close). */
+    guardRequest: onRequestHookHandler
   }
 }
 
@@ -101,7 +103,7 @@ async function requestGuardPlugin (app: FastifyInstance, opts: RequestGuardOptio
   // The response of the request before this one on each connection, to wait for.
   const lastResponse = new WeakMap<Socket, ServerResponse>()
 
-  app.addHook('onRequest', (request, reply, done) => {
+  app.decorate('guardRequest', function guardRequest (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void {
     // A pipelined request waits until the response before it is over: that response may still
     // close the connection (a body found too large while streaming), and then this one must not
     // have reached an upstream. Pipelining is rare; its responses are sent in order anyway.

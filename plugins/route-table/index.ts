@@ -5,7 +5,10 @@ import type { FastifyInstance, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import { loadRouteDirStrict, readRouteDir, resolveRouteFiles, type AcceptedFile } from '../../src/config/route-dir.js'
 import type { TargetTransitionListener } from '../../src/upstream/target.js'
+import { routeResolver, type RouteMatch } from './resolve.js'
 import { buildRouteTable, type RouteTable } from './route-table.js'
+
+export type { RouteMatch } from './resolve.js'
 
 export interface RouteTableOptions {
   routesDir: string
@@ -35,23 +38,13 @@ export interface RouteTableHolder {
 declare module 'fastify' {
   interface FastifyInstance {
     routeTable: RouteTableHolder
+    /** Pipeline hook: resolves the request's route (request.match) or answers 404/400. */
+    resolveRoute: onRequestHookHandler
   }
-  interface FastifyContextConfig {
-    /** Set by the proxy on its routes: per-route plugins (auth, rate limits) apply to them. */
-    gatehouseProxy?: boolean
+  interface FastifyRequest {
+    /** The route this request matched (set by resolveRoute, so later hooks can use it). */
+    match: RouteMatch | null
   }
-}
-
-/**
- * Runs `hook` on the proxy's routes, after the route is resolved (request.match) and after the
- * hooks of plugins registered before the caller.
- */
-export function onProxyRequest (app: FastifyInstance, hook: onRequestHookHandler): void {
-  app.addHook('onRoute', route => {
-    if (route.config?.gatehouseProxy !== true) return
-    const hooks = route.onRequest === undefined ? [] : Array.isArray(route.onRequest) ? route.onRequest : [route.onRequest]
-    route.onRequest = [...hooks, hook]
-  })
 }
 
 async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions): Promise<void> {
@@ -132,6 +125,8 @@ async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions):
     reload,
     reloads
   })
+  app.decorateRequest('match', null)
+  app.decorate('resolveRoute', routeResolver(() => table))
 
   app.addHook('onClose', async () => {
     watcher?.close()

@@ -1,9 +1,10 @@
 // Traces, when src/tracing.ts started the SDK: @fastify/otel opens a server span per request (the
-// client's traceparent as its parent), traceIds() puts the trace id in the request's log lines,
+// client's traceparent as its parent), the request's log lines get its trace and span id,
 // and spans.ts gives the proxy a client span per try and the events of limits and breakers.
 import type { Span } from '@opentelemetry/api'
 import type { FastifyInstance, FastifyPluginCallback } from 'fastify'
 import fp from 'fastify-plugin'
+import { RequestLogger } from '../../src/logger.js'
 
 export interface TracingOptions {
   /** @fastify/otel's plugin, from startTracing(). */
@@ -17,20 +18,6 @@ declare module 'fastify' {
   }
 }
 
-// Each request's logger (Fastify makes one per request) → its server span, for traceIds().
-const spansOfLoggers = new WeakMap<object, Span>()
-
-/**
- * pino's `mixin` while tracing: the trace and span id on every line a request's logger writes.
- * Cheaper than a child logger per request, which pino would have to serialise.
- */
-export function traceIds (_line: object, _level: number, logger: object): Record<string, string> {
-  const span = spansOfLoggers.get(logger)
-  if (span === undefined) return {}
-  const { traceId, spanId } = span.spanContext()
-  return { trace_id: traceId, span_id: spanId }
-}
-
 async function tracingPlugin (app: FastifyInstance, opts: TracingOptions): Promise<void> {
   // Not encapsulated (it skips override): its hooks see every route registered after it.
   await app.register(opts.instrumentation)
@@ -40,7 +27,9 @@ async function tracingPlugin (app: FastifyInstance, opts: TracingOptions): Promi
     const span = request.opentelemetry().span
     if (span != null) {
       request.span = span
-      spansOfLoggers.set(request.log, span)
+      // The request's log lines carry the trace (the access line reads request.span itself).
+      const { traceId, spanId } = span.spanContext()
+      if (request.log instanceof RequestLogger) request.log.bind({ trace_id: traceId, span_id: spanId })
     }
     done()
   })

@@ -30,10 +30,10 @@ function attributesOf (target: Target): Attributes {
 }
 
 /**
- * A client span for one try, child of the server span, written into the upstream request's
- * headers in place of the client's traceparent and tracestate (each try sets its own).
+ * A client span for one try, child of the server span, and the try's request headers: `headers`
+ * without the client's traceparent and tracestate, plus this try's (each try sets its own).
  */
-export function startTry (server: Span, method: string, target: Target, path: string, resendCount: number, headers: Record<string, unknown>): Span {
+export function startTry (server: Span, method: string, target: Target, path: string, resendCount: number, headers: readonly string[]): { span: Span, headers: string[] } {
   server.setAttribute('gatehouse.target', target.origin)
   const span = tracer.startSpan(method, {
     kind: SpanKind.CLIENT,
@@ -45,11 +45,16 @@ export function startTry (server: Span, method: string, target: Target, path: st
       ...(resendCount > 0 ? { 'http.request.resend_count': resendCount } : {})
     }
   }, trace.setSpan(ROOT_CONTEXT, server))
-  // Set only when the span has one; undici skips an undefined header (no `delete`: it would make
-  // the object slow for undici to read).
-  headers.tracestate = undefined
-  propagation.inject(trace.setSpan(ROOT_CONTEXT, span), headers)
-  return span
+  const traced: string[] = []
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = (headers[i] as string).toLowerCase()
+    if (name !== 'traceparent' && name !== 'tracestate') traced.push(headers[i] as string, headers[i + 1] as string)
+  }
+  // The incoming tracestate lives on in the span context, and is written again from there.
+  const carrier: Record<string, string> = {}
+  propagation.inject(trace.setSpan(ROOT_CONTEXT, span), carrier)
+  for (const name in carrier) traced.push(name, carrier[name] as string)
+  return { span, headers: traced }
 }
 
 /** Ends a try's span with the upstream's status, or with the reason it failed. */

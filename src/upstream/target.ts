@@ -32,6 +32,8 @@ export type TargetTransitionListener = (target: Target, from: BreakerState, to: 
 export class Target {
   readonly upstream: string
   readonly origin: string
+  /** The Host header of requests sent here (host[:port] of the origin). */
+  readonly host: string
   readonly maxConnections: number
   weight: number
   /** Requests sent to this target whose response has not finished. */
@@ -46,6 +48,7 @@ export class Target {
   constructor (options: TargetOptions, onTransition: TargetTransitionListener = () => {}) {
     this.upstream = options.upstream
     this.origin = options.origin
+    this.host = new URL(options.origin).host
     this.maxConnections = options.maxConnections
     this.weight = options.weight
     // The pool never opens more sockets than the cap.

@@ -1,0 +1,32 @@
+// Request bodies on their way upstream: the route's size limit (declared or counted while
+// streaming), and the copy kept in memory so a retry can send the body again.
+import { Transform, type Readable, type TransformCallback } from 'node:stream'
+import { BodyTooLargeError, ClientClosedError } from '../../src/errors.js'
+
+/** Passes a chunked body through, failing it (and calling `onExceeded`) past `limit` bytes. */
+export function limitBody (limit: number, onExceeded: () => void): Transform {
+  let seen = 0
+  return new Transform({
+    transform (chunk: Buffer, _encoding: string, callback: TransformCallback) {
+      seen += chunk.length
+      if (seen > limit) {
+        onExceeded()
+        callback(new BodyTooLargeError(limit))
+      } else {
+        callback(null, chunk)
+      }
+    }
+  })
+}
+
+/** The whole body in memory; rejects if the client goes away before it ends. */
+export function readAll (stream: Readable): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    stream.on('data', (chunk: Buffer) => chunks.push(chunk))
+    stream.once('end', () => resolve(Buffer.concat(chunks)))
+    stream.once('error', reject)
+    // Destroyed without an error (the client went away): the body will never end.
+    stream.once('close', () => reject(new ClientClosedError()))
+  })
+}

@@ -1,0 +1,56 @@
+// What the client is told when its request could not be completed upstream: one gateway error
+// per cause, each naming the upstream and target.
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import {
+  BodyTooLargeError, ClientClosedError, UpstreamBadResponseError, UpstreamResetError, UpstreamSaturatedError, UpstreamTimeoutError,
+  UpstreamTlsError, UpstreamUnavailableError, UpstreamUnreachableError
+} from '../../src/errors.js'
+import { malformedResponse, tlsFailure, type Target } from '../../src/upstream/target.js'
+import type { CompiledUpstream } from '../route-table/route-table.js'
+
+// undici error codes of a connection that never carried the request.
+export const CONNECT_FAILURE = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'UND_ERR_CONNECT_TIMEOUT'])
+// undici codes of an upstream that went quiet.
+const TIMEOUT = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT'])
+
+export const RETRY_AFTER_SATURATED = '1'
+
+/** 503 when no target admits a request: saturated, or every breaker open (then Retry-After says until the next probe). */
+export function unavailable (upstream: CompiledUpstream, request: FastifyRequest, reply: FastifyReply): Error {
+  let soonest = Infinity
+  for (const t of upstream.targets) {
+    if (t.breaker.state !== 'open') {
+      reply.header('retry-after', RETRY_AFTER_SATURATED)
+      return new UpstreamSaturatedError(upstream.name)
+    }
+    soonest = Math.min(soonest, t.breaker.retryAfterMs())
+  }
+  const seconds = Math.max(1, Math.ceil(soonest / 1000))
+  request.span?.addEvent('circuit_breaker.rejected', { 'gatehouse.upstream': upstream.name, 'circuit_breaker.retry_after_s': seconds })
+  reply.header('retry-after', String(seconds))
+  return new UpstreamUnavailableError(upstream.name)
+}
+
+/** The gateway error for a call that ended in `error` before any response was written. */
+export function upstreamError (request: FastifyRequest, reply: FastifyReply, upstream: CompiledUpstream, target: Target | undefined, error: Error, bodyLimitHit: number | undefined): Error {
+  if (bodyLimitHit !== undefined) {
+    reply.header('connection', 'close')
+    return new BodyTooLargeError(bodyLimitHit, { cause: error })
+  }
+  if (error instanceof ClientClosedError) return error
+  if (request.raw.socket.destroyed) return new ClientClosedError({ cause: error })
+  // The call's own errors (no target left to retry on) are already ours.
+  if (error instanceof UpstreamUnavailableError || error instanceof UpstreamSaturatedError) {
+    reply.header('retry-after', RETRY_AFTER_SATURATED)
+    return error
+  }
+  const code = (error as { code?: string }).code ?? ''
+  const where = `${upstream.name} (${target?.origin ?? '?'})`
+  if (CONNECT_FAILURE.has(code)) return new UpstreamUnreachableError(where, { cause: error })
+  const tls = tlsFailure(error)
+  if (tls !== undefined) return new UpstreamTlsError(where, tls, { cause: error })
+  const malformed = malformedResponse(error)
+  if (malformed !== undefined) return new UpstreamBadResponseError(where, malformed, { cause: error })
+  if (TIMEOUT.has(code)) return new UpstreamTimeoutError(where, { cause: error })
+  return new UpstreamResetError(where, { cause: error })
+}

@@ -1,0 +1,125 @@
+// The process's pino logger: JSON lines to stdout through pino's asynchronous destination
+// (sonic-boom: lines written while a write is in progress go out together in the next one), and a
+// per-request logger that costs nothing until a request actually logs.
+import { hostname } from 'node:os'
+import { LogController, type FastifyBaseLogger, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
+import pino, { type Bindings, type ChildLoggerOptions, type DestinationStream, type Level, type LevelWithSilent } from 'pino'
+
+/** A gateway error a request ended with (its access line names the code and message). */
+export interface Failure {
+  code?: string | undefined
+  message: string
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Set when the request is answered with an error (decorated by the app). */
+    failure: Failure | null
+  }
+}
+
+export interface GatewayLogger {
+  logger: pino.Logger
+  /** Where every line goes; the access log writes its prebuilt lines straight into it. */
+  destination: DestinationStream & { flushSync: () => void }
+  /** Writes what is buffered, synchronously: on SIGTERM/SIGINT and on a fatal error. */
+  flush: () => void
+  /** The first fields of every line, as pino writes them (`"level":30` comes before them). */
+  base: string
+}
+
+export function createLogger (level: string, fd = 1): GatewayLogger {
+  const destination = pino.destination({ dest: fd, sync: false })
+  const logger = pino({ level: level as LevelWithSilent }, destination)
+  const flush = (): void => {
+    try {
+      destination.flushSync()
+    } catch {
+      // Nothing buffered, or the destination is already closed: nothing left to write.
+    }
+  }
+  return { logger, destination, flush, base: `"pid":${process.pid},"hostname":${JSON.stringify(hostname())}` }
+}
+
+const LEVELS: Level[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace']
+
+/**
+ * A request's logger: pino's child (which serialises its bindings when made) is made only when
+ * the request writes a line, which most requests never do (their access line is written apart).
+ * `bind()` adds fields before that (the trace ids of a traced request).
+ */
+export class RequestLogger {
+  private real: FastifyBaseLogger | undefined
+  private bindings: Bindings
+  declare fatal: pino.LogFn
+  declare error: pino.LogFn
+  declare warn: pino.LogFn
+  declare info: pino.LogFn
+  declare debug: pino.LogFn
+  declare trace: pino.LogFn
+
+  constructor (private readonly parent: FastifyBaseLogger, bindings: Bindings, private readonly options: ChildLoggerOptions) {
+    this.bindings = bindings
+  }
+
+  get level (): string {
+    return this.real?.level ?? this.options.level ?? this.parent.level
+  }
+
+  set level (level: string) {
+    this.logger().level = level
+  }
+
+  silent (): void {}
+
+  bind (fields: Bindings): void {
+    if (this.real === undefined) this.bindings = { ...this.bindings, ...fields }
+  }
+
+  child (bindings: Bindings, options?: ChildLoggerOptions): FastifyBaseLogger {
+    return this.logger().child(bindings, options)
+  }
+
+  private logger (): FastifyBaseLogger {
+    this.real ??= this.parent.child(this.bindings, this.options)
+    return this.real
+  }
+}
+for (const level of LEVELS) {
+  Object.defineProperty(RequestLogger.prototype, level, {
+    value: function (this: RequestLogger, ...args: unknown[]) {
+      // pino's LogFn overloads do not accept a spread of unknowns; the arguments are passed through as given.
+      const logger = (this as unknown as { logger: () => FastifyBaseLogger }).logger()
+      ;(logger[level] as (...a: unknown[]) => void)(...args)
+    }
+  })
+}
+
+/** Fastify's childLoggerFactory option: a RequestLogger instead of a pino child per request. */
+export const requestLoggerFactory: NonNullable<FastifyServerOptions['childLoggerFactory']> = function (logger, bindings, options) {
+  return new RequestLogger(logger, bindings, options) as unknown as FastifyBaseLogger
+}
+
+/**
+ * What Fastify logs by itself per request: nothing for normal outcomes. The access line (written
+ * by the observability plugin when the request ends) carries the status and the error's code and
+ * message; only an error the gateway did not expect (a 5xx without a GATEHOUSE_ERR_ code) is
+ * logged apart, at error level with its stack. No client can fill the error log.
+ */
+export class GatewayLogController extends LogController {
+  constructor () {
+    super({ requestIdLogLabel: 'reqId' })
+  }
+
+  override incomingRequest (): void {}
+
+  override requestCompleted (): void {}
+
+  override defaultErrorLog (error: Error & { code?: string }, request: FastifyRequest, reply: FastifyReply): void {
+    const code = error.code
+    request.failure = { code, message: error.message }
+    if (reply.statusCode >= 500 && (code === undefined || !code.startsWith('GATEHOUSE_ERR_'))) {
+      request.log.error({ err: error, statusCode: reply.statusCode }, 'unexpected error')
+    }
+  }
+}
