@@ -7,7 +7,8 @@ import fastifyRateLimit from '@fastify/rate-limit'
 import fp from 'fastify-plugin'
 import type { RedisConnection } from '../../src/config/redis-url.js'
 import { RateLimitedError, RateLimitUnavailableError } from '../../src/errors.js'
-import { DurationHistogram } from '../../src/upstream/try-stats.js'
+import { DurationHistogram } from '../../src/stats/duration-histogram.js'
+import type { RouteMatch } from '../route-table/index.js'
 import type { CompiledLimit } from '../route-table/route-table.js'
 import { MemoryLimitStore } from './store/memory.js'
 import { RedisLimitStore } from './store/redis.js'
@@ -69,30 +70,31 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
   }
 
   /**
-   * The store @fastify/rate-limit calls. Its key is `<limit id>\n<client key>`; the store does not
-   * see the request, so the key generator leaves each limit here under its id (one entry per
-   * route with a limit; a reload replaces them).
+   * The store @fastify/rate-limit calls: `incr(key, callback, timeWindow, max)` (its index.js,
+   * applyRateLimit), with max and timeWindow from the functions below. Its key is
+   * `<limit id>\n<client key>`. The plugin passes a store nothing else of the request, so the
+   * algorithm and the onStoreError policy are read from the live route table by the limit's id.
    */
-  const limits = new Map<string, CompiledLimit>()
   class GatewayStore {
-    incr (key: string, callback: IncrCallback, _timeWindow: number, _max: number): void {
-      const limit = limits.get(key.slice(0, key.indexOf('\n')))
-      if (limit === undefined) {
-        callback(null, { current: 0, ttl: 0 })
-        return
-      }
+    incr (key: string, callback: IncrCallback, timeWindow: number, max: number): void {
+      const limit = app.routeTable.table.limits.get(key.slice(0, key.indexOf('\n')))
+      // A limit a reload removed while this request waited: its max and window still apply.
+      const algorithm = limit?.algorithm ?? 'sliding-log'
+      const onStoreError = limit?.onStoreError ?? 'local'
       const began = performance.now()
       const answer = (d: LimitDecision): void => {
         state.latency.observe((performance.now() - began) / 1000)
-        // @fastify/rate-limit: remaining = max - current; refused when current > max; the ttl
-        // becomes x-ratelimit-reset and, when refused, Retry-After (time until a slot frees).
-        callback(null, d.allowed ? { current: limit.max - d.remaining, ttl: d.resetMs } : { current: limit.max + 1, ttl: d.retryAfterMs })
+        // The plugin refuses when current > max and sends max - current as remaining. The stores
+        // count admitted requests only (a refused one consumes nothing), so a refused request is
+        // the one past the limit; the ttl is x-ratelimit-reset, or Retry-After when refused.
+        callback(null, d.allowed ? { current: max - d.remaining, ttl: d.resetMs } : { current: max + 1, ttl: d.retryAfterMs })
       }
-      primary.hit(key, limit.max, limit.windowMs, limit.algorithm).then(d => { recovered(); answer(d) }, err => {
+      primary.hit(key, max, timeWindow, algorithm).then(d => { recovered(); answer(d) }, err => {
         failed(err)
-        if (limit.onStoreError === 'open') answer({ allowed: true, limit: limit.max, remaining: limit.max, retryAfterMs: 0, resetMs: limit.windowMs })
-        else if (limit.onStoreError === 'closed') callback(new RateLimitUnavailableError({ cause: err }))
-        else local.hit(key, Math.max(1, Math.floor(limit.max / state.replicas)), limit.windowMs, limit.algorithm).then(answer, e => callback(e as Error))
+        // open: admitted and not counted (nothing could count it).
+        if (onStoreError === 'open') answer({ allowed: true, limit: max, remaining: max, retryAfterMs: 0, resetMs: timeWindow })
+        else if (onStoreError === 'closed') callback(new RateLimitUnavailableError({ cause: err }))
+        else local.hit(key, Math.max(1, Math.floor(max / state.replicas)), timeWindow, algorithm).then(answer, e => callback(e as Error))
       })
     }
 
@@ -101,14 +103,14 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
     }
   }
 
-  const limitOf = (request: FastifyRequest): CompiledLimit | undefined => request.match?.route.rateLimit
+  const limitOf = (request: FastifyRequest): CompiledLimit => (request.match as RouteMatch).route.rateLimit as CompiledLimit
 
   await app.register(fastifyRateLimit, {
     global: false,
     store: GatewayStore as never,
-    // Retry-After and x-ratelimit-* come from the plugin; the IETF fields are added below.
+    // x-ratelimit-limit, -remaining, -reset and Retry-After come from the plugin, on every response.
     errorResponseBuilder: (request, context) => {
-      const limit = limitOf(request) as CompiledLimit
+      const limit = limitOf(request)
       state.rejected.set(limit.id, (state.rejected.get(limit.id) ?? 0) + 1)
       request.span?.addEvent('rate_limit.rejected', { 'gatehouse.rate_limit.id': limit.id, 'gatehouse.rate_limit.max': context.max, 'gatehouse.rate_limit.window_s': Math.ceil(limit.windowMs / 1000) })
       return new RateLimitedError(context.max, `${Math.ceil(limit.windowMs / 1000)}s`)
@@ -116,32 +118,27 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
   })
   const check = app.rateLimit({
     keyGenerator: (request: FastifyRequest) => {
-      const limit = limitOf(request) as CompiledLimit
-      limits.set(limit.id, limit)
+      const limit = limitOf(request)
       const key = limit.key
       if (key.kind === 'ip') return `${limit.id}\n${request.ip}`
       // A missing header or claim is a key of its own (shared by all requests without one).
       const value = key.kind === 'header' ? request.headers[key.name] : request.identity?.claims[key.name]
       return `${limit.id}\n${key.kind[0] as string}:${typeof value === 'string' ? value : value === undefined ? '' : JSON.stringify(value)}`
     },
-    max: (request: FastifyRequest) => (limitOf(request) as CompiledLimit).max,
-    timeWindow: (request: FastifyRequest) => (limitOf(request) as CompiledLimit).windowMs
+    max: (request: FastifyRequest) => limitOf(request).max,
+    timeWindow: (request: FastifyRequest) => limitOf(request).windowMs
   })
 
   // After the route is resolved and the client authenticated. A route without a limit costs one check.
   app.decorate('checkRateLimit', function checkRateLimit (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void {
-    const limit = limitOf(request)
+    const limit = request.match?.route.rateLimit
     if (limit === undefined) {
       done()
       return
     }
-    // The check has set x-ratelimit-* (also before a 429): add the IETF fields from them.
-    const ietf = (): void => {
-      if (!reply.hasHeader('x-ratelimit-remaining')) return
-      reply.header('ratelimit-policy', limit.policy)
-      reply.header('ratelimit', `"${limit.id}";r=${String(reply.getHeader('x-ratelimit-remaining') ?? 0)};t=${String(reply.getHeader('x-ratelimit-reset') ?? 0)}`)
-    }
-    check.call(app, request, reply).then(() => { ietf(); done() }, (err: Error) => { ietf(); done(err) })
+    // The route's policy (draft-ietf-httpapi-ratelimit-headers): configuration, the same on every response.
+    reply.header('ratelimit-policy', limit.policy)
+    check.call(app, request, reply).then(() => done(), done)
   })
 
   // A gateway that starts while Redis is still connecting would refuse its first requests on the

@@ -1,6 +1,6 @@
 // The compiled route table: built once per load or reload, never changed after, swapped whole.
 import FindMyWay, { type HTTPVersion, type Instance } from 'find-my-way'
-import { HTTP_METHODS, type JwtAuthConfig, type RateLimitConfig, type UpstreamConfig } from '../../src/config/route-file.js'
+import { HTTP_METHODS, type JwtAuthConfig, type RateLimitConfig, type UpstreamConfig } from '../../src/config/route-file/index.js'
 import { RetryBudget, type RetryOptions } from '../../src/upstream/retry.js'
 import { Target, type TargetTransitionListener } from '../../src/upstream/target.js'
 
@@ -50,6 +50,8 @@ export class RouteTable {
     readonly version: number,
     readonly upstreams: readonly CompiledUpstream[],
     readonly targets: ReadonlyMap<string, Target>,
+    /** Rate limits by id, for the limiter's store (it sees a key, not the request). */
+    readonly limits: ReadonlyMap<string, CompiledLimit>,
     private readonly router: Instance<HTTPVersion.V1>
   ) {}
 
@@ -74,6 +76,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaultBody
   const router = FindMyWay({ caseSensitive: true, ignoreTrailingSlash: false, ignoreDuplicateSlashes: false })
   const targets = new Map<string, Target>()
   const upstreams: CompiledUpstream[] = []
+  const limits = new Map<string, CompiledLimit>()
   for (const config of configs) {
     const upstreamTargets = config.targets.map(t => {
       const options = { upstream: config.name, origin: t.origin, maxConnections: t.maxConnections, weight: t.weight, connectTimeoutMs: config.timeouts.connectMs, breaker: config.breaker, tls: t.tls }
@@ -112,6 +115,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaultBody
         bodyLimit: route.bodyLimit ?? defaultBodyLimit,
         allowEncodedSlashes: route.allowEncodedSlashes
       })
+      if (compiled.rateLimit !== undefined) limits.set(id, compiled.rateLimit)
       const methods = (route.methods ?? HTTP_METHODS) as Array<'GET'>
       // A prefix matches itself and everything below it, never a longer sibling (/api/usersX).
       const paths = route.path === '/' ? ['/', '/*'] : [route.path, route.path + '/*']
@@ -122,7 +126,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaultBody
     }
   }
   const removed = previous === undefined ? [] : [...previous.targets].filter(([key]) => !targets.has(key)).map(([, t]) => t)
-  return { table: new RouteTable((previous?.version ?? 0) + 1, upstreams, targets, router), removed }
+  return { table: new RouteTable((previous?.version ?? 0) + 1, upstreams, targets, limits, router), removed }
 }
 
 function budgetOf (previous: RouteTable | undefined, config: UpstreamConfig): RetryBudget {
