@@ -7,7 +7,7 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRepl
 import authPlugin from '../plugins/auth/index.js'
 import healthPlugin from '../plugins/health/index.js'
 import observabilityPlugin from '../plugins/observability/index.js'
-import proxyRoutes from '../plugins/proxy/index.js'
+import proxyRoutes, { type ProxyOptions } from '../plugins/proxy/index.js'
 import rateLimitPlugin from '../plugins/rate-limit/index.js'
 import requestGuardPlugin from '../plugins/request-guard/index.js'
 import routeTablePlugin from '../plugins/route-table/index.js'
@@ -100,16 +100,32 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     maxRssBytes: env.maxRssBytes
   })
 
-  // The proxied scope: every request to an upstream runs these steps, in this order. Each hook
-  // is a decorator of the plugin that owns it; one that is missing fails here, at boot.
-  await app.register(async function proxied (scope) {
-    scope.addHook('onRequest', app.guardRequest) //    framing, sizes, Host, pipelining behind a close
-    scope.addHook('onRequest', app.resolveRoute) //    route table → request.match, or 404/400
-    scope.addHook('onRequest', app.authenticate) //    JWT of routes with auth → request.identity
-    scope.addHook('onRequest', app.checkRateLimit) //  after auth: a limit can be keyed by a claim
-    await scope.register(proxyRoutes, { trustProxy: env.trustProxy }) // select → breaker → upstream → response
-  })
+  await registerPipeline(app, { trustProxy: env.trustProxy })
   return app
+}
+
+/**
+ * The proxied scope's onRequest hooks, in the order every request to an upstream runs them. Each
+ * is a decorator of the plugin that owns it; the proxy routes come last.
+ */
+export const PIPELINE = [
+  'guardRequest', //   request-guard: framing, sizes, Host, pipelining behind a close
+  'resolveRoute', //   route-table: request.match, or 404/400
+  'authenticate', //   auth: JWT of routes with auth → request.identity (401/403)
+  'checkRateLimit' //  rate-limit: after auth, so a limit can be keyed by a claim (429)
+] as const
+
+/**
+ * The proxied scope: the pipeline's hooks, then the proxy routes (select → breaker → upstream →
+ * response). A plugin the pipeline needs that is not registered fails here, at boot.
+ */
+export async function registerPipeline (app: FastifyInstance, proxy: ProxyOptions): Promise<void> {
+  const missing = PIPELINE.filter(name => !app.hasDecorator(name))
+  if (missing.length > 0) throw new Error(`the proxied pipeline needs ${missing.join(', ')}: register the plugins that decorate them before it`)
+  await app.register(async function proxied (scope) {
+    for (const name of PIPELINE) scope.addHook('onRequest', app[name])
+    await scope.register(proxyRoutes, proxy)
+  })
 }
 
 /** Trust the nearest `hops` proxies, as a hop count in TRUST_PROXY means. */

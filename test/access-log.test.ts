@@ -1,0 +1,125 @@
+// The access log and the request pipeline, as an operator sees them: exactly one access line per
+// request whatever its outcome (499 included), no line at error level and no stack for outcomes a
+// client can cause, every line of a completed request written before a graceful stop exits, and
+// a pipeline that refuses to boot without the plugins it needs.
+import { strict as assert } from 'node:assert'
+import http from 'node:http'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { test } from 'node:test'
+import Fastify from 'fastify'
+import { registerPipeline } from '../src/app.js'
+import { closedPort, removeDir, routeDir, routeFile, startGateway, startUpstream, type GatewayProcess } from './helpers.js'
+
+type Line = Record<string, unknown>
+
+const accessLines = (gw: GatewayProcess, id: string): Line[] => gw.logs.filter(l => l.msg === 'request completed' && l.reqId === id)
+
+/** A GET with its own request id; resolves with the status, or 0 when aborted after `abortAfterMs`. */
+function get (url: string, id: string, abortAfterMs?: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { headers: { 'x-request-id': id }, agent: false }, res => {
+      res.resume()
+      res.once('end', () => resolve(res.statusCode ?? 0))
+    })
+    req.once('error', err => { if (abortAfterMs === undefined) reject(err) })
+    if (abortAfterMs !== undefined) {
+      setTimeout(() => {
+        req.destroy()
+        resolve(0)
+      }, abortAfterMs)
+    }
+  })
+}
+
+test('one access line per request for every outcome, 499 included; nothing at error level, no stack', async t => {
+  const ok = await startUpstream()
+  const slow = await startUpstream(async (_req, res) => {
+    await sleep(1500)
+    res.end('late')
+  })
+  const dead = await closedPort()
+  const dir = await routeDir({
+    'ok.yaml': routeFile([ok.url], ['/ok']),
+    'slow.yaml': 'targets:\n  - url: ' + slow.url + '\n    maxConnections: 1\nroutes:\n  - path: /slow\n',
+    'dead.yaml': routeFile([`http://127.0.0.1:${dead}`], ['/dead'], 'retry:\n  attempts: 0\n'),
+    'limited.yaml': routeFile([ok.url], ['/limited'], '').replace('  - path: /limited', '  - path: /limited\n    rateLimit: { max: 1, window: 1m }')
+  })
+  const gw = await startGateway(dir)
+  t.after(async () => {
+    await gw.stop()
+    await Promise.all([ok.close(), slow.close(), removeDir(dir)])
+  })
+
+  const leaving = get(`${gw.url}/slow`, 'left', 300) // the client leaves while the upstream works
+  await sleep(100)
+  const saturated = await get(`${gw.url}/slow`, 'saturated') // maxConnections 1 is taken
+  const outcomes: Record<string, number> = {
+    ok: await get(`${gw.url}/ok`, 'ok'),
+    missing: await get(`${gw.url}/nowhere`, 'missing'),
+    dead: await get(`${gw.url}/dead`, 'dead'),
+    limited1: await get(`${gw.url}/limited`, 'limited1'),
+    limited2: await get(`${gw.url}/limited`, 'limited2'),
+    saturated,
+    left: await leaving
+  }
+  assert.deepEqual(outcomes, { ok: 200, missing: 404, dead: 502, limited1: 200, limited2: 429, saturated: 503, left: 0 })
+  const expected: Record<string, [number, string | undefined]> = {
+    ok: [200, undefined],
+    missing: [404, 'GATEHOUSE_ERR_ROUTE_NOT_FOUND'],
+    dead: [502, 'GATEHOUSE_ERR_UPSTREAM_UNREACHABLE'],
+    limited1: [200, undefined],
+    limited2: [429, 'GATEHOUSE_ERR_RATE_LIMITED'],
+    saturated: [503, 'GATEHOUSE_ERR_UPSTREAM_SATURATED'],
+    left: [499, 'GATEHOUSE_ERR_CLIENT_CLOSED']
+  }
+  // The 499's line is written when the client's connection closes.
+  await gw.waitForLog(l => l.reqId === 'left' && l.msg === 'request completed')
+  for (const [id, [status, code]] of Object.entries(expected)) {
+    const lines = accessLines(gw, id)
+    assert.equal(lines.length, 1, `${id}: one access line, got ${JSON.stringify(lines)}`)
+    const line = lines[0] as Line
+    assert.equal(line.statusCode, status, id)
+    assert.equal(line.level, 30, `${id}: info`)
+    assert.equal(line.code, code, id)
+    if (code !== undefined) assert.equal(typeof line.error, 'string', `${id}: the error's message`)
+    // Every other line of the request: none at error level, none with a stack.
+    for (const other of gw.logs.filter(l => l.reqId === id)) {
+      assert.ok((other.level as number) < 50, `${id}: ${JSON.stringify(other)}`)
+      assert.ok(!JSON.stringify(other).includes('"stack"'), `${id}: ${JSON.stringify(other)}`)
+    }
+  }
+  assert.equal(accessLines(gw, 'ok')[0]?.upstream, 'ok')
+})
+
+test('a graceful stop writes the access line of every request completed before it', async t => {
+  const up = await startUpstream()
+  const dir = await routeDir({ 'ok.yaml': routeFile([up.url], ['/ok']) })
+  const gw = await startGateway(dir)
+  t.after(async () => {
+    await gw.stop()
+    await Promise.all([up.close(), removeDir(dir)])
+  })
+  const n = 400
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 16 })
+  const statuses = await Promise.all(Array.from({ length: n }, async (_, i) => await new Promise<number>((resolve, reject) => {
+    http.get(`${gw.url}/ok`, { agent, headers: { 'x-request-id': `burst-${i}` } }, res => {
+      res.resume()
+      res.once('end', () => resolve(res.statusCode ?? 0))
+    }).once('error', reject)
+  })))
+  agent.destroy()
+  assert.deepEqual(new Set(statuses), new Set([200]))
+  // At once: lines still waiting in the logger's buffer must be written before the process exits.
+  gw.signal('SIGTERM')
+  assert.equal(await gw.exit, 0)
+  await sleep(100) // the last lines of the pipe
+  const logged = new Set(gw.logs.filter(l => l.msg === 'request completed').map(l => l.reqId))
+  for (let i = 0; i < n; i++) assert.ok(logged.has(`burst-${i}`), `burst-${i} has its access line`)
+})
+
+test('the proxied pipeline refuses to boot without the plugins whose hooks it lists', async () => {
+  const app = Fastify()
+  app.decorate('guardRequest', (_request: unknown, _reply: unknown, done: () => void) => done())
+  await assert.rejects(registerPipeline(app, { trustProxy: false }), /the proxied pipeline needs resolveRoute, authenticate, checkRateLimit/)
+  await app.close()
+})
