@@ -4,7 +4,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import type { JWTPayload } from 'jose'
-import type { JwtAuthConfig } from '../../src/config/route-file.js'
+import type { JwtAuthConfig } from '../../src/config/route-file/index.js'
 import { AuthForbiddenError, AuthInvalidError, AuthRequiredError, AuthUnavailableError } from '../../src/errors.js'
 import { JwksCache, NO_KEYS_RETRY_MS, type JwksFetchResult } from './jwks.js'
 import { AuthFailure, JwtVerifier, staticKey, type Verified } from './verifier.js'
@@ -18,8 +18,8 @@ export interface Identity {
 
 /** What /metrics tells about authentication. */
 export interface AuthState {
-  /** Refusals by `<route id>\n<reason>`. */
-  failures: Map<string, number>
+  /** Refusals by route id, then by reason. */
+  failures: Map<string, Map<string, number>>
   /** One key-set cache per JWKS URL, shared by routes and kept across reloads. */
   jwks: Map<string, JwksCache>
   jwksFetches: { ok: number, error: number }
@@ -98,8 +98,9 @@ async function authPlugin (app: FastifyInstance, opts: AuthOptions): Promise<voi
   }
   const refuse = (request: FastifyRequest, reply: FastifyReply, failure: AuthFailure, done: (err?: Error) => void): void => {
     const route = request.match?.route.id ?? ''
-    const key = `${route}\n${failure.reason}`
-    state.failures.set(key, (state.failures.get(key) ?? 0) + 1)
+    let byReason = state.failures.get(route)
+    if (byReason === undefined) state.failures.set(route, byReason = new Map())
+    byReason.set(failure.reason, (byReason.get(failure.reason) ?? 0) + 1)
     if (failure.reason === 'keys_unavailable') {
       reply.header('retry-after', String(NO_KEYS_RETRY_MS / 1000))
       done(new AuthUnavailableError({ cause: failure }))

@@ -9,7 +9,7 @@ import fastifyMetrics from 'fastify-metrics'
 import fp from 'fastify-plugin'
 import type { Metric, Registry } from 'prom-client'
 import type { Target } from '../../src/upstream/target.js'
-import { DURATION_BUCKETS, DurationHistogram } from '../../src/upstream/try-stats.js'
+import { DURATION_BUCKETS, DurationHistogram } from '../../src/stats/duration-histogram.js'
 import { AccessLog, type AccessLogOptions } from './access-log.js'
 
 // The version of package.json, read once (the package is not imported as JSON to keep dist/ flat).
@@ -155,9 +155,8 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
     collect () { this.set(limiter().store === 'fallback' ? 1 : 0) }
   })
   counter('auth_failures_total', 'Requests refused by edge authentication, by route (<upstream>-<route index>) and reason.', ['route', 'reason'], function * () {
-    for (const [key, n] of app.authState.failures) {
-      const [route, reason] = key.split('\n') as [string, string]
-      yield [{ route, reason }, n]
+    for (const [route, byReason] of app.authState.failures) {
+      for (const [reason, n] of byReason) yield [{ route, reason }, n]
     }
   })
   counter('jwks_fetches_total', 'JWKS fetches, by result (ok, error); a failed fetch keeps the last good key set.', ['result'], () => [
