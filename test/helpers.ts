@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from '../src/app.js'
-import { loadEnv } from '../src/config/env.js'
+import { EnvSchema, loadEnv } from '../src/config/env.js'
 import { freePort } from '../scripts/loopback.js'
 
 export const ROOT = resolve(import.meta.dirname, '..', '..')
@@ -104,6 +104,19 @@ export function routeFile (targets: string[], paths: string[], extra = ''): stri
   ].join('\n') + '\n'
 }
 
+/** The gateway's own settings (EnvSchema) and the OpenTelemetry SDK's: never inherited by a child. */
+const GATEWAY_SETTINGS = new Set(Object.keys(EnvSchema.properties))
+
+/**
+ * The environment of a gateway or CLI process a test starts: the caller's, without any variable
+ * the gateway reads (REDIS_URL, OTEL_*, limits...), then exactly what the test passes. So a
+ * REDIS_URL exported in CI never reaches a test's gateway: a test that wants Redis says which.
+ */
+export function childEnv (env: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const inherited = Object.entries(process.env).filter(([name]) => !GATEWAY_SETTINGS.has(name) && !name.startsWith('OTEL_'))
+  return { ...Object.fromEntries(inherited), ...env }
+}
+
 export interface GatewayProcess {
   url: string
   port: number
@@ -123,7 +136,7 @@ export interface GatewayProcess {
 export async function startGateway (routesDir: string, env: Record<string, string> = {}): Promise<GatewayProcess> {
   const proc = spawn(process.execPath, [CLI, 'start'], {
     cwd: routesDir,
-    env: { ...process.env, PORT: '0', HOST: '127.0.0.1', ROUTES_DIR: routesDir, LOG_LEVEL: 'info', ...env },
+    env: childEnv({ PORT: '0', HOST: '127.0.0.1', ROUTES_DIR: routesDir, LOG_LEVEL: 'info', ...env }),
     stdio: ['ignore', 'pipe', 'pipe']
   })
   const logs: Array<Record<string, unknown>> = []
@@ -184,20 +197,29 @@ export async function buildTestApp (routesDir: string, env: Record<string, strin
   return app
 }
 
-/** Runs the CLI to completion; killed after 10 s so a `start` that wrongly succeeds fails the test. */
+/**
+ * Runs the CLI to completion in an empty working directory (no `.env` of the checkout is read),
+ * with childEnv(env); killed after 10 s so a `start` that wrongly succeeds fails the test.
+ */
 export async function runCli (args: string[], env: Record<string, string> = {}): Promise<{ code: number | null, stdout: string, stderr: string }> {
-  const proc = spawn(process.execPath, [CLI, ...args], {
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-    timeout: 10_000,
-    killSignal: 'SIGKILL'
-  })
-  let stdout = ''
-  let stderr = ''
-  proc.stdout.on('data', (c: Buffer) => { stdout += c.toString() })
-  proc.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
-  const [code] = await once(proc, 'exit') as [number | null]
-  return { code, stdout, stderr }
+  const cwd = await mkdtemp(join(tmpdir(), 'gatehouse-cli-'))
+  try {
+    const proc = spawn(process.execPath, [CLI, ...args], {
+      cwd,
+      env: childEnv(env),
+      stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: 10_000,
+      killSignal: 'SIGKILL'
+    })
+    let stdout = ''
+    let stderr = ''
+    proc.stdout.on('data', (c: Buffer) => { stdout += c.toString() })
+    proc.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
+    const [code] = await once(proc, 'exit') as [number | null]
+    return { code, stdout, stderr }
+  } finally {
+    await removeDir(cwd)
+  }
 }
 
 /** A port nothing listens on. */

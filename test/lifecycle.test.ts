@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import http from 'node:http'
 import { test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { CLI, closedPort, removeDir, removeRoute, routeDir, routeFile, startGateway, startUpstream, writeRoutes, type GatewayProcess } from './helpers.js'
+import { childEnv, CLI, closedPort, removeDir, removeRoute, routeDir, routeFile, startGateway, startUpstream, writeRoutes, type GatewayProcess } from './helpers.js'
 
 const reloaded = (version: number) => (l: Record<string, unknown>) => l.msg === 'route table reloaded' && l.version === version
 
@@ -68,7 +68,7 @@ const DISABLE_SIGUSR1 = process.allowedNodeEnvironmentFlags.has('--disable-sigus
 
 function spawnGateway (t: TestContext, dir: string): { proc: ChildProcess, out: { stdout: string, stderr: string } } {
   const flags = DISABLE_SIGUSR1 ? ['--disable-sigusr1'] : []
-  const proc = spawn(process.execPath, [...flags, CLI, 'start'], { env: { ...process.env, PORT: '0', HOST: '127.0.0.1', ROUTES_DIR: dir }, stdio: ['ignore', 'pipe', 'pipe'] })
+  const proc = spawn(process.execPath, [...flags, CLI, 'start'], { cwd: dir, env: childEnv({ PORT: '0', HOST: '127.0.0.1', ROUTES_DIR: dir }), stdio: ['ignore', 'pipe', 'pipe'] })
   t.after(() => { proc.kill('SIGKILL') })
   const out = { stdout: '', stderr: '' }
   proc.stdout?.on('data', (c: Buffer) => { out.stdout += c.toString() })

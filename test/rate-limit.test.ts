@@ -1,5 +1,6 @@
 // Route rate limits end to end: real gateway processes, real upstreams, and for the shared store a
 // real redis-server that this file starts on a free port of 127.0.0.1 (never the one on 6379).
+// A gateway gets Redis only when its test passes REDIS_URL (helpers.childEnv drops the caller's).
 import { strict as assert } from 'node:assert'
 import { once } from 'node:events'
 import http, { type IncomingHttpHeaders } from 'node:http'
@@ -8,9 +9,6 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type TestContext } from 'node:test'
 import { Redis } from 'ioredis'
 import { redisCli, removeDir, routeDir, startGateway, startRedis, startRedisCluster, startSentinel, startUpstream, type GatewayProcess, type RedisServer, type Upstream } from './helpers.js'
-
-// The memory-store tests must not pick up a Redis from the environment of whoever runs them.
-delete process.env.REDIS_URL
 
 const FALLBACK_MSG = 'rate-limit store failed: routes fall back to their onStoreError policy'
 
