@@ -6,7 +6,7 @@ import { existsSync, realpathSync } from 'node:fs'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { RouteFileSchema } from '../src/config/route-file.js'
+import { RouteFileSchema } from '../src/config/route-file/index.js'
 
 type JsonObject = { [key: string]: unknown }
 

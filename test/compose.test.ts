@@ -17,7 +17,7 @@ import { test } from 'node:test'
 import { Ajv2019 } from 'ajv/dist/2019.js'
 import YAML from 'yaml'
 import { EnvSchema, loadEnv } from '../src/config/env.js'
-import { ROUTE_FILE_EXTENSIONS } from '../src/config/route-file.js'
+import { ROUTE_FILE_EXTENSIONS } from '../src/config/route-file/index.js'
 import { tracingConfigured } from '../src/tracing.js'
 import { promtool, PROMTOOL_MISSING, removeDir, ROOT, routeDir, startGateway, startUpstream } from './helpers.js'
 

@@ -11,7 +11,7 @@ import { ConfigMap } from 'kubernetes-models/v1/ConfigMap'
 import { Service } from 'kubernetes-models/v1/Service'
 import { PodDisruptionBudget } from 'kubernetes-models/policy/v1/PodDisruptionBudget'
 import { EnvSchema, loadEnv } from '../src/config/env.js'
-import { parseRouteFile } from '../src/config/route-file.js'
+import { parseRouteFile } from '../src/config/route-file/index.js'
 import { toMs } from '../src/config/units.js'
 import { ROOT } from './helpers.js'
 

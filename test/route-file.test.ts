@@ -1,6 +1,6 @@
 import { strict as assert } from 'node:assert'
 import { test } from 'node:test'
-import { parseRouteFile, RouteFileError, type UpstreamConfig } from '../src/config/route-file.js'
+import { parseRouteFile, RouteFileError, type UpstreamConfig } from '../src/config/route-file/index.js'
 
 const URL_EXPECTED = 'must be an http(s) URL with no path, e.g. http://10.0.0.5:9001'
 const PATH_EXPECTED = 'must be a path prefix such as /api/users: starts with /, no trailing slash, no //, . or .. segments, no : or *'

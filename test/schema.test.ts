@@ -7,7 +7,7 @@ import { test } from 'node:test'
 import { Ajv, type ValidateFunction } from 'ajv'
 import YAML from 'yaml'
 import { routeFileSchemaText, SCHEMA_FILE } from '../scripts/write-schema.js'
-import { parseRouteFile, ROUTE_FILE_EXTENSIONS, RouteFileError } from '../src/config/route-file.js'
+import { parseRouteFile, ROUTE_FILE_EXTENSIONS, RouteFileError } from '../src/config/route-file/index.js'
 import { ROOT, runCli } from './helpers.js'
 
 const ROUTES_DIR = join(ROOT, 'routes.d')

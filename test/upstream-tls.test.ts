@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { TLSSocket } from 'node:tls'
 import { test, type TestContext } from 'node:test'
-import { parseRouteFile, RouteFileError } from '../src/config/route-file.js'
+import { parseRouteFile, RouteFileError } from '../src/config/route-file/index.js'
 import { Target } from '../src/upstream/target.js'
 import { removeDir, routeDir, runCli, startGateway, writeRoutes, type GatewayProcess } from './helpers.js'
 

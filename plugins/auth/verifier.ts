@@ -2,7 +2,7 @@
 // until it expires, because an RS256 verify costs 110–145 µs of CPU, more than proxying the request.
 import { createPublicKey, createSecretKey, type JsonWebKey, type KeyObject } from 'node:crypto'
 import { errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose'
-import type { JwtAuthConfig } from '../../src/config/route-file.js'
+import type { JwtAuthConfig } from '../../src/config/route-file/index.js'
 import { JwksUnavailableError } from './jwks.js'
 
 /** Why a request was refused: bounded, so it can label a metric. */

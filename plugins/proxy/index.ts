@@ -5,7 +5,7 @@
 import type { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { TrustProxy } from '../../src/config/env.js'
-import { HTTP_METHODS } from '../../src/config/route-file.js'
+import { HTTP_METHODS } from '../../src/config/route-file/index.js'
 import { BodyTooLargeError, ClientClosedError, RouteNotFoundError } from '../../src/errors.js'
 import { onSocketClose } from '../../src/http/socket-close.js'
 import { selectTarget } from '../../src/upstream/select.js'

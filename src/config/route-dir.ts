@@ -3,7 +3,7 @@
 import { readdir, readFile } from 'node:fs/promises'
 import { extname, join } from 'node:path'
 import { ConfigRoutesError } from '../errors.js'
-import { parseRouteFile, ROUTE_FILE_EXTENSIONS, RouteFileError, routeClaims, type UpstreamConfig } from './route-file.js'
+import { parseRouteFile, ROUTE_FILE_EXTENSIONS, RouteFileError, routeClaims, type UpstreamConfig } from './route-file/index.js'
 
 export interface RouteFileText { file: string, text: string }
 

@@ -1,8 +1,8 @@
 // What a rate-limit store decides for one request. Stores are pure of Fastify: the plugin that
 // wires them to routes (issue 4) reads only this interface.
 
-/** exact: a sorted log of request times; approximate: two fixed-window counters, weighted. */
-export type LimitAlgorithm = 'sliding-log' | 'sliding-window'
+import type { LimitAlgorithm } from '../../../src/config/route-file/index.js'
+export type { LimitAlgorithm }
 
 export interface LimitDecision {
   /** Whether this request is admitted. A rejected request consumes nothing. */

@@ -1,0 +1,170 @@
+// Reads one route file (YAML or JSON), checks it against RouteFileSchema and against the rules
+// about the file as a whole, and compiles it into an UpstreamConfig.
+import Value from 'typebox/value'
+import YAML from 'yaml'
+import { toBytes, toMs } from '../units.js'
+import { schemaErrors } from '../validate.js'
+import { checkJwt, jwtAuth } from './jwt.js'
+import {
+  HTTP_METHODS, RESERVED_PATHS, RouteFileSchema,
+  type RateLimitKey, type RawRouteFile, type RouteConfig, type TargetConfig, type UpstreamConfig
+} from './schema.js'
+import { loadTls } from './tls.js'
+
+/** A route file that cannot be used, with one line per problem. */
+export class RouteFileError extends Error {
+  constructor (readonly file: string, readonly problems: string[]) {
+    super(problems.map(p => `${file}: ${p}`).join('\n'))
+    this.name = 'RouteFileError'
+  }
+}
+
+/** Parses and checks one route file; throws RouteFileError listing every problem. */
+export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessEnv = process.env): UpstreamConfig {
+  let data: unknown
+  if (file.endsWith('.json')) {
+    try {
+      data = JSON.parse(text)
+    } catch (err) {
+      throw new RouteFileError(file, [`not valid JSON: ${(err as Error).message.replace(/\s*\n\s*/g, ' ')}`])
+    }
+  } else {
+    const doc = YAML.parseDocument(text, { prettyErrors: true, uniqueKeys: true })
+    if (doc.errors.length > 0) {
+      throw new RouteFileError(file, doc.errors.map(e => `not valid YAML: ${e.message.split('\n')[0]}`))
+    }
+    data = doc.toJS()
+  }
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) {
+    throw new RouteFileError(file, ['/: must be a mapping with targets and routes'])
+  }
+  // Default fills what is missing; no Clean: unknown keys are typos to report, not to drop.
+  const value = Value.Default(RouteFileSchema, structuredClone(data))
+  const problems = schemaErrors(RouteFileSchema, value)
+  if (problems.length > 0) throw new RouteFileError(file, problems)
+  const raw = value as RawRouteFile
+  const tlsProblems: string[] = []
+  const upstream: UpstreamConfig = {
+    name: raw.name ?? defaultName(file),
+    file,
+    targets: raw.targets.map((t, i) => targetConfig(t, i, tlsProblems)),
+    routes: raw.routes.map(r => ({
+      path: r.path,
+      methods: r.methods,
+      hosts: r.hosts?.map(h => h.toLowerCase()),
+      rewritePrefix: r.rewritePrefix,
+      bodyLimit: r.bodyLimit === undefined ? undefined : toBytes(r.bodyLimit),
+      allowEncodedSlashes: r.allowEncodedSlashes,
+      auth: r.auth === undefined ? undefined : jwtAuth(r.auth.jwt, env),
+      rateLimit: r.rateLimit === undefined
+        ? undefined
+        : {
+            max: r.rateLimit.max,
+            windowMs: toMs(r.rateLimit.window),
+            key: rateLimitKey(r.rateLimit.key),
+            algorithm: r.rateLimit.algorithm,
+            onStoreError: r.rateLimit.onStoreError
+          }
+    })),
+    // Default() has filled every key that has a default, nested objects included.
+    timeouts: { connectMs: toMs(raw.timeouts!.connect), requestMs: toMs(raw.timeouts!.request), idleMs: toMs(raw.timeouts!.idle) },
+    retry: {
+      attempts: raw.retry!.attempts,
+      backoffMs: toMs(raw.retry!.backoff),
+      maxBackoffMs: toMs(raw.retry!.maxBackoff),
+      on: raw.retry!.on,
+      budget: raw.retry!.budget,
+      bufferBody: toBytes(raw.retry!.bufferBody)
+    },
+    breaker: breakerOptions(raw.circuitBreaker!)
+  }
+  const semantic = [...checkUpstream(upstream, raw), ...tlsProblems]
+  if (semantic.length > 0) throw new RouteFileError(file, semantic)
+  return deepFreeze(upstream)
+}
+
+/** Problems the schema cannot express. */
+function checkUpstream (upstream: UpstreamConfig, raw: RawRouteFile): string[] {
+  const problems: string[] = []
+  if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(upstream.name)) {
+    problems.push(`/name: the file name gives the upstream name "${upstream.name}", which is not a valid name; set name: explicitly`)
+  }
+  const origins = new Set<string>()
+  upstream.targets.forEach((t, i) => {
+    if (origins.has(t.origin)) problems.push(`/targets/${i}/url: ${t.url} is listed twice`)
+    origins.add(t.origin)
+  })
+  const claims = new Map<string, number>()
+  upstream.routes.forEach((route, i) => {
+    if (RESERVED_PATHS.includes(route.path)) problems.push(`/routes/${i}/path: ${route.path} is served by the gateway itself`)
+    if (route.rateLimit !== undefined && route.rateLimit.windowMs < 1) problems.push(`/routes/${i}/rateLimit/window: must be at least 1ms`)
+    if (route.rateLimit?.key.kind === 'claim' && route.auth === undefined) problems.push(`/routes/${i}/rateLimit/key: claim keys need auth on the route (the claim comes from the verified token)`)
+    const jwt = raw.routes[i]?.auth?.jwt
+    if (jwt !== undefined && route.auth !== undefined) problems.push(...checkJwt(jwt, route.auth).map(p => `/routes/${i}/auth/jwt${p}`))
+    for (const claim of routeClaims(route)) {
+      const other = claims.get(claim)
+      if (other !== undefined) {
+        problems.push(`/routes/${i}: claims ${claim} already claimed by /routes/${other}`)
+        break
+      }
+      claims.set(claim, i)
+    }
+  })
+  return problems
+}
+
+type RawTarget = RawRouteFile['targets'][number]
+
+function targetConfig (raw: RawTarget, i: number, problems: string[]): TargetConfig {
+  const { tls, ...rest } = raw
+  const target: TargetConfig = { ...rest, origin: new URL(raw.url).origin }
+  if (tls === undefined) return target
+  if (!raw.url.startsWith('https://')) {
+    problems.push(`/targets/${i}/tls: only for https:// targets (${raw.url} is plain HTTP)`)
+    return target
+  }
+  const loaded = loadTls(tls, `/targets/${i}/tls`, problems)
+  if (loaded !== undefined) target.tls = loaded
+  return target
+}
+
+/** Every (method, host, path) a route serves, as `METHOD host path` strings. */
+export function routeClaims (route: RouteConfig): string[] {
+  const claims: string[] = []
+  for (const method of route.methods ?? HTTP_METHODS) {
+    for (const host of route.hosts ?? ['*']) claims.push(`${method} ${host} ${route.path}`)
+  }
+  return claims
+}
+
+function rateLimitKey (text: string): RateLimitKey {
+  if (text.startsWith('header:')) return { kind: 'header', name: text.slice(7).toLowerCase() }
+  if (text.startsWith('claim:')) return { kind: 'claim', name: text.slice(6) }
+  return { kind: 'ip' }
+}
+function breakerOptions (raw: NonNullable<RawRouteFile['circuitBreaker']>): UpstreamConfig['breaker'] {
+  const openForMs = toMs(raw.openFor)
+  return {
+    consecutiveFailures: raw.consecutiveFailures,
+    failureRatio: raw.failureRatio,
+    minRequests: raw.minRequests,
+    windowMs: toMs(raw.window),
+    openForMs,
+    maxOpenForMs: raw.maxOpenFor === undefined ? openForMs : toMs(raw.maxOpenFor),
+    halfOpenProbes: raw.halfOpenProbes,
+    closeAfter: raw.closeAfter,
+    failureStatuses: raw.failureStatuses
+  }
+}
+
+function defaultName (file: string): string {
+  return file.replace(/\.(ya?ml|json)$/, '').toLowerCase()
+}
+
+function deepFreeze<T> (value: T): T {
+  if (value !== null && typeof value === 'object') {
+    for (const v of Object.values(value)) deepFreeze(v)
+    Object.freeze(value)
+  }
+  return value
+}

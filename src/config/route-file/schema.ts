@@ -1,0 +1,251 @@
+// The route file's contract: one per upstream service, YAML or JSON. The schema is the operators'
+// contract and is published as JSON Schema (schema/route-file.schema.json, `npm run schema`); the
+// types below are what parseRouteFile (parse.ts) makes of a file.
+import Type, { type Static } from 'typebox'
+import type { BreakerOptions } from '../../upstream/breaker.js'
+import type { RetryOptions } from '../../upstream/retry.js'
+import type { TargetTls } from '../../upstream/target.js'
+import { Duration, Size } from '../units.js'
+
+/** Methods a route may list: those Fastify serves (CONNECT is not proxied). */
+export const HTTP_METHODS: readonly string[] = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE']
+
+// A prefix the router can hold as-is: no find-my-way syntax (`:`, `*`), no dot segments,
+// no empty segments, no trailing slash.
+const PATH = "^/$|^(/(?!\\.{1,2}(?:/|$))[A-Za-z0-9\\-._~!$&'+,;=@%]+)+$"
+
+// Key material is read from files (mounted secrets), never written in the route file.
+const PemPath = (what: string) => Type.String({
+  pattern: '^/',
+  errorMessage: 'must be an absolute path to a PEM file: certificates and keys are read from files, never written in route files',
+  description: `Absolute path of a file holding the ${what}`
+})
+
+const Target = Type.Object({
+  url: Type.String({
+    pattern: '^https?://[^/?#]+/?$',
+    errorMessage: 'must be an http(s) URL with no path, e.g. http://10.0.0.5:9001',
+    description: 'Origin of one instance of the service: http(s)://host:port, no path.'
+  }),
+  maxConnections: Type.Integer({ minimum: 1, default: 100, description: 'In-flight requests this target may hold; beyond it the target counts as full. Default 100.' }),
+  weight: Type.Number({ exclusiveMinimum: 0, default: 1, description: 'Share of traffic relative to the other targets when none is loaded. Default 1.' }),
+  tls: Type.Optional(Type.Object({
+    ca: Type.Optional(PemPath('CA certificates (PEM) that sign the upstream\'s certificate; they replace the public roots for this target.')),
+    servername: Type.Optional(Type.String({
+      pattern: '^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$',
+      errorMessage: 'must be a DNS name such as users.internal (no port, no scheme)',
+      description: 'Name sent as SNI and checked against the upstream\'s certificate. Default: the host of url (an IP address is checked against the certificate\'s IP entries).'
+    })),
+    cert: Type.Optional(PemPath('client certificate (PEM, chain allowed) for mutual TLS; needs key.')),
+    key: Type.Optional(PemPath('private key (PEM, unencrypted) of cert; needs cert.'))
+  }, {
+    additionalProperties: false,
+    dependencies: { cert: ['key'], key: ['cert'] },
+    errorMessage: 'must be a mapping of ca, servername, cert, key (all optional; cert and key go together)',
+    description: 'TLS to this target (https:// only). The upstream\'s certificate is always verified; there is no option to turn that off.'
+  }))
+}, { additionalProperties: false })
+
+// Header names (RFC 9110 token).
+const HEADER_NAME = "^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+
+const FromEnv = (what: string) => Type.Object({
+  env: Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', errorMessage: 'must be an environment variable name', description: `Environment variable holding ${what}.` })
+}, { additionalProperties: false, errorMessage: 'must be { env: VARIABLE }: keys are read from the environment, never written in route files', description: `${what}, read from an environment variable (never written in the file).` })
+
+/** JWS algorithms a route may allow. `none` is not among them. */
+export const JWT_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA', 'HS256', 'HS384', 'HS512'] as const
+const StringOrList = (description: string) => Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String({ minLength: 1 }), { minItems: 1, uniqueItems: true })], {
+  errorMessage: 'must be a string or a list of strings', description
+})
+
+const Auth = Type.Object({
+  jwt: Type.Object({
+    jwksUrl: Type.Optional(Type.String({
+      pattern: '^https?://[^\\s]+$',
+      errorMessage: 'must be an https:// URL (http:// only for localhost)',
+      description: 'The issuer\'s JSON Web Key Set, fetched once and cached. One of jwksUrl, publicKey, secret.'
+    })),
+    publicKey: Type.Optional(FromEnv('a PEM public key (SPKI) or a public JWK')),
+    secret: Type.Optional(FromEnv('an HMAC secret of at least 32 bytes (HS256/384/512)')),
+    issuer: StringOrList('Accepted `iss` values.'),
+    audience: StringOrList('Accepted `aud` values: the token must name at least one.'),
+    algorithms: Type.Optional(Type.Array(Type.Union(JWT_ALGORITHMS.map(a => Type.Literal(a))), {
+      minItems: 1,
+      uniqueItems: true,
+      errorMessage: `must be a list among ${JWT_ALGORITHMS.join(', ')}`,
+      description: 'Allowed `alg` values. Default: the asymmetric ones (RS*, PS*, ES*, EdDSA) for jwksUrl and publicKey, HS* for secret.'
+    })),
+    clockTolerance: Duration({ default: '30s', description: 'Leeway for exp, nbf and iat against clock skew. Default 30s.' }),
+    requiredScopes: Type.Optional(Type.Array(Type.String({ pattern: '^\\S+$' }), {
+      minItems: 1, uniqueItems: true, description: 'Scopes the token must carry (in `scope`, space-separated, or `scp`); otherwise 403.'
+    })),
+    forwardClaims: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Type.String({ pattern: HEADER_NAME, errorMessage: 'must be a header name' }), {
+      description: 'Claim → request header sent upstream. The client\'s own values of these headers are always removed first.'
+    })),
+    forwardToken: Type.Boolean({ default: true, description: 'Keep the Authorization header for the upstream. Default true.' })
+  }, { additionalProperties: false, description: 'A signed JWT in `Authorization: Bearer`, verified at the gateway.' })
+}, { additionalProperties: false, description: 'Authentication of this route. Absent: public.' })
+
+/** Rate-limit algorithms. sliding-log: exact, a sorted log of request times; sliding-window:
+ * approximate, two fixed-window counters, weighted. */
+export const LIMIT_ALGORITHMS = ['sliding-log', 'sliding-window'] as const
+export type LimitAlgorithm = typeof LIMIT_ALGORITHMS[number]
+
+const Route = Type.Object({
+  path: Type.String({
+    pattern: PATH,
+    errorMessage: 'must be a path prefix such as /api/users: starts with /, no trailing slash, no //, . or .. segments, no : or *',
+    description: 'Path prefix: matches the path itself and everything below it (/api/users, /api/users/42), never /api/usersX.'
+  }),
+  methods: Type.Optional(Type.Array(Type.Union(HTTP_METHODS.map(m => Type.Literal(m)), { errorMessage: `must be a method in capitals among ${HTTP_METHODS.join(', ')}` }), {
+    minItems: 1, uniqueItems: true, description: 'Methods this route serves. Default: all.'
+  })),
+  hosts: Type.Optional(Type.Array(Type.String({
+    pattern: '^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$',
+    errorMessage: 'must be a host name such as api.example.com (no port, no scheme)'
+  }), { minItems: 1, uniqueItems: true, description: 'Host header values this route serves (port ignored). Default: any host.' })),
+  rewritePrefix: Type.Optional(Type.String({
+    pattern: "^(/[A-Za-z0-9\\-._~!$&'+,;=@%:]*)*$",
+    errorMessage: "must be '' or a path starting with /",
+    description: "Replaces the matched prefix before forwarding; '' strips it. Default: the path is forwarded unchanged."
+  })),
+  bodyLimit: Type.Optional(Size({ description: 'Largest request body on this route. Default: BODY_LIMIT.' })),
+  allowEncodedSlashes: Type.Boolean({
+    default: false,
+    description: 'Forward paths with %2F or %5C (kept encoded) instead of refusing them with 400. Only for services that need them and do not decode them into separators. Default false.'
+  }),
+  auth: Type.Optional(Auth),
+  rateLimit: Type.Optional(Type.Object({
+    max: Type.Integer({ minimum: 1, description: 'Requests admitted per window and key.' }),
+    window: Duration({ default: '1m', description: 'Sliding window. Default 1m.' }),
+    key: Type.String({
+      pattern: '^(ip|header:[A-Za-z0-9!#$%&\'*+.^_`|~-]+|claim:[^\\s]+)$',
+      default: 'ip',
+      errorMessage: 'must be ip, header:<name> or claim:<name>',
+      description: 'Whose budget a request spends: ip (the client address; TRUST_PROXY decides whether X-Forwarded-For counts), header:<name>, or claim:<name> (a claim of the verified token; the route needs auth). Default ip.'
+    }),
+    algorithm: Type.Union(LIMIT_ALGORITHMS.map(a => Type.Literal(a)), {
+      default: 'sliding-log', errorMessage: 'must be sliding-log or sliding-window', description: 'sliding-log: exact (one entry per request in the window); sliding-window: two counters, O(1) memory per key, approximate. Default sliding-log.'
+    }),
+    onStoreError: Type.Union([Type.Literal('local'), Type.Literal('open'), Type.Literal('closed')], {
+      default: 'local', errorMessage: 'must be local, open or closed', description: 'When Redis fails: local (an in-process limit with the same window), open (admit), closed (503). Default local.'
+    })
+  }, { additionalProperties: false, description: 'Rate limit of this route: all requests matching it from one key share one budget. Absent: not limited.' }))
+}, { additionalProperties: false })
+
+export const RouteFileSchema = Type.Object({
+  $schema: Type.Optional(Type.String({ description: 'Editor hint: the JSON Schema of this file.' })),
+  name: Type.Optional(Type.String({
+    pattern: '^[a-z0-9][a-z0-9_-]{0,62}$',
+    errorMessage: 'must be lowercase letters, digits, - or _ (at most 63), starting with a letter or digit',
+    description: 'Upstream name used in logs and metrics. Default: the file name without extension. Unique.'
+  })),
+  targets: Type.Array(Target, { minItems: 1, description: 'Instances of the service; each request goes to the least saturated one.' }),
+  routes: Type.Array(Route, { minItems: 1, description: 'Path rules that send requests to this upstream.' }),
+  timeouts: Type.Optional(Type.Object({
+    connect: Duration({ default: '2s', description: 'TCP/TLS connect timeout. Default 2s.' }),
+    request: Duration({ default: '30s', description: 'Per try: time for the upstream to answer with its headers. Default 30s.' }),
+    idle: Duration({ default: '30s', description: 'Longest silence while the upstream streams its body; the response is cut after it. Default 30s.' })
+  }, { additionalProperties: false, default: {}, description: 'Upstream timeouts.' })),
+  retry: Type.Optional(Type.Object({
+    attempts: Type.Integer({ minimum: 0, maximum: 10, default: 1, description: 'Retries after the first try; 0 disables. Default 1.' }),
+    backoff: Duration({ default: '25ms', description: 'Base of exponential backoff with full jitter. Default 25ms.' }),
+    maxBackoff: Duration({ default: '250ms', description: 'Cap of the backoff. Default 250ms.' }),
+    on: Type.Array(Type.Union([
+      Type.Literal('connect-failure'), Type.Literal('reset'), Type.Literal('timeout'), Type.Integer({ minimum: 500, maximum: 599 })
+    ], { errorMessage: 'must be connect-failure, reset, timeout or a status from 500 to 599' }), {
+      uniqueItems: true, default: ['connect-failure', 'reset', 'timeout', 502, 503, 504], description: 'What is retried. Default [connect-failure, reset, timeout, 502, 503, 504].'
+    }),
+    budget: Type.Number({ minimum: 0, maximum: 1, default: 0.2, description: 'Retries in progress may be at most this share of requests in progress (at least 3). Default 0.2.' }),
+    bufferBody: Size({ default: '64kb', description: 'Request bodies up to this size are kept so a retry can send them again; larger or chunked bodies are never retried. Default 64kb.' })
+  }, { additionalProperties: false, default: {}, description: 'Retries: to another target where there is one. Connect failures are retried for any method; other failures only for GET, HEAD, OPTIONS, PUT, DELETE, TRACE.' })),
+  circuitBreaker: Type.Optional(Type.Object({
+    consecutiveFailures: Type.Integer({ minimum: 0, default: 5, description: 'Failures in a row that open a target\'s breaker; 0 turns this rule off. Default 5.' }),
+    failureRatio: Type.Number({ minimum: 0, maximum: 1, default: 0.5, description: 'Or: this share of requests failed within the window; 0 turns this rule off. Default 0.5.' }),
+    minRequests: Type.Integer({ minimum: 1, default: 20, description: '... among at least this many requests. Default 20.' }),
+    window: Duration({ default: '10s', description: 'Sliding window of the ratio rule. Default 10s.' }),
+    openFor: Duration({ default: '5s', description: 'Time open before a probe is let through; doubles on each consecutive re-open. Default 5s.' }),
+    maxOpenFor: Type.Optional(Duration({ description: 'Cap of the doubling. Default: openFor.' })),
+    halfOpenProbes: Type.Integer({ minimum: 1, default: 1, description: 'Concurrent trial requests while half-open. Default 1.' }),
+    closeAfter: Type.Integer({ minimum: 1, default: 2, description: 'Successful probes that close the breaker. Default 2.' }),
+    failureStatuses: Type.Array(Type.Integer({ minimum: 500, maximum: 599 }), {
+      uniqueItems: true, default: [502, 503, 504], description: 'Upstream statuses that count as failures (connect errors, resets and timeouts always do). Default [502, 503, 504].'
+    })
+  }, { additionalProperties: false, default: {}, description: 'One breaker per target: an open target gets no traffic.' }))
+}, {
+  additionalProperties: false,
+  $id: 'https://gatehouse.dev/schema/route-file.schema.json',
+  title: 'Gatehouse route file',
+  description: 'One upstream service: its targets and the routes that reach it.'
+})
+
+export type RawRouteFile = Static<typeof RouteFileSchema>
+
+export interface RouteConfig {
+  path: string
+  /** Undefined: every method. */
+  methods: string[] | undefined
+  /** Lowercase; undefined: every host. */
+  hosts: string[] | undefined
+  rewritePrefix: string | undefined
+  bodyLimit: number | undefined
+  allowEncodedSlashes: boolean
+  auth: JwtAuthConfig | undefined
+  rateLimit: RateLimitConfig | undefined
+}
+
+/** Where a route's verification keys come from. */
+export type JwtKeySource =
+  | { kind: 'jwks', url: string }
+  | { kind: 'publicKey', env: string, pem: string }
+  | { kind: 'secret', env: string, secret: string }
+
+export interface JwtAuthConfig {
+  keySource: JwtKeySource
+  issuer: string[]
+  audience: string[]
+  algorithms: string[]
+  clockToleranceMs: number
+  requiredScopes: string[]
+  /** [claim, lowercase header name] */
+  forwardClaims: Array<[string, string]>
+  forwardToken: boolean
+}
+
+/** Whose budget a request spends. */
+export type RateLimitKey = { kind: 'ip' } | { kind: 'header', name: string } | { kind: 'claim', name: string }
+
+export interface RateLimitConfig {
+  max: number
+  windowMs: number
+  key: RateLimitKey
+  algorithm: LimitAlgorithm
+  onStoreError: 'local' | 'open' | 'closed'
+}
+
+export interface TargetConfig {
+  url: string
+  /** `protocol//host:port`, as undici wants it. */
+  origin: string
+  maxConnections: number
+  weight: number
+  /** Present only when the file sets `tls`: the contents of its files, checked. */
+  tls?: TargetTls
+}
+
+/** A route file after checking: defaults applied, units resolved, frozen. */
+export interface UpstreamConfig {
+  name: string
+  file: string
+  targets: TargetConfig[]
+  routes: RouteConfig[]
+  timeouts: { connectMs: number, requestMs: number, idleMs: number }
+  retry: RetryOptions
+  breaker: BreakerOptions & { failureStatuses: number[] }
+}
+
+/** Paths the gateway answers itself; a route may sit below them but not on them. */
+export const RESERVED_PATHS = ['/health', '/ready', '/metrics']
+
+export const ROUTE_FILE_EXTENSIONS = ['.yaml', '.yml', '.json']
