@@ -5,9 +5,9 @@
 // No Docker engine here: the health checks are run as the plain node commands they are, against
 // a real gateway process, and the configuration files are checked where the mounts put them.
 import { strict as assert } from 'node:assert'
-import { execFile, execFileSync, spawn } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { existsSync, statSync } from 'node:fs'
-import { cp, mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { cp, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { createServer, isIP, type AddressInfo } from 'node:net'
 import { createRequire } from 'node:module'
 import { once } from 'node:events'
@@ -19,7 +19,7 @@ import YAML from 'yaml'
 import { EnvSchema, loadEnv } from '../src/config/env.js'
 import { ROUTE_FILE_EXTENSIONS } from '../src/config/route-file/index.js'
 import { tracingConfigured } from '../src/tracing.js'
-import { promtool, PROMTOOL_MISSING, removeDir, ROOT, routeDir, startGateway, startUpstream } from './helpers.js'
+import { promtool, PROMTOOL_MISSING, removeDir, ROOT, routeDir, runs, skipUnless, startGateway, startUpstream } from './helpers.js'
 
 type Json = Record<string, unknown>
 
@@ -178,25 +178,45 @@ test('docker-compose.yml is a valid Compose file (compose-spec schema)', async (
   assert.deepEqual(Object.keys(file.services).sort(), ['echo-a', 'echo-b', 'gateway', 'grafana', 'issuer', 'jaeger', 'prometheus', 'redis', 'slow'])
 })
 
-/** Why `docker compose` checks are skipped, or false when the Compose plugin answers. */
-const DOCKER_COMPOSE_MISSING: string | false = (() => {
-  try {
-    execFileSync('docker', ['compose', 'version'], { stdio: 'ignore', timeout: 10_000 })
-    return false
-  } catch {
-    return 'docker compose (the Docker CLI with its Compose plugin) is not installed'
-  }
-})()
+/**
+ * Compose's own command line, which reads and checks a file without an engine: the Docker CLI's
+ * Compose plugin (`docker compose`), else the standalone `docker-compose` (Debian's package, which
+ * .ci/run installs). Undefined when neither runs.
+ */
+const COMPOSE: string[] | undefined = runs('docker', ['compose', 'version'])
+  ? ['docker', 'compose']
+  : runs('docker-compose', ['version']) ? ['docker-compose'] : undefined
+const COMPOSE_WHY = 'no Compose tool: neither `docker compose` nor `docker-compose` runs (Debian package docker-compose; .ci/run installs it)'
+const COMPOSE_MISSING = skipUnless(COMPOSE !== undefined, COMPOSE_WHY)
 
-test('docker compose config -q accepts docker-compose.yml', { skip: DOCKER_COMPOSE_MISSING }, async () => {
-  // Compose's own reading of the file: interpolation, merges and checks the schema leaves out.
-  // It needs no engine.
-  const { code, output } = await new Promise<{ code: number, output: string }>(resolve => {
-    execFile('docker', ['compose', '--file', 'docker-compose.yml', 'config', '--quiet'], { cwd: ROOT, timeout: 20_000 }, (err, stdout, stderr) => {
+/** `compose --file <file> config --quiet`: exit code and output. Fails the test when no Compose tool runs (CI). */
+async function composeConfig (file: string): Promise<{ code: number, output: string }> {
+  if (COMPOSE === undefined) assert.fail(COMPOSE_WHY)
+  const [command, ...args] = COMPOSE as [string, ...string[]]
+  return await new Promise(resolve => {
+    execFile(command, [...args, '--file', file, 'config', '--quiet'], { cwd: ROOT, timeout: 30_000 }, (err, stdout, stderr) => {
       resolve({ code: err === null ? 0 : typeof err.code === 'number' ? err.code : 1, output: stdout + stderr })
     })
   })
+}
+
+test('compose config --quiet accepts docker-compose.yml', { skip: COMPOSE_MISSING }, async () => {
+  // Compose's own reading of the file: interpolation, merges and checks the schema leaves out.
+  // It needs no engine.
+  const { code, output } = await composeConfig(join(ROOT, 'docker-compose.yml'))
   assert.equal(code, 0, output)
+})
+
+test('compose config --quiet refuses the same file with a misspelt service key', { skip: COMPOSE_MISSING }, async t => {
+  // Guards the test above: the tool really reads the file and says no.
+  const dir = await mkdtemp(join(tmpdir(), 'gatehouse-compose-'))
+  t.after(() => rm(dir, { recursive: true, force: true }))
+  const file = await compose()
+  const broken = { ...file, services: { ...file.services, gateway: { ...file.services.gateway, port: ['8080:8080'] } } }
+  await writeFile(join(dir, 'docker-compose.yml'), YAML.stringify(broken))
+  const { code, output } = await composeConfig(join(dir, 'docker-compose.yml'))
+  assert.notEqual(code, 0, output)
+  assert.match(output, /port/)
 })
 
 test('the compose-spec check refuses a misspelt service key', async () => {

@@ -334,22 +334,46 @@ export async function startSentinel (masterPort: number, name: string): Promise<
   return { ...server, stop: async () => { await server.stop(); await removeDir(dir) } }
 }
 
-/** Why promtool tests are skipped, or false when promtool is installed (.ci/run installs it). */
-export const PROMTOOL_MISSING: string | false = (() => {
-  try {
-    execFileSync('promtool', ['--version'], { stdio: 'ignore' })
-    return false
-  } catch {
-    return 'promtool is not installed (.ci/run installs it)'
-  }
-})()
+/**
+ * CI=true (.ci/run sets it, as CI services do): a tool a test needs must be there. A missing one
+ * fails its tests instead of skipping them, so a green CI run never hides a check that did not run.
+ */
+export const CI = /^(true|1)$/i.test(process.env.CI ?? '')
 
-/** promtool's exit code and output; `input` goes to its stdin. Bounded at 20 s. */
+/** Whether `command args` runs and exits 0 (within 10 s). */
+export function runs (command: string, args: string[]): boolean {
+  try {
+    execFileSync(command, args, { stdio: 'ignore', timeout: 10_000 })
+    return true
+  } catch {
+    return false
+  }
+}
+
+/**
+ * The `skip` option of a test that needs a tool: `why` where `available` is false, except under
+ * CI=true, where the test runs (and fails, saying `why`, when it calls the tool).
+ */
+export function skipUnless (available: boolean, why: string): string | false {
+  return available || CI ? false : `${why}; skipped because CI is not true (in CI this fails)`
+}
+
+const PROMTOOL_WHY = 'promtool is not installed (Debian package prometheus; .ci/run installs it)'
+
+/** Why promtool tests are skipped here, or false when they run (promtool is installed, or CI=true). */
+export const PROMTOOL_MISSING: string | false = skipUnless(runs('promtool', ['--version']), PROMTOOL_WHY)
+
+/**
+ * promtool's exit code and output; `input` goes to its stdin. Bounded at 20 s. Rejects when
+ * promtool is not installed, so a test never reads a missing tool as a failed check.
+ */
 export async function promtool (args: string[], options: { cwd?: string, input?: string } = {}): Promise<{ code: number, output: string }> {
-  return await new Promise(resolve => {
+  return await new Promise((resolve, reject) => {
     const child = execFile('promtool', args, { timeout: 20_000, cwd: options.cwd }, (err, stdout, stderr) => {
-      resolve({ code: err === null ? 0 : (typeof err.code === 'number' ? err.code : 1), output: stdout + stderr })
+      if (err !== null && (err as NodeJS.ErrnoException).code === 'ENOENT') reject(new Error(PROMTOOL_WHY))
+      else resolve({ code: err === null ? 0 : (typeof err.code === 'number' ? err.code : 1), output: stdout + stderr })
     })
+    child.stdin?.on('error', () => {}) // EPIPE when promtool is missing or exits early
     child.stdin?.end(options.input ?? '')
   })
 }

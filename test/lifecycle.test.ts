@@ -105,7 +105,7 @@ test('SIGUSR1 at the entry point\'s first statement, while the gateway is still 
   assert.doesNotMatch(out.stderr, /Debugger listening/)
 })
 
-test('SIGUSR1 right after spawn, before any JavaScript runs: no inspector opens (Node 22.14+: --disable-sigusr1)', { skip: !DISABLE_SIGUSR1 && 'Node 20 has no --disable-sigusr1' }, async t => {
+test('SIGUSR1 right after spawn, before any JavaScript runs: no inspector opens (Node 22.14+: --disable-sigusr1)', { skip: !DISABLE_SIGUSR1 && `Node ${process.version} has no --disable-sigusr1 (Node 22.14+); .ci/run runs this case on Node 24` }, async t => {
   const dir = await routeDir({})
   t.after(() => removeDir(dir))
   const { proc, out } = spawnGateway(t, dir)
