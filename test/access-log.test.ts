@@ -1,5 +1,5 @@
 // The access log and the request pipeline, as an operator sees them: exactly one access line per
-// request whatever its outcome (499 included), no line at error level and no stack for outcomes a
+// request whatever its outcome (499 and a response the upstream broke off included), no line at error level and no stack for outcomes a
 // client can cause, every line of a completed request written before a graceful stop exits, and
 // a pipeline that refuses to boot without the plugins it needs.
 import { strict as assert } from 'node:assert'
@@ -14,20 +14,15 @@ type Line = Record<string, unknown>
 
 const accessLines = (gw: GatewayProcess, id: string): Line[] => gw.logs.filter(l => l.msg === 'request completed' && l.reqId === id)
 
-/** A GET with its own request id; resolves with the status, or 0 when aborted after `abortAfterMs`. */
-function get (url: string, id: string, abortAfterMs?: number): Promise<number> {
+/** A GET with its own request id; resolves with the status. */
+function get (url: string, id: string): Promise<number> {
   return new Promise((resolve, reject) => {
-    const req = http.get(url, { headers: { 'x-request-id': id }, agent: false }, res => {
+    http.get(url, { headers: { 'x-request-id': id }, agent: false }, res => {
       res.resume()
       res.once('end', () => resolve(res.statusCode ?? 0))
-    })
-    req.once('error', err => { if (abortAfterMs === undefined) reject(err) })
-    if (abortAfterMs !== undefined) {
-      setTimeout(() => {
-        req.destroy()
-        resolve(0)
-      }, abortAfterMs)
-    }
+      res.once('error', reject)
+      res.once('close', () => { if (!res.complete) reject(new Error('response cut short')) })
+    }).once('error', reject)
   })
 }
 
@@ -37,32 +32,42 @@ test('one access line per request for every outcome, 499 included; nothing at er
     await sleep(1500)
     res.end('late')
   })
+  const cut = await startUpstream((_req, res) => {
+    res.writeHead(200, { 'content-length': '100' })
+    res.write('part of it')
+    setTimeout(() => res.socket?.destroy(), 50)
+  })
   const dead = await closedPort()
   const dir = await routeDir({
     'ok.yaml': routeFile([ok.url], ['/ok']),
     'slow.yaml': 'targets:\n  - url: ' + slow.url + '\n    maxConnections: 1\nroutes:\n  - path: /slow\n',
+    'cut.yaml': routeFile([cut.url], ['/cut'], 'retry:\n  attempts: 0\n'),
     'dead.yaml': routeFile([`http://127.0.0.1:${dead}`], ['/dead'], 'retry:\n  attempts: 0\n'),
     'limited.yaml': routeFile([ok.url], ['/limited'], '').replace('  - path: /limited', '  - path: /limited\n    rateLimit: { max: 1, window: 1m }')
   })
   const gw = await startGateway(dir)
   t.after(async () => {
     await gw.stop()
-    await Promise.all([ok.close(), slow.close(), removeDir(dir)])
+    await Promise.all([ok.close(), slow.close(), cut.close(), removeDir(dir)])
   })
 
-  const leaving = get(`${gw.url}/slow`, 'left', 300) // the client leaves while the upstream works
-  await sleep(100)
-  const saturated = await get(`${gw.url}/slow`, 'saturated') // maxConnections 1 is taken
+  // A client that leaves while the upstream works; meanwhile its request holds the only slot.
+  const leaving = http.get(`${gw.url}/slow`, { headers: { 'x-request-id': 'left' }, agent: false })
+  leaving.once('error', () => {})
+  for (let i = 0; i < 100 && slow.inFlight === 0; i++) await sleep(20)
+  assert.equal(slow.inFlight, 1, 'the slow upstream has the request')
   const outcomes: Record<string, number> = {
+    saturated: await get(`${gw.url}/slow`, 'saturated'),
     ok: await get(`${gw.url}/ok`, 'ok'),
     missing: await get(`${gw.url}/nowhere`, 'missing'),
     dead: await get(`${gw.url}/dead`, 'dead'),
     limited1: await get(`${gw.url}/limited`, 'limited1'),
-    limited2: await get(`${gw.url}/limited`, 'limited2'),
-    saturated,
-    left: await leaving
+    limited2: await get(`${gw.url}/limited`, 'limited2')
   }
-  assert.deepEqual(outcomes, { ok: 200, missing: 404, dead: 502, limited1: 200, limited2: 429, saturated: 503, left: 0 })
+  // The upstream breaks off mid-body: the client's response is cut too.
+  await assert.rejects(get(`${gw.url}/cut`, 'cut'))
+  leaving.destroy()
+  assert.deepEqual(outcomes, { saturated: 503, ok: 200, missing: 404, dead: 502, limited1: 200, limited2: 429 })
   const expected: Record<string, [number, string | undefined]> = {
     ok: [200, undefined],
     missing: [404, 'GATEHOUSE_ERR_ROUTE_NOT_FOUND'],
@@ -70,10 +75,12 @@ test('one access line per request for every outcome, 499 included; nothing at er
     limited1: [200, undefined],
     limited2: [429, 'GATEHOUSE_ERR_RATE_LIMITED'],
     saturated: [503, 'GATEHOUSE_ERR_UPSTREAM_SATURATED'],
-    left: [499, 'GATEHOUSE_ERR_CLIENT_CLOSED']
+    left: [499, 'GATEHOUSE_ERR_CLIENT_CLOSED'],
+    cut: [200, 'GATEHOUSE_ERR_UPSTREAM_RESET']
   }
   // The 499's line is written when the client's connection closes.
   await gw.waitForLog(l => l.reqId === 'left' && l.msg === 'request completed')
+  await gw.waitForLog(l => l.reqId === 'cut' && l.msg === 'request completed')
   for (const [id, [status, code]] of Object.entries(expected)) {
     const lines = accessLines(gw, id)
     assert.equal(lines.length, 1, `${id}: one access line, got ${JSON.stringify(lines)}`)

@@ -23,6 +23,7 @@ export interface ObservabilityOptions {
   accessLog: AccessLogOptions | undefined
 }
 
+const CLIENT_CLOSED = { code: 'GATEHOUSE_ERR_CLIENT_CLOSED', message: 'the client closed the connection before the response was complete' }
 const LEVELS: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50, fatal: 60, silent: Infinity }
 
 async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOptions): Promise<void> {
@@ -56,9 +57,10 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
     const res = reply.raw
     let statusCode = res.statusCode
     let failure = request.failure
-    if (!res.writableFinished) {
+    // Not finished: the client left (499), unless the gateway cut the response (failure says why).
+    if (!res.writableFinished && failure === null) {
       statusCode = 499
-      failure ??= { code: 'GATEHOUSE_ERR_CLIENT_CLOSED', message: 'the client closed the connection before the response was complete' }
+      failure = CLIENT_CLOSED
     }
     durations.observe(request.target?.upstream ?? '', request.method, statusCode, reply.elapsedTime / 1000)
     accessLog?.write(request, reply, statusCode, failure)

@@ -188,11 +188,20 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
       this.retryError = null
       return true
     }
+    const reply = this.o.reply
+    try {
+      reply.raw.writeHead(statusCode, clientResponseHeaders(rawHeaders, reply))
+    } catch (err) {
+      // A header Node will not send (an invalid name or value): read the response out, answer 502.
+      this.phase = Phase.Discarding
+      this.retryIn = -1
+      this.retryError = new errors.HTTPParserError(`a response header the gateway cannot pass on: ${(err as Error).message}`)
+      return true
+    }
+    // From here the response is the call's to write: Fastify no longer sends one.
+    reply.hijack()
     this.phase = Phase.Forwarding
     this.resumeUpstream = resume
-    const reply = this.o.reply
-    reply.hijack()
-    reply.raw.writeHead(statusCode, clientResponseHeaders(rawHeaders, reply))
     return true
   }
 
@@ -205,10 +214,11 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
   }
 
   onComplete (): void {
+    this.abortTry = undefined
     const target = this.target as Target
     target.inFlight--
     if (this.phase === Phase.Discarding) {
-      this.retryAfter(this.retryIn, this.retryReason, this.retryError)
+      this.afterDiscard()
       return
     }
     this.o.reply.raw.end()
@@ -216,18 +226,20 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
   }
 
   onError (err: Error): void {
+    this.abortTry = undefined
     clearTimeout(this.deadline)
     const target = this.target as Target
     target.inFlight--
     if (this.phase === Phase.Forwarding) {
       // The upstream broke off mid-body: the client's response cannot be completed either.
-      this.o.reply.raw.destroy(err)
+      if (this.cancelled === undefined) this.o.request.failure = { code: 'GATEHOUSE_ERR_UPSTREAM_RESET', message: `upstream ${target.upstream} (${target.origin}) broke off the response body: ${err.message}` }
+      this.o.reply.raw.destroy()
       this.finish()
       return
     }
     if (this.phase === Phase.Discarding) {
-      // Reading out a response already counted: retry anyway.
-      this.retryAfter(this.retryIn, this.retryReason, this.retryError)
+      // Reading out a response already counted failed: go on as if it had ended.
+      this.afterDiscard()
       return
     }
     const seconds = (performance.now() - this.began) / 1000
@@ -248,6 +260,12 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
   }
 
   // ---- between tries ----------------------------------------------------------------------
+
+  /** A response read out (not passed on) is over: retry, or fail with what made it unusable. */
+  private afterDiscard (): void {
+    if (this.retryIn < 0) this.fail(this.retryError as Error)
+    else this.retryAfter(this.retryIn, this.retryReason, this.retryError)
+  }
 
   /** Ends the try's span; a try that moved its target's breaker says so (opened, closed, re-opened). */
   private settled (outcome: number | string): void {
