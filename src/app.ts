@@ -150,6 +150,8 @@ function clientError (this: FastifyInstance, err: Error & { code?: string }, soc
     const reason = STATUS_CODES[error.statusCode] as string
     const body = JSON.stringify({ statusCode: error.statusCode, code: error.code, error: reason, message: error.message })
     socket.write(`HTTP/1.1 ${error.statusCode} ${reason}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
+    // Its access line: there is no request object (no id, method or URL Node would vouch for).
+    this.log.info({ statusCode: error.statusCode, code: error.code, error: error.message, remoteAddress: socket.remoteAddress }, 'request completed')
   }
   socket.destroy()
 }

@@ -25,6 +25,8 @@ export function compileTrust (trust: TrustProxy): (address: string) => boolean {
 
 /** Names listed in a Connection header other than keep-alive and close: hop-by-hop too. */
 function connectionNames (value: string): Set<string> | undefined {
+  // The common values name no header: no split, no set.
+  if (value.length <= 10 && (value === 'keep-alive' || value === 'close' || /^(?:keep-alive|close)$/i.test(value))) return undefined
   let names: Set<string> | undefined
   for (const part of value.split(',')) {
     const name = part.trim().toLowerCase()
