@@ -1,4 +1,8 @@
 import { strict as assert } from 'node:assert'
+import { execFile } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { test } from 'node:test'
 import { loadRouteDirStrict, readRouteDir, resolveRouteFiles, type AcceptedFile, type Resolution } from '../src/config/route-dir.js'
 import { ConfigRoutesError } from '../src/errors.js'
@@ -28,6 +32,23 @@ async function strictFailure (dir: string): Promise<string> {
 }
 
 const failureLines = (r: Resolution): string[] => r.failures.flatMap(f => f.message.split('\n'))
+
+/** What each accepted file serves: file → its route paths and target URLs. */
+function serves (r: Resolution): Record<string, { paths: string[], targets: string[] }> {
+  return Object.fromEntries([...r.accepted].sort(([a], [b]) => a.localeCompare(b)).map(([file, a]) => [file, {
+    paths: a.config.routes.map(route => route.path),
+    targets: a.config.targets.map(target => target.url)
+  }]))
+}
+
+/** A self-signed certificate (openssl, as .ci/run installs it) at `<dir>/ca.pem`; returns its path. */
+async function certificate (dir: string): Promise<string> {
+  await new Promise<void>((resolve, reject) => {
+    execFile('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '2', '-subj', '/CN=Gatehouse Test CA'],
+      { cwd: dir, timeout: 20_000 }, (err, _stdout, stderr) => { if (err !== null) reject(new Error(`openssl: ${err.message}\n${stderr}`)); else resolve() })
+  })
+  return join(dir, 'ca.pem')
+}
 
 test('valid folder: every route file loads, keyed by file name', async t => {
   const dir = await tempDir(t, {
@@ -125,8 +146,7 @@ test('reload: a changed file that is broken keeps serving its previous version, 
 
   await writeRoutes(dir, { 'b.yaml': routeFile([T2], ['/b/']) })
   const second = await resolveDir(dir, first.accepted)
-  assert.deepEqual([...second.accepted.keys()].sort(), ['a.yaml', 'b.yaml'])
-  assert.equal(second.accepted.get('b.yaml'), first.accepted.get('b.yaml'))
+  assert.deepEqual(serves(second), { 'a.yaml': { paths: ['/a'], targets: [T1] }, 'b.yaml': { paths: ['/b'], targets: [T2] } })
   assert.deepEqual(second.failures.map(f => f.file), ['b.yaml'])
   assert.match(failureLines(second)[0] ?? '', /^b\.yaml: \/routes\/0\/path: must be a path prefix/)
 })
@@ -139,9 +159,7 @@ test('reload: a changed file cannot take a route an unchanged file serves; it ke
 
   await writeRoutes(dir, { 'a.yaml': routeFile([T1], ['/orders', '/users']) })
   const second = await resolveDir(dir, first.accepted)
-  assert.equal(second.accepted.get('z.yaml'), first.accepted.get('z.yaml'))
-  assert.equal(second.accepted.get('a.yaml'), first.accepted.get('a.yaml'))
-  assert.deepEqual(second.accepted.get('a.yaml')?.config.routes.map(r => r.path), ['/orders'])
+  assert.deepEqual(serves(second), { 'a.yaml': { paths: ['/orders'], targets: [T1] }, 'z.yaml': { paths: ['/users'], targets: [T2] } })
   assert.deepEqual(failureLines(second), ['a.yaml: /routes/1: GET (any host) /users is already claimed by z.yaml'])
 })
 
@@ -179,14 +197,26 @@ test('reload: a route freed by a removed file can be taken by another file', asy
   assert.deepEqual(second.accepted.get('a.yaml')?.config.routes.map(r => r.path), ['/a', '/b'])
 })
 
-test('reload: unchanged files are not parsed again (same config object)', async t => {
-  const dir = await tempDir(t, { 'a.yaml': routeFile([T1], ['/a']), 'b.yaml': routeFile([T2], ['/b']) })
+test('reload: an unchanged file is not read again, nor its TLS files; a changed one is (README: rotate certificates, then touch the route file)', async t => {
+  const pki = await mkdtemp(join(tmpdir(), 'gatehouse-ca-'))
+  t.after(() => rm(pki, { recursive: true, force: true }))
+  const ca = await certificate(pki)
+  const tls = (url: string, path: string, comment = ''): string => `targets:\n  - url: ${url}\n    tls:\n      ca: ${ca}\nroutes:\n  - path: ${path}\n${comment}`
+  const dir = await tempDir(t, { 'a.yaml': tls('https://127.0.0.1:9443', '/a'), 'b.yaml': tls('https://127.0.0.1:9444', '/b') })
   const first = await resolveDir(dir)
+  assert.deepEqual(first.failures, [])
 
-  await writeRoutes(dir, { 'b.yaml': routeFile([T2], ['/b', '/b2']) })
+  // The CA file goes away. a.yaml is unchanged: it is not read again and keeps serving. b.yaml
+  // changed (a comment): it is read again, its CA cannot be, and its last good version serves.
+  await rm(ca)
+  await writeRoutes(dir, { 'b.yaml': tls('https://127.0.0.1:9444', '/b', '# touched\n') })
   const second = await resolveDir(dir, first.accepted)
-  assert.deepEqual(second.failures, [])
-  assert.equal(second.accepted.get('a.yaml')?.config, first.accepted.get('a.yaml')?.config)
-  assert.notEqual(second.accepted.get('b.yaml')?.config, first.accepted.get('b.yaml')?.config)
-  assert.deepEqual(second.accepted.get('b.yaml')?.config.routes.map(r => r.path), ['/b', '/b2'])
+  assert.deepEqual(serves(second), { 'a.yaml': { paths: ['/a'], targets: ['https://127.0.0.1:9443'] }, 'b.yaml': { paths: ['/b'], targets: ['https://127.0.0.1:9444'] } })
+  assert.deepEqual(second.failures.map(f => f.file), ['b.yaml'])
+  assert.match(failureLines(second)[0] ?? '', /^b\.yaml: \/targets\/0\/tls\/ca: cannot read .*ENOENT/)
+
+  // A changed file that is valid serves its new version.
+  await writeRoutes(dir, { 'a.yaml': routeFile([T1], ['/a', '/a2']) })
+  const third = await resolveDir(dir, second.accepted)
+  assert.deepEqual(serves(third)['a.yaml'], { paths: ['/a', '/a2'], targets: [T1] })
 })
