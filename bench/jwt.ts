@@ -1,12 +1,11 @@
-// The bench's token issuer for the "gatehouse + JWT" path: an RS256 key pair (2048 bits) made at
-// each run and never written anywhere, one token per load connection, a JWKS server on 127.0.0.1
-// (in the runner: the gateway fetches it once), and jose's own cost of verifying a token in this
-// process, which is what a token the gateway has not seen yet costs it once.
-import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+// The bench's token issuer for the "Gatehouse + JWT" path: an RS256 key pair (2048 bits) made at
+// each run and never written anywhere, the tokens signed with it, and a JWKS server on 127.0.0.1
+// (in the runner: the gateway fetches it once).
+import { generateKeyPairSync } from 'node:crypto'
 import { once } from 'node:events'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { calculateJwkThumbprint, createLocalJWKSet, exportJWK, jwtVerify, SignJWT, type JSONWebKeySet, type JWTVerifyGetKey } from 'jose'
+import { calculateJwkThumbprint, exportJWK, SignJWT, type JSONWebKeySet } from 'jose'
 
 export const JWKS_PATH = '/.well-known/jwks.json'
 export const JWT_AUDIENCE = 'bench-api'
@@ -18,9 +17,8 @@ export interface BenchIssuer {
   /** `iss` of the tokens: the JWKS server's origin. */
   issuer: string
   jwksUrl: string
-  publicKey: KeyObject
   jwks: JSONWebKeySet
-  /** One per load connection; `sub` bench-user-<i>. */
+  /** `count` of them; `sub` bench-user-<i>. */
   tokens: string[]
   /** How many times the gateway fetched the key set. */
   fetches: () => number
@@ -66,7 +64,6 @@ export async function startIssuer (count: number): Promise<BenchIssuer> {
   return {
     issuer: origin,
     jwksUrl: origin + JWKS_PATH,
-    publicKey,
     jwks,
     tokens,
     fetches: () => fetches,
@@ -75,45 +72,6 @@ export async function startIssuer (count: number): Promise<BenchIssuer> {
       server.close(() => resolve())
     })
   }
-}
-
-/** What verifying tokens one after another cost this process. */
-export interface VerifyCost {
-  verifications: number
-  /** utime + stime of this process (all its threads: WebCrypto verifies on libuv's pool) per verification. */
-  cpuUs: number
-  /** Elapsed time per verification, one at a time. */
-  wallUs: number
-}
-
-/**
- * jose's jwtVerify of the issuer's tokens (rotating over them), `n` times after `warmup`
- * untimed ones, with the key already at hand: `key` is the KeyObject, or a createLocalJWKSet
- * selector as the gateway's JWKS cache holds. The same checks as the gateway's route.
- */
-export async function verifyCost (issuer: BenchIssuer, key: KeyObject | JWTVerifyGetKey, n: number, warmup: number): Promise<VerifyCost> {
-  const options = { issuer: issuer.issuer, audience: JWT_AUDIENCE, algorithms: [JWT_ALGORITHM], clockTolerance: 30, requiredClaims: ['exp'] }
-  const tokens = issuer.tokens
-  const verify = async (i: number): Promise<void> => {
-    const token = tokens[i % tokens.length] as string
-    // Two overloads (a key, or a resolver); the branch picks one for the type checker.
-    const { payload } = typeof key === 'function' ? await jwtVerify(token, key, options) : await jwtVerify(token, key, options)
-    if (payload.sub !== `bench-user-${i % tokens.length}`) throw new Error(`token ${i % tokens.length} verified with sub ${String(payload.sub)}`)
-  }
-  for (let i = 0; i < warmup; i++) await verify(i)
-  const cpu = process.cpuUsage()
-  const began = performance.now()
-  for (let i = 0; i < n; i++) await verify(i)
-  const wallUs = (performance.now() - began) * 1000
-  const used = process.cpuUsage(cpu)
-  return { verifications: n, cpuUs: (used.user + used.system) / n, wallUs: wallUs / n }
-}
-
-/** Both key forms of verifyCost, one after the other. */
-export async function firstSeenCost (issuer: BenchIssuer, n: number, warmup: number): Promise<{ keyObject: VerifyCost, localJwks: VerifyCost }> {
-  const keyObject = await verifyCost(issuer, issuer.publicKey, n, warmup)
-  const localJwks = await verifyCost(issuer, createLocalJWKSet(issuer.jwks), n, warmup)
-  return { keyObject, localJwks }
 }
 
 /** The status of GET http://127.0.0.1:port/path with `headers`, on a fresh connection (2 s timeout). */

@@ -1,0 +1,38 @@
+// A peer of the bench: @fastify/http-proxy 11 from the peers folder, on the project's Fastify
+// (the same as the bare proxy's), prefix /bench to UPSTREAM (the path forwarded unchanged),
+// logger off, undici pool of CONNECTIONS. Prints {"port": N} once listening.
+// Env: UPSTREAM, PORT, HOST, CONNECTIONS, PEERS_DIR.
+import Fastify, { type FastifyPluginCallback } from 'fastify'
+import { peerRequire } from './peers.js'
+
+interface HttpProxyOptions {
+  upstream: string
+  prefix: string
+  rewritePrefix: string
+  undici: { connections: number, pipelining: number }
+}
+
+const upstream = process.env.UPSTREAM
+if (upstream === undefined || upstream === '') {
+  console.error('peer-http-proxy: set UPSTREAM')
+  process.exit(1)
+}
+// CommonJS: module.exports is the plugin.
+const httpProxy = peerRequire()('@fastify/http-proxy') as FastifyPluginCallback<HttpProxyOptions>
+
+const app = Fastify({ logger: false })
+await app.register(httpProxy, {
+  upstream,
+  prefix: '/bench',
+  rewritePrefix: '/bench',
+  undici: { connections: Number(process.env.CONNECTIONS ?? 128), pipelining: 1 }
+})
+await app.listen({ port: Number(process.env.PORT ?? 0), host: process.env.HOST ?? '127.0.0.1' })
+const address = app.server.address()
+console.log(JSON.stringify({ port: typeof address === 'object' && address !== null ? address.port : 0 }))
+
+for (const signal of ['SIGTERM', 'SIGINT'] as const) {
+  process.once(signal, () => {
+    app.close().then(() => process.exit(0), () => process.exit(1))
+  })
+}
