@@ -161,15 +161,18 @@ interface Reply {
 interface SendOptions {
   method?: string
   body?: string
+  /** Sent with Transfer-Encoding: chunked, one write per element. */
+  chunks?: string[]
   agent?: http.Agent
 }
 
 async function send (gw: GatewayProcess, path: string, options: SendOptions = {}): Promise<Reply> {
-  const { method = 'GET', body, agent = false } = options
+  const { method = 'GET', body, chunks: parts, agent = false } = options
   const headers: http.OutgoingHttpHeaders = body === undefined
     ? {}
     : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }
   const req = http.request({ host: '127.0.0.1', port: gw.port, path, method, headers, agent })
+  for (const part of parts ?? []) req.write(part)
   req.end(body)
   const [res] = await once(req, 'response') as [http.IncomingMessage]
   const chunks: Buffer[] = []
@@ -411,6 +414,41 @@ for (const failure of ['503', 'reset'] as const) {
     assert.equal(await metric(gw, 'upstream_retries_total', { upstream: name, reason: failure }), 1)
   })
 }
+
+test('a body that cannot be sent again is never retried: a chunked PUT and a PUT over bufferBody get the 503, and the other target sees neither; a PUT within bufferBody is retried whole', CASE, async t => {
+  const busy = await upstream(t, unavailable())
+  const fine = await upstream(t)
+  const gw = await gateway({
+    'replay.json': upstreamFile('replay', [{ url: busy.url, weight: FIRST }, { url: fine.url, weight: SECOND }], {
+      retry: { backoff: '1ms', bufferBody: '1kb' },
+      circuitBreaker: NO_BREAKER
+    })
+  })
+
+  // Within bufferBody: kept, and sent whole to the other target after the 503.
+  const small = 'k'.repeat(1024)
+  const kept = await send(gw, '/replay/kept', { method: 'PUT', body: small })
+  assert200(kept)
+  assert.equal(kept.json.port, fine.port)
+  assert.equal(kept.json.body, small)
+  assert.equal(busy.requests.at(-1)?.body, small)
+
+  // Chunked: streamed to the first target, whose 503 is the answer.
+  const chunked = await send(gw, '/replay/chunked', { method: 'PUT', chunks: ['first,', 'second'] })
+  assert.equal(chunked.status, 503, chunked.body)
+  assert.equal(chunked.body, 'upstream busy')
+  assert.deepEqual([busy.requests.at(-1)?.url, busy.requests.at(-1)?.body], ['/replay/chunked', 'first,second'])
+
+  // One byte over bufferBody, with Content-Length: streamed too.
+  const large = 'l'.repeat(1025)
+  const big = await send(gw, '/replay/large', { method: 'PUT', body: large })
+  assert.equal(big.status, 503, big.body)
+  assert.equal(big.body, 'upstream busy')
+  assert.deepEqual([busy.requests.at(-1)?.url, busy.requests.at(-1)?.body.length], ['/replay/large', 1025])
+
+  assert.deepEqual(fine.requests.map(r => r.url), ['/replay/kept'], 'only the kept body was sent again')
+  assert.equal(await metric(gw, 'upstream_retries_total', { upstream: 'replay' }), 1)
+})
 
 test('tries never exceed attempts + 1: every target answering 503 gets 3 requests in all with attempts 2, 1 with attempts 0', CASE, async t => {
   const a2 = [await upstream(t, unavailable()), await upstream(t, unavailable())]
