@@ -235,6 +235,26 @@ test('a rotated key with a new kid works without a restart; a flood of made-up k
   assert.equal(jwks.fetches, before + 1)
 })
 
+test('a key the issuer removed from its key set no longer verifies, even for a token the gateway accepted before', async t => {
+  const { gw, upstream, jwks } = await setup(t)
+  const old = await sign(ec.privateKey, { alg: 'ES256', kid: 'ec-1' }, { sub: 'dave' })
+  assert.equal((await get(`${gw.url}/orders`, bearer(old))).status, 200)
+  assert.equal((await get(`${gw.url}/orders`, bearer(old))).status, 200, 'verified once, remembered')
+
+  // The issuer rotates: ec-1 is withdrawn (compromised, say), rsa-2 published. A token under the
+  // new kid makes the gateway fetch the key set again, once the cooldown has passed.
+  jwks.keys = [await jwk(rsa.publicKey, 'rsa-1', 'RS256'), await jwk(rotated.publicKey, 'rsa-2', 'RS256')]
+  await new Promise(resolve => setTimeout(resolve, COOLDOWN_MS * 1.5))
+  assert.equal((await get(`${gw.url}/orders`, bearer(await sign(rotated.privateKey, { alg: 'RS256', kid: 'rsa-2' })))).status, 200)
+  assert.equal(jwks.fetches, 2)
+
+  const seen = upstream.requests.length
+  assertChallenge(await get(`${gw.url}/orders`, bearer(old)), 'the token is signed by an unknown key')
+  assert.equal(upstream.requests.length, seen, 'the refused token never reached the upstream')
+  // Tokens under the keys still published keep working.
+  assert.equal((await get(`${gw.url}/orders`, bearer(await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' })))).status, 200)
+})
+
 test('scopes: a valid token without the required scope is 403 insufficient_scope; with it (scope or scp), 200', async t => {
   const { gw, upstream } = await setup(t)
   const rs = { alg: 'RS256', kid: 'rsa-1' }
