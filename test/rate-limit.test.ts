@@ -7,7 +7,7 @@ import http, { type IncomingHttpHeaders } from 'node:http'
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type TestContext } from 'node:test'
-import { redisCli, removeDir, routeDir, startGateway, startRedis, startRedisCluster, startSentinel, startUpstream, type GatewayProcess, type RedisServer, type Upstream } from './helpers.js'
+import { closedPort, redisCli, removeDir, routeDir, startGateway, startRedis, startRedisCluster, startSentinel, startUpstream, type GatewayProcess, type RedisServer, type Upstream } from './helpers.js'
 
 const FALLBACK_MSG = 'rate-limit store failed: routes fall back to their onStoreError policy'
 
@@ -306,12 +306,8 @@ test('local fallback divides max by the live replicas: two gateways on one Redis
   const b = await gatewayFor(t, files, { REDIS_URL: redis.url, ...PATIENT })
   // Both have sent a heartbeat at start: each counts two replicas (the second at once, the first
   // on its next beat within 5 s).
-  const replicas = async (gw: GatewayProcess): Promise<number> => {
-    const text = await (await fetch(`${gw.url}/metrics`)).text()
-    return Number(text.split('\n').find(l => l.startsWith('rate_limiter_replicas '))?.slice('rate_limiter_replicas '.length))
-  }
-  for (let i = 0; i < 120 && (await replicas(a) !== 2 || await replicas(b) !== 2); i++) await sleep(100)
-  assert.deepEqual([await replicas(a), await replicas(b)], [2, 2], 'each gateway counts both')
+  for (let i = 0; i < 120 && (await replicasOf(a) !== 2 || await replicasOf(b) !== 2); i++) await sleep(100)
+  assert.deepEqual([await replicasOf(a), await replicasOf(b)], [2, 2], 'each gateway counts both')
 
   redis.child.kill('SIGKILL')
   await once(redis.child, 'exit')
@@ -320,6 +316,79 @@ test('local fallback divides max by the live replicas: two gateways on one Redis
     for (let i = 0; i < 7; i++) statuses.push((await get(`${gw.url}/pair`, { 'x-api-key': 'k' })).status)
     assert.deepEqual(statuses, [200, 200, 200, 200, 200, 429, 429], 'max 10 split over 2 live replicas')
   }
+})
+
+/** rate_limiter_replicas of a gateway: the live replicas it last counted in Redis. */
+async function replicasOf (gw: GatewayProcess): Promise<number> {
+  const text = await (await fetch(`${gw.url}/metrics`)).text()
+  return Number(text.split('\n').find(l => l.startsWith('rate_limiter_replicas '))?.slice('rate_limiter_replicas '.length))
+}
+
+test('a replica that stops beating stops counting: after 15 s the survivor counts one replica, and with Redis gone it applies the whole max', { timeout: 60_000 }, async t => {
+  const redis = await startRedis()
+  t.after(() => redis.stop())
+  const upstream = await upstreamFor(t)
+  const files = { 'beat.yaml': limitedFile(upstream.url, [['/beat', 'max: 6\nwindow: 10s\nkey: header:x-api-key']]) }
+  const survivor = await gatewayFor(t, files, { REDIS_URL: redis.url, ...PATIENT })
+  const gone = await gatewayFor(t, files, { REDIS_URL: redis.url, ...PATIENT })
+  for (let i = 0; i < 120 && (await replicasOf(survivor) !== 2 || await replicasOf(gone) !== 2); i++) await sleep(100)
+  assert.deepEqual([await replicasOf(survivor), await replicasOf(gone)], [2, 2], 'each gateway counts both')
+
+  // SIGKILL: no goodbye, the heartbeats just stop. A heartbeat counts for 15 s, and both beat
+  // every 5 s: the survivor counts itself alone within 20 s, and not before 10 s (the last beat
+  // of the dead one may be 5 s old when it dies).
+  const killedAt = performance.now()
+  await gone.stop()
+  while (await replicasOf(survivor) !== 1) {
+    assert.ok(performance.now() - killedAt < 25_000, 'the survivor still counts two replicas 25 s after one died')
+    await sleep(250)
+  }
+  const alone = performance.now() - killedAt
+  assert.ok(alone > 9_500, `counted alone ${Math.round(alone)} ms after the kill: a heartbeat counts for 15 s`)
+  t.diagnostic(`the survivor counted one replica ${Math.round(alone)} ms after the other was killed`)
+
+  // What it is for: with Redis gone, the local fallback divides max by the replicas still alive.
+  redis.child.kill('SIGKILL')
+  await once(redis.child, 'exit')
+  const statuses: number[] = []
+  for (let i = 0; i < 8; i++) statuses.push((await get(`${survivor.url}/beat`, { 'x-api-key': 'k' })).status)
+  assert.deepEqual(statuses, [200, 200, 200, 200, 200, 200, 429, 429], 'max 6 over 1 live replica')
+  assert.equal(await readyStore(survivor), 'fallback')
+})
+
+test('a gateway that starts while its Redis is down serves on the fallback, and goes to Redis once Redis comes up', { timeout: 30_000 }, async t => {
+  const port = await closedPort()
+  const upstream = await upstreamFor(t)
+  const files = { 'late.yaml': limitedFile(upstream.url, [['/late', 'max: 3\nwindow: 10s\nkey: header:x-api-key']]) }
+  const url = `redis://127.0.0.1:${port}`
+  const gw = await gatewayFor(t, files, { REDIS_URL: url, ...PATIENT })
+  assert.equal(await readyStore(gw), 'fallback')
+  assert.equal((await get(`${gw.url}/health`)).status, 200, 'liveness is not Redis')
+  const local: number[] = []
+  for (let i = 0; i < 4; i++) local.push((await get(`${gw.url}/late`, { 'x-api-key': 'early' })).status)
+  assert.deepEqual(local, [200, 200, 200, 429], 'the local limit, same max')
+  assert.equal(gw.logs.filter(l => l.msg === FALLBACK_MSG).length, 1, 'logged once')
+
+  // Redis comes up on that port: the gateway connects by itself.
+  const redis = await startRedis(port)
+  t.after(() => redis.stop())
+  const deadline = performance.now() + 10_000
+  let store: unknown
+  do {
+    await sleep(100)
+    await get(`${gw.url}/late`, { 'x-api-key': 'probe' })
+    store = await readyStore(gw)
+  } while (store !== 'redis' && performance.now() < deadline)
+  assert.equal(store, 'redis', 'the gateway went to Redis within 10 s')
+  await gw.waitForLog(l => l.msg === 'rate-limit store recovered', 1000)
+
+  // Now counted in Redis: another replica on it finds the budget this one spent.
+  const spent: number[] = []
+  for (let i = 0; i < 4; i++) spent.push((await get(`${gw.url}/late`, { 'x-api-key': 'shared' })).status)
+  assert.deepEqual(spent, [200, 200, 200, 429])
+  const other = await gatewayFor(t, files, { REDIS_URL: url, ...PATIENT })
+  assert.equal(await readyStore(other), 'redis')
+  assertRefused(await get(`${other.url}/late`, { 'x-api-key': 'shared' }), 3, '10s', 10)
 })
 
 test('a Redis Cluster of three masters, given one seed node: two gateways share each budget, and the budgets spread over the masters', async t => {
