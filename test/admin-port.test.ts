@@ -1,15 +1,11 @@
 // ADMIN_PORT: /metrics moves to a port of its own, so the public port need not expose it.
 import { strict as assert } from 'node:assert'
 import { test } from 'node:test'
-import { removeDir, routeDir, routeFile, startGateway, startUpstream } from './helpers.js'
+import { gateway, routeFile, upstream } from './helpers.js'
 
 test('ADMIN_PORT: /metrics answers there (with the request histogram), the main port answers it 404 and keeps proxying', async t => {
-  const upstream = await startUpstream()
-  t.after(() => upstream.close())
-  const dir = await routeDir({ 'app.yaml': routeFile([upstream.url], ['/api']) })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, { ADMIN_PORT: '0' })
-  t.after(() => gw.stop())
+  const origin = await upstream(t)
+  const gw = await gateway(t, { 'app.yaml': routeFile([origin.url], ['/api']) }, { ADMIN_PORT: '0' })
   const line = await gw.waitForLog(l => l.msg === 'metrics listening on the admin port')
   const admin = `http://127.0.0.1:${line.adminPort as number}`
   assert.notEqual(admin, gw.url)

@@ -8,7 +8,7 @@ import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { test, type TestContext } from 'node:test'
 import { exportJWK, SignJWT, type JWK, type JWTPayload } from 'jose'
-import { closedPort, removeDir, routeDir, startGateway, startUpstream, type GatewayProcess, type Upstream } from './helpers.js'
+import { closedPort, gateway, metric, send, upstream, type GatewayProcess, type Reply, type Upstream } from './helpers.js'
 
 const ISSUER = 'https://issuer.test'
 const AUDIENCE = 'orders-api'
@@ -61,13 +61,6 @@ function forge (header: object, payload: object, signWith?: (input: string) => s
   return `${input}.${signWith === undefined ? '' : signWith(input)}`
 }
 
-interface Res { status: number, headers: http.IncomingHttpHeaders, body: string }
-
-async function get (url: string, headers: Record<string, string> = {}): Promise<Res> {
-  const res = await fetch(url, { headers, signal: AbortSignal.timeout(10_000) })
-  return { status: res.status, headers: Object.fromEntries(res.headers), body: await res.text() }
-}
-
 const bearer = (token: string): Record<string, string> => ({ authorization: `Bearer ${token}` })
 
 function routeYaml (upstream: string, jwksUrl: string): string {
@@ -108,35 +101,25 @@ interface Setup { gw: GatewayProcess, upstream: Upstream, jwks: JwksServer }
 
 async function setup (t: TestContext): Promise<Setup> {
   const jwks = await startJwks(t, [await jwk(rsa.publicKey, 'rsa-1', 'RS256'), await jwk(ec.publicKey, 'ec-1', 'ES256')])
-  const upstream = await startUpstream()
-  t.after(() => upstream.close())
-  const dir = await routeDir({ 'orders.yaml': routeYaml(upstream.url, jwks.url) })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, {
+  const orders = await upstream(t)
+  const gw = await gateway(t, { 'orders.yaml': routeYaml(orders.url, jwks.url) }, {
     JWKS_COOLDOWN: `${COOLDOWN_MS}ms`,
     ORDERS_SECRET: SECRET,
     ORDERS_PUBLIC_KEY: ec.publicKey.export({ type: 'spki', format: 'pem' }) as string
   })
-  t.after(() => gw.stop())
-  return { gw, upstream, jwks }
+  return { gw, upstream: orders, jwks }
 }
 
-function assertChallenge (r: Res, description: string): void {
+function assertChallenge (r: Reply, description: string): void {
   assert.equal(r.status, 401, r.body)
   assert.equal(r.headers['www-authenticate'], `Bearer realm="gatehouse", error="invalid_token", error_description="${description}"`)
   assert.deepEqual(JSON.parse(r.body), { statusCode: 401, code: 'GATEHOUSE_ERR_AUTH_INVALID', error: 'Unauthorized', message: `Invalid token: ${description}` })
 }
 
-async function metric (gw: GatewayProcess, name: string, labels: string): Promise<number> {
-  const text = await (await fetch(`${gw.url}/metrics`)).text()
-  const line = text.split('\n').find(l => l.startsWith(`${name}{${labels}}`))
-  return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1))
-}
-
 test('valid RS256 and ES256 tokens: 200, claims forwarded as headers, spoofed identity headers replaced; the JWKS is fetched once for many requests', async t => {
   const { gw, upstream, jwks } = await setup(t)
   const token = await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' }, { email: 'alice@example.com' })
-  const r = await get(`${gw.url}/orders/42`, { ...bearer(token), 'x-user-id': 'mallory', connection: 'x-user-id' })
+  const r = await send(gw, '/orders/42', { headers: { ...bearer(token), 'x-user-id': 'mallory', connection: 'x-user-id' } })
   assert.equal(r.status, 200, r.body)
   const seen = upstream.requests.at(-1)
   assert.equal(seen?.headers['x-user-id'], 'alice')
@@ -145,40 +128,37 @@ test('valid RS256 and ES256 tokens: 200, claims forwarded as headers, spoofed id
 
   // A claim the token lacks: the client's header is removed, not passed on.
   const ecToken = await sign(ec.privateKey, { alg: 'ES256', kid: 'ec-1' }, { sub: 'bob' })
-  assert.equal((await get(`${gw.url}/orders`, { ...bearer(ecToken), 'x-user-email': 'boss@example.com' })).status, 200)
+  assert.equal((await send(gw, '/orders', { headers: { ...bearer(ecToken), 'x-user-email': 'boss@example.com' } })).status, 200)
   assert.equal(upstream.requests.at(-1)?.headers['x-user-id'], 'bob')
   assert.equal(upstream.requests.at(-1)?.headers['x-user-email'], undefined)
 
   // 40 more, 20 distinct tokens, half at once: still the one fetch.
   const tokens = await Promise.all(Array.from({ length: 20 }, async (_, i) => await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' }, { sub: `user-${i}` })))
-  const statuses = await Promise.all(tokens.map(async tk => (await get(`${gw.url}/orders`, bearer(tk))).status))
-  for (const tk of tokens) statuses.push((await get(`${gw.url}/orders`, bearer(tk))).status)
+  const statuses = await Promise.all(tokens.map(async tk => (await send(gw, '/orders', { headers: bearer(tk) })).status))
+  for (const tk of tokens) statuses.push((await send(gw, '/orders', { headers: bearer(tk) })).status)
   assert.deepEqual(new Set(statuses), new Set([200]))
   assert.equal(jwks.fetches, 1)
   assert.equal(upstream.requests.length, 42)
-  assert.equal(await metric(gw, 'jwks_fetches_total', 'result="ok"'), 1)
+  assert.equal(await metric(gw, 'jwks_fetches_total', { result: 'ok' }), 1)
 })
 
 test('no token: 401 with a bare Bearer challenge (RFC 6750 §3) and the upstream never sees the request; a public route needs none', async t => {
   const { gw, upstream } = await setup(t)
   const attempts: Array<Record<string, string>> = [{}, { authorization: 'Basic YWxpY2U6c2VjcmV0' }, { authorization: 'Bearer' }]
   for (const headers of attempts) {
-    const r = await get(`${gw.url}/orders`, headers)
+    const r = await send(gw, '/orders', { headers })
     assert.equal(r.status, 401)
     assert.equal(r.headers['www-authenticate'], 'Bearer realm="gatehouse"')
     assert.deepEqual(JSON.parse(r.body), { statusCode: 401, code: 'GATEHOUSE_ERR_AUTH_REQUIRED', error: 'Unauthorized', message: 'This route needs a bearer token in the Authorization header' })
   }
   // Auth applies to the normalised path: a detour through a public route still lands on /orders.
-  // (node:http sends the path as written; fetch would resolve the dot segments itself.)
+  // (send() sends the path as written; fetch would resolve the dot segments itself.)
   for (const path of ['/public/%2e%2e/orders', '/public/../orders/1', '//orders']) {
-    const status = await new Promise<number>((resolve, reject) => {
-      http.get(`${gw.url}${path}`, { path }, res => { res.resume(); resolve(res.statusCode ?? 0) }).on('error', reject)
-    })
-    assert.equal(status, 401, path)
+    assert.equal((await send(gw, path)).status, 401, path)
   }
   assert.equal(upstream.requests.length, 0)
-  assert.equal((await get(`${gw.url}/public`)).status, 200)
-  assert.equal(await metric(gw, 'auth_failures_total', 'route="orders-0",reason="missing_token"'), 6)
+  assert.equal((await send(gw, '/public')).status, 200)
+  assert.equal(await metric(gw, 'auth_failures_total', { route: 'orders-0', reason: 'missing_token' }), 6)
 })
 
 test('every bad token is 401 invalid_token with its reason, never echoed, and never reaches the upstream', async t => {
@@ -205,24 +185,24 @@ test('every bad token is 401 invalid_token with its reason, never echoed, and ne
     ['three garbage parts', 'aaa.bbb.ccc', 'the token is malformed']
   ]
   for (const [what, token, description] of cases) {
-    const r = await get(`${gw.url}/orders`, bearer(token))
+    const r = await send(gw, '/orders', { headers: bearer(token) })
     await t.test(what, () => {
       assertChallenge(r, description)
       assert.ok(!r.body.includes(token) && !String(r.headers['www-authenticate']).includes(token), 'the token is echoed')
     })
   }
   assert.equal(upstream.requests.length, 0)
-  assert.equal(await metric(gw, 'auth_failures_total', 'route="orders-0",reason="bad_signature"'), 2)
-  assert.equal(await metric(gw, 'auth_failures_total', 'route="orders-0",reason="unknown_key"'), 2)
+  assert.equal(await metric(gw, 'auth_failures_total', { route: 'orders-0', reason: 'bad_signature' }), 2)
+  assert.equal(await metric(gw, 'auth_failures_total', { route: 'orders-0', reason: 'unknown_key' }), 2)
 })
 
 test('a rotated key with a new kid works without a restart; a flood of made-up kids costs at most one fetch per cooldown', async t => {
   const { gw, jwks } = await setup(t)
-  assert.equal((await get(`${gw.url}/orders`, bearer(await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' })))).status, 200)
+  assert.equal((await send(gw, '/orders', { headers: bearer(await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' })) })).status, 200)
   assert.equal(jwks.fetches, 1)
 
   const flood = await Promise.all(Array.from({ length: 100 }, async (_, i) => await sign(foreign.privateKey, { alg: 'RS256', kid: `random-${i}` })))
-  const statuses = await Promise.all(flood.map(async tk => (await get(`${gw.url}/orders`, bearer(tk))).status))
+  const statuses = await Promise.all(flood.map(async tk => (await send(gw, '/orders', { headers: bearer(tk) })).status))
   assert.deepEqual(new Set(statuses), new Set([401]))
   assert.ok(jwks.fetches <= 2, `${jwks.fetches} fetches for 100 unknown kids`)
 
@@ -230,7 +210,7 @@ test('a rotated key with a new kid works without a restart; a flood of made-up k
   jwks.keys = [...jwks.keys, await jwk(rotated.publicKey, 'rsa-2', 'RS256')]
   await new Promise(resolve => setTimeout(resolve, COOLDOWN_MS * 1.5))
   const before = jwks.fetches
-  const r = await get(`${gw.url}/orders`, bearer(await sign(rotated.privateKey, { alg: 'RS256', kid: 'rsa-2' }, { sub: 'carol' })))
+  const r = await send(gw, '/orders', { headers: bearer(await sign(rotated.privateKey, { alg: 'RS256', kid: 'rsa-2' }, { sub: 'carol' })) })
   assert.equal(r.status, 200, r.body)
   assert.equal(jwks.fetches, before + 1)
 })
@@ -238,33 +218,33 @@ test('a rotated key with a new kid works without a restart; a flood of made-up k
 test('a key the issuer removed from its key set no longer verifies, even for a token the gateway accepted before', async t => {
   const { gw, upstream, jwks } = await setup(t)
   const old = await sign(ec.privateKey, { alg: 'ES256', kid: 'ec-1' }, { sub: 'dave' })
-  assert.equal((await get(`${gw.url}/orders`, bearer(old))).status, 200)
-  assert.equal((await get(`${gw.url}/orders`, bearer(old))).status, 200, 'verified once, remembered')
+  assert.equal((await send(gw, '/orders', { headers: bearer(old) })).status, 200)
+  assert.equal((await send(gw, '/orders', { headers: bearer(old) })).status, 200, 'verified once, remembered')
 
   // The issuer rotates: ec-1 is withdrawn (compromised, say), rsa-2 published. A token under the
   // new kid makes the gateway fetch the key set again, once the cooldown has passed.
   jwks.keys = [await jwk(rsa.publicKey, 'rsa-1', 'RS256'), await jwk(rotated.publicKey, 'rsa-2', 'RS256')]
   await new Promise(resolve => setTimeout(resolve, COOLDOWN_MS * 1.5))
-  assert.equal((await get(`${gw.url}/orders`, bearer(await sign(rotated.privateKey, { alg: 'RS256', kid: 'rsa-2' })))).status, 200)
+  assert.equal((await send(gw, '/orders', { headers: bearer(await sign(rotated.privateKey, { alg: 'RS256', kid: 'rsa-2' })) })).status, 200)
   assert.equal(jwks.fetches, 2)
 
   const seen = upstream.requests.length
-  assertChallenge(await get(`${gw.url}/orders`, bearer(old)), 'the token is signed by an unknown key')
+  assertChallenge(await send(gw, '/orders', { headers: bearer(old) }), 'the token is signed by an unknown key')
   assert.equal(upstream.requests.length, seen, 'the refused token never reached the upstream')
   // Tokens under the keys still published keep working.
-  assert.equal((await get(`${gw.url}/orders`, bearer(await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' })))).status, 200)
+  assert.equal((await send(gw, '/orders', { headers: bearer(await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' })) })).status, 200)
 })
 
 test('scopes: a valid token without the required scope is 403 insufficient_scope; with it (scope or scp), 200', async t => {
   const { gw, upstream } = await setup(t)
   const rs = { alg: 'RS256', kid: 'rsa-1' }
-  const r = await get(`${gw.url}/admin`, bearer(await sign(rsa.privateKey, rs, { scope: 'orders:read' })))
+  const r = await send(gw, '/admin', { headers: bearer(await sign(rsa.privateKey, rs, { scope: 'orders:read' })) })
   assert.equal(r.status, 403)
   assert.equal(r.headers['www-authenticate'], 'Bearer realm="gatehouse", error="insufficient_scope", error_description="the token lacks a required scope", scope="orders:write"')
   assert.deepEqual(JSON.parse(r.body), { statusCode: 403, code: 'GATEHOUSE_ERR_AUTH_FORBIDDEN', error: 'Forbidden', message: 'The token lacks a required scope: orders:write' })
   assert.equal(upstream.requests.length, 0)
-  assert.equal((await get(`${gw.url}/admin`, bearer(await sign(rsa.privateKey, rs, { scope: 'orders:read orders:write' })))).status, 200)
-  assert.equal((await get(`${gw.url}/admin`, bearer(await sign(rsa.privateKey, rs, { scp: ['orders:write'] })))).status, 200)
+  assert.equal((await send(gw, '/admin', { headers: bearer(await sign(rsa.privateKey, rs, { scope: 'orders:read orders:write' })) })).status, 200)
+  assert.equal((await send(gw, '/admin', { headers: bearer(await sign(rsa.privateKey, rs, { scp: ['orders:write'] })) })).status, 200)
 })
 
 test('rate limit key claim:sub: each verified subject has its own budget', async t => {
@@ -274,7 +254,7 @@ test('rate limit key claim:sub: each verified subject has its own budget', async
   const alice2 = await sign(rsa.privateKey, rs, { sub: 'alice', jti: 'second-token' })
   const bob = await sign(rsa.privateKey, rs, { sub: 'bob' })
   const statuses: number[] = []
-  for (const token of [alice, alice2, alice, bob, bob, bob]) statuses.push((await get(`${gw.url}/limited`, bearer(token))).status)
+  for (const token of [alice, alice2, alice, bob, bob, bob]) statuses.push((await send(gw, '/limited', { headers: bearer(token) })).status)
   // Two tokens of one subject share its budget.
   assert.deepEqual(statuses, [200, 200, 429, 200, 200, 429])
 })
@@ -282,29 +262,28 @@ test('rate limit key claim:sub: each verified subject has its own budget', async
 test('secret (HS256) and publicKey (PEM from the environment) sources; forwardToken false drops Authorization', async t => {
   const { gw, upstream } = await setup(t)
   const hs = await new SignJWT({ iss: ISSUER, aud: AUDIENCE, sub: 'svc' }).setProtectedHeader({ alg: 'HS256' }).setExpirationTime('5m').sign(Buffer.from(SECRET))
-  assert.equal((await get(`${gw.url}/hmac`, bearer(hs))).status, 200)
-  assertChallenge(await get(`${gw.url}/hmac`, bearer(await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' }))), 'the token algorithm is not allowed')
-  assert.equal((await get(`${gw.url}/pem`, bearer(await sign(ec.privateKey, { alg: 'ES256' })))).status, 200)
-  assertChallenge(await get(`${gw.url}/pem`, bearer(hs)), 'the token algorithm is not allowed')
+  assert.equal((await send(gw, '/hmac', { headers: bearer(hs) })).status, 200)
+  assertChallenge(await send(gw, '/hmac', { headers: bearer(await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' })) }), 'the token algorithm is not allowed')
+  assert.equal((await send(gw, '/pem', { headers: bearer(await sign(ec.privateKey, { alg: 'ES256' })) })).status, 200)
+  assertChallenge(await send(gw, '/pem', { headers: bearer(hs) }), 'the token algorithm is not allowed')
 
   const token = await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' })
-  assert.equal((await get(`${gw.url}/tokenless`, bearer(token))).status, 200)
+  assert.equal((await send(gw, '/tokenless', { headers: bearer(token) })).status, 200)
   assert.equal(upstream.requests.at(-1)?.headers.authorization, undefined)
   assert.equal(upstream.requests.at(-1)?.headers['x-user-id'], 'alice')
 })
 
 test('JWKS unreachable: 503 GATEHOUSE_ERR_AUTH_UNAVAILABLE with Retry-After, the fetch error is counted, and public routes still serve', async t => {
-  const upstream = await startUpstream()
-  t.after(() => upstream.close())
-  const dir = await routeDir({ 'orders.yaml': routeYaml(upstream.url, `http://127.0.0.1:${await closedPort()}/jwks.json`) })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, { ORDERS_SECRET: SECRET, ORDERS_PUBLIC_KEY: ec.publicKey.export({ type: 'spki', format: 'pem' }) as string })
-  t.after(() => gw.stop())
-  const r = await get(`${gw.url}/orders`, bearer(await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' })))
+  const orders = await upstream(t)
+  const gw = await gateway(t, { 'orders.yaml': routeYaml(orders.url, `http://127.0.0.1:${await closedPort()}/jwks.json`) }, {
+    ORDERS_SECRET: SECRET,
+    ORDERS_PUBLIC_KEY: ec.publicKey.export({ type: 'spki', format: 'pem' }) as string
+  })
+  const r = await send(gw, '/orders', { headers: bearer(await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' })) })
   assert.equal(r.status, 503)
   assert.equal(r.headers['retry-after'], '5')
   assert.equal(JSON.parse(r.body).code, 'GATEHOUSE_ERR_AUTH_UNAVAILABLE')
-  assert.equal(await metric(gw, 'jwks_fetches_total', 'result="error"'), 1)
-  assert.equal((await get(`${gw.url}/public`)).status, 200)
-  assert.equal(upstream.requests.length, 1)
+  assert.equal(await metric(gw, 'jwks_fetches_total', { result: 'error' }), 1)
+  assert.equal((await send(gw, '/public')).status, 200)
+  assert.equal(orders.requests.length, 1)
 })

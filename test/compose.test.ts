@@ -19,7 +19,7 @@ import YAML from 'yaml'
 import { EnvSchema, loadEnv } from '../src/config/env.js'
 import { ROUTE_FILE_EXTENSIONS } from '../src/config/route-file/index.js'
 import { tracingConfigured } from '../src/tracing.js'
-import { promtool, PROMTOOL_MISSING, removeDir, ROOT, routeDir, runs, skipUnless, startGateway, startUpstream } from './helpers.js'
+import { gateway, promtool, PROMTOOL_MISSING, ROOT, runs, skipUnless, upstream } from './helpers.js'
 
 type Json = Record<string, unknown>
 
@@ -384,12 +384,8 @@ test('the image and compose health checks pass on a running gateway and fail whe
   assert.ok(Array.isArray(composeTest) && composeTest[0] === 'CMD', 'gateway healthcheck should be ["CMD", ...]')
   const composeCheck = composeTest.slice(1)
 
-  const dir = await routeDir({})
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir)
-  t.after(() => gw.stop())
-  const unhealthy = await startUpstream((req, res) => { res.writeHead(req.url === '/health' ? 503 : 200).end() })
-  t.after(() => unhealthy.close())
+  const gw = await gateway(t, {})
+  const unhealthy = await upstream(t, (req, res) => { res.writeHead(req.url === '/health' ? 503 : 200).end() })
   const down = await closedPort()
 
   for (const [name, command] of [['Dockerfile HEALTHCHECK', imageCheck], ['compose healthcheck', composeCheck]] as const) {

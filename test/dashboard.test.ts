@@ -5,7 +5,7 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { promtool, PROMTOOL_MISSING, removeDir, ROOT, routeDir, routeFile, startGateway, startUpstream } from './helpers.js'
+import { gateway, promtool, PROMTOOL_MISSING, ROOT, routeFile, upstream } from './helpers.js'
 
 interface Panel { id: number, type: string, title: string, gridPos: { x: number, y: number, w: number, h: number }, targets: Array<{ refId: string, expr: string }> }
 interface Dashboard { uid: string, title: string, schemaVersion: number, panels: Panel[], templating: { list: Array<{ name: string }> } }
@@ -41,12 +41,8 @@ test('the dashboard has what Grafana needs: uid, title, schemaVersion, variables
 })
 
 test('every query names only metrics a running gateway exports', async t => {
-  const upstream = await startUpstream()
-  t.after(() => upstream.close())
-  const dir = await routeDir({ 'app.yaml': routeFile([upstream.url], ['/api']) })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir)
-  t.after(() => gw.stop())
+  const origin = await upstream(t)
+  const gw = await gateway(t, { 'app.yaml': routeFile([origin.url], ['/api']) })
   await (await fetch(`${gw.url}/api`)).text()
   const text = await (await fetch(`${gw.url}/metrics`)).text()
   const exported = new Set([...text.matchAll(/^# TYPE (\S+) (\S+)$/gm)].flatMap(m => m[2] === 'histogram' ? [`${m[1]}_bucket`, `${m[1]}_count`, `${m[1]}_sum`] : [m[1] as string]))

@@ -4,56 +4,16 @@
 import { strict as assert } from 'node:assert'
 import net from 'node:net'
 import { test, type TestContext } from 'node:test'
-import { removeDir, routeDir, startGateway, startUpstream, type GatewayProcess, type Upstream } from './helpers.js'
-
-interface Exchange {
-  /** Status codes of every response on the connection, in order. */
-  statuses: number[]
-  /** Whether the gateway closed the connection within the wait. */
-  closed: boolean
-  /** ms from the first byte sent to the close (or to the end of the wait). */
-  ms: number
-  text: string
-}
-
-/** Sends `chunks` (with `gapMs` between them) on one connection; waits for the close, at most `waitMs`. */
-async function exchange (port: number, chunks: string | string[], { waitMs = 1500, gapMs = 0 } = {}): Promise<Exchange> {
-  const parts = typeof chunks === 'string' ? [chunks] : chunks
-  return await new Promise(resolve => {
-    const socket = net.connect(port, '127.0.0.1')
-    const t0 = Date.now()
-    let text = ''
-    let settled = false
-    const finish = (closed: boolean): void => {
-      if (settled) return
-      settled = true
-      clearTimeout(timer)
-      socket.destroy()
-      const statuses = [...text.matchAll(/HTTP\/1\.[01] (\d{3})/g)].map(m => Number(m[1]))
-      resolve({ statuses, closed, ms: Date.now() - t0, text })
-    }
-    const timer = setTimeout(() => finish(false), waitMs)
-    socket.on('data', chunk => { text += chunk.toString('latin1') })
-    socket.on('close', () => finish(true))
-    socket.on('error', () => {})
-    socket.on('connect', () => {
-      parts.forEach((part, i) => setTimeout(() => { if (!socket.destroyed) socket.write(part, 'latin1') }, i * gapMs))
-    })
-  })
-}
+import { exchange, gateway, upstream, type GatewayProcess, type Upstream } from './helpers.js'
 
 interface Edge { gw: GatewayProcess, upstream: Upstream, port: number }
 
 async function edge (t: TestContext, env: Record<string, string> = {}): Promise<Edge> {
-  const upstream = await startUpstream()
-  t.after(() => upstream.close())
-  const dir = await routeDir({
-    'app.yaml': `targets:\n  - url: ${upstream.url}\nroutes:\n  - path: /api\n    bodyLimit: 10b\n  - path: /files\n    allowEncodedSlashes: true\n`
-  })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, env)
-  t.after(() => gw.stop())
-  return { gw, upstream, port: Number(new URL(gw.url).port) }
+  const origin = await upstream(t)
+  const gw = await gateway(t, {
+    'app.yaml': `targets:\n  - url: ${origin.url}\nroutes:\n  - path: /api\n    bodyLimit: 10b\n  - path: /files\n    allowEncodedSlashes: true\n`
+  }, env)
+  return { gw, upstream: origin, port: gw.port }
 }
 
 const SMUGGLED = 'GET /api/smuggled HTTP/1.1\r\nHost: x\r\n\r\n'

@@ -2,32 +2,16 @@
 // whose event loop really stops (SIGSTOP, then SIGCONT: the process does not run at all for that
 // long). The gateway samples its pressure once a second, so each case polls for the answer.
 import { strict as assert } from 'node:assert'
-import http from 'node:http'
 import { test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { removeDir, routeDir, routeFile, startGateway, startUpstream, type GatewayProcess, type Upstream } from './helpers.js'
-
-interface Reply { status: number, headers: http.IncomingHttpHeaders, body: string }
-
-/** One GET on a fresh connection, bounded at 10 s. */
-async function get (gw: GatewayProcess, path: string): Promise<Reply> {
-  return await new Promise((resolve, reject) => {
-    const req = http.get({ host: '127.0.0.1', port: gw.port, path, agent: false, timeout: 10_000 }, res => {
-      let body = ''
-      res.on('data', (c: Buffer) => { body += c.toString() })
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }))
-    })
-    req.on('timeout', () => req.destroy(new Error(`GET ${path}: no answer in 10 s`)))
-    req.on('error', reject)
-  })
-}
+import { gateway, routeFile, send, upstream, type GatewayProcess, type Reply, type Upstream } from './helpers.js'
 
 /** GETs `path` every 50 ms until `match` holds; the matching reply, or a failure after `timeoutMs`. */
 async function poll (gw: GatewayProcess, path: string, match: (r: Reply) => boolean, what: string, timeoutMs: number): Promise<Reply> {
   const deadline = Date.now() + timeoutMs
   const seen = new Set<number>()
   for (;;) {
-    const reply = await get(gw, path)
+    const reply = await send(gw, path, { timeoutMs: 10_000 })
     if (match(reply)) return reply
     seen.add(reply.status)
     if (Date.now() > deadline) assert.fail(`${what}: not within ${timeoutMs} ms (statuses seen: ${[...seen].join(', ')})`)
@@ -36,20 +20,16 @@ async function poll (gw: GatewayProcess, path: string, match: (r: Reply) => bool
 }
 
 async function setup (t: TestContext, env: Record<string, string>): Promise<{ gw: GatewayProcess, upstream: Upstream }> {
-  const upstream = await startUpstream()
-  t.after(() => upstream.close())
-  const dir = await routeDir({ 'app.yaml': routeFile([upstream.url], ['/api']) })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, env)
-  t.after(() => gw.stop())
-  return { gw, upstream }
+  const origin = await upstream(t)
+  const gw = await gateway(t, { 'app.yaml': routeFile([origin.url], ['/api']) }, env)
+  return { gw, upstream: origin }
 }
 
 /** What the README promises of a 503 under pressure: JSON, with a Retry-After. */
 function assertShed (reply: Reply, where: string): void {
   assert.equal(reply.status, 503, `${where}: ${reply.body}`)
   assert.match(String(reply.headers['retry-after']), /^[1-9]\d*$/, `${where}: Retry-After`)
-  assert.equal((JSON.parse(reply.body) as { statusCode: number }).statusCode, 503)
+  assert.equal(reply.json.statusCode, 503)
 }
 
 test('heap over MAX_HEAP_USED_BYTES: /health answers 503 with Retry-After, and every route sheds load (the upstream sees nothing)', async t => {
@@ -58,7 +38,7 @@ test('heap over MAX_HEAP_USED_BYTES: /health answers 503 with Retry-After, and e
   const health = await poll(gw, '/health', r => r.status !== 200, '/health leaves 200', 5000)
   assertShed(health, '/health')
   const seen = upstream.requests.length
-  assertShed(await get(gw, '/api/x'), 'a proxied route')
+  assertShed(await send(gw, '/api/x'), 'a proxied route')
   assert.equal(upstream.requests.length, seen, 'a shed request never reaches the upstream')
   assert.equal(gw.proc.exitCode, null, 'the gateway keeps running')
 })
@@ -66,10 +46,10 @@ test('heap over MAX_HEAP_USED_BYTES: /health answers 503 with Retry-After, and e
 test('the same gateway without the limit: /health 200 and the route proxies (the 503 above is the limit\'s doing)', async t => {
   const { gw, upstream } = await setup(t, { MAX_HEAP_USED_BYTES: '0' })
   await sleep(1200) // past the first sample
-  const health = await get(gw, '/health')
+  const health = await send(gw, '/health')
   assert.equal(health.status, 200)
-  assert.deepEqual(JSON.parse(health.body), { status: 'ok' })
-  assert.equal((await get(gw, '/api/x')).status, 200)
+  assert.deepEqual(health.json, { status: 'ok' })
+  assert.equal((await send(gw, '/api/x')).status, 200)
   assert.equal(upstream.requests.length, 1)
 })
 

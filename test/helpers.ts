@@ -1,5 +1,5 @@
-// Real things for tests: upstream HTTP servers on ephemeral ports, route folders on disk, and the
-// gateway as a real child process (or in-process for inject()).
+// Real things for tests: upstream HTTP servers on ephemeral ports, route folders on disk, the
+// gateway as a real child process, Redis servers, and the one HTTP client every suite uses.
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtemp, rm, writeFile, unlink } from 'node:fs/promises'
@@ -8,9 +8,8 @@ import net, { type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
-import type { FastifyInstance } from 'fastify'
-import { buildApp } from '../src/app.js'
-import { EnvSchema, loadEnv } from '../src/config/env.js'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { EnvSchema } from '../src/config/env.js'
 import { freePort } from '../scripts/loopback.js'
 
 export const ROOT = resolve(import.meta.dirname, '..', '..')
@@ -43,8 +42,8 @@ export const echo: UpstreamHandler = (req, res, body) => {
   res.end(JSON.stringify({ port, method: req.method, url: req.url, headers: req.headers, body }))
 }
 
-/** A real HTTP server on 127.0.0.1:0 that records what it sees. */
-export async function startUpstream (handler: UpstreamHandler = echo): Promise<Upstream> {
+/** A real HTTP server on 127.0.0.1 (`port`, default a free one) that records what it sees. */
+export async function startUpstream (handler: UpstreamHandler = echo, port = 0): Promise<Upstream> {
   const upstream: Upstream = { url: '', port: 0, requests: [], inFlight: 0, maxInFlight: 0, close: async () => {} }
   const server = http.createServer((req, res) => {
     upstream.inFlight++
@@ -60,7 +59,7 @@ export async function startUpstream (handler: UpstreamHandler = echo): Promise<U
     })
   })
   server.keepAliveTimeout = 60_000
-  server.listen(0, '127.0.0.1')
+  server.listen(port, '127.0.0.1')
   await once(server, 'listening')
   upstream.port = (server.address() as AddressInfo).port
   upstream.url = `http://127.0.0.1:${upstream.port}`
@@ -69,6 +68,16 @@ export async function startUpstream (handler: UpstreamHandler = echo): Promise<U
     await new Promise<void>(resolve => server.close(() => resolve()))
   }
   return upstream
+}
+
+/** What the fixtures below need of a test: somewhere to register their clean-up. */
+export interface Owner { after: (fn: () => unknown) => void }
+
+/** startUpstream, closed when test `t` ends. */
+export async function upstream (t: Owner, handler?: UpstreamHandler, port?: number): Promise<Upstream> {
+  const u = await startUpstream(handler, port)
+  t.after(() => u.close())
+  return u
 }
 
 /** A fresh route folder holding `files` (name → YAML/JSON text). */
@@ -189,12 +198,217 @@ export async function startGateway (routesDir: string, env: Record<string, strin
   }
 }
 
-/** The gateway in this process, for inject() tests of behaviour inside it. */
-export async function buildTestApp (routesDir: string, env: Record<string, string> = {}): Promise<FastifyInstance> {
-  const gatewayEnv = loadEnv({ ROUTES_DIR: routesDir, WATCH_ROUTES: 'false', ...env }, '/nonexistent/.env')
-  const app = await buildApp(gatewayEnv, { logger: false })
-  await app.ready()
-  return app
+/** A gateway process serving a fresh route folder of `files`; stopped (and the folder removed) when `t` ends. */
+export async function gateway (t: Owner, files: Record<string, string>, env: Record<string, string> = {}): Promise<GatewayProcess> {
+  const dir = await routeDir(files)
+  t.after(() => removeDir(dir))
+  const gw = await startGateway(dir, env)
+  t.after(() => gw.stop())
+  return gw
+}
+
+// ---- the client ---------------------------------------------------------------------------------
+
+/** The body of a JSON answer: the gateway's errors, or the echo upstream's report. */
+export interface ReplyJson {
+  statusCode?: number
+  code?: string
+  error?: string
+  message?: string
+  port?: number
+  method?: string
+  url?: string
+  headers?: http.IncomingHttpHeaders
+  body?: string
+  [key: string]: unknown
+}
+
+export interface Reply {
+  status: number
+  headers: http.IncomingHttpHeaders
+  /** The body as UTF-8 text. */
+  body: string
+  /** The body's bytes as they came (node:http never inflates a body). */
+  bytes: Buffer
+  /** The body parsed, when the response says it is JSON; else {}. */
+  json: ReplyJson
+  /** Whether the request went over a kept-alive connection. */
+  reused: boolean
+  /** Wall time from sending to the end of the body, ms. */
+  ms: number
+}
+
+export interface SendOptions {
+  method?: string
+  headers?: http.OutgoingHttpHeaders
+  /** Sent with Content-Length. */
+  body?: string | Buffer
+  /** Sent with Transfer-Encoding: chunked, one write per element. */
+  chunks?: string[]
+  /** Default false: a connection of its own. */
+  agent?: http.Agent | false
+  /** Source address (127.0.0.2 is another client to the gateway). */
+  localAddress?: string
+  /** The whole exchange is bounded: default 30 s. */
+  timeoutMs?: number
+}
+
+/**
+ * One HTTP/1.1 request to 127.0.0.1:`to.port` with the path sent exactly as given (fetch would
+ * normalise it), and the whole response read. Rejects when the connection fails or the response
+ * is cut short.
+ */
+export async function send (to: { port: number }, path: string, options: SendOptions = {}): Promise<Reply> {
+  const { method = 'GET', headers, body, chunks, agent = false, localAddress, timeoutMs = 30_000 } = options
+  const began = performance.now()
+  const req = http.request({ host: '127.0.0.1', port: to.port, path, method, headers, agent, localAddress })
+  const timer = setTimeout(() => req.destroy(new Error(`${method} ${path}: no whole answer in ${timeoutMs} ms`)), timeoutMs)
+  try {
+    const response = once(req, 'response') as Promise<[http.IncomingMessage]>
+    for (const chunk of chunks ?? []) req.write(chunk)
+    req.end(body)
+    const [res] = await response
+    const parts: Buffer[] = []
+    for await (const part of res) parts.push(part as Buffer)
+    const bytes = Buffer.concat(parts)
+    const text = bytes.toString()
+    return { status: res.statusCode ?? 0, headers: res.headers, body: text, bytes, json: jsonOf(res.headers, text), reused: req.reusedSocket, ms: performance.now() - began }
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/** What one connection of raw bytes got back. */
+export interface Exchange {
+  /** Status codes of every response on the connection, in order. */
+  statuses: number[]
+  /** Whether the gateway closed the connection within the wait. */
+  closed: boolean
+  /** ms from connecting to the close (or to the end of the wait). */
+  ms: number
+  /** Everything received, latin1. */
+  text: string
+}
+
+/**
+ * Sends `chunks` as raw bytes (latin1) on one connection, `gapMs` apart; resolves when the other
+ * side closes it, or after `waitMs` (then `closed` is false).
+ */
+export async function exchange (port: number, chunks: string | string[], { waitMs = 1500, gapMs = 0 } = {}): Promise<Exchange> {
+  const parts = typeof chunks === 'string' ? [chunks] : chunks
+  return await new Promise(resolve => {
+    const socket = net.connect(port, '127.0.0.1')
+    const t0 = Date.now()
+    let text = ''
+    let settled = false
+    const finish = (closed: boolean): void => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      socket.destroy()
+      const statuses = [...text.matchAll(/HTTP\/1\.[01] (\d{3})/g)].map(m => Number(m[1]))
+      resolve({ statuses, closed, ms: Date.now() - t0, text })
+    }
+    const timer = setTimeout(() => finish(false), waitMs)
+    socket.on('data', chunk => { text += chunk.toString('latin1') })
+    socket.on('close', () => finish(true))
+    socket.on('error', () => {})
+    socket.on('connect', () => {
+      parts.forEach((part, i) => setTimeout(() => { if (!socket.destroyed) socket.write(part, 'latin1') }, i * gapMs))
+    })
+  })
+}
+
+/** The first response of an exchange as a Reply (a chunked body de-chunked); fails the test without a whole head. */
+export function firstResponse (x: Exchange): Reply {
+  const split = x.text.indexOf('\r\n\r\n')
+  if (split < 0) throw new Error(`no complete response head in: ${JSON.stringify(x.text.slice(0, 200))}`)
+  const [statusLine = '', ...lines] = x.text.slice(0, split).split('\r\n')
+  const headers: http.IncomingHttpHeaders = {}
+  for (const line of lines) {
+    const colon = line.indexOf(':')
+    headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim()
+  }
+  let body = x.text.slice(split + 4)
+  if (headers['transfer-encoding'] === 'chunked') body = dechunk(body)
+  else if (headers['content-length'] !== undefined) body = body.slice(0, Number(headers['content-length']))
+  const bytes = Buffer.from(body, 'latin1')
+  const text = bytes.toString()
+  return { status: Number(statusLine.split(' ')[1]), headers, body: text, bytes, json: jsonOf(headers, text), reused: false, ms: x.ms }
+}
+
+/** The body parsed when the headers say JSON and it parses; else {}. */
+function jsonOf (headers: http.IncomingHttpHeaders, text: string): ReplyJson {
+  if (!/^application\/(.+\+)?json/.test(String(headers['content-type']))) return {}
+  try {
+    const value: unknown = JSON.parse(text)
+    return typeof value === 'object' && value !== null ? value as ReplyJson : {}
+  } catch {
+    return {}
+  }
+}
+
+function dechunk (text: string): string {
+  let out = ''
+  let rest = text
+  for (;;) {
+    const eol = rest.indexOf('\r\n')
+    const size = parseInt(rest.slice(0, eol), 16)
+    if (!(size > 0)) return out
+    out += rest.slice(eol + 2, eol + 2 + size)
+    rest = rest.slice(eol + 2 + size + 2)
+  }
+}
+
+// ---- observation --------------------------------------------------------------------------------
+
+/** The labels of a Prometheus sample line (`name{a="1",b="2"} 3`), unescaped. */
+function labelsOf (line: string): Record<string, string> {
+  const open = line.indexOf('{')
+  if (open < 0 || open > line.indexOf(' ')) return {}
+  const labels: Record<string, string> = {}
+  for (const m of line.slice(open + 1, line.lastIndexOf('}')).matchAll(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"/g)) {
+    labels[m[1] as string] = (m[2] as string).replace(/\\(.)/g, (_, c: string) => c === 'n' ? '\n' : c)
+  }
+  return labels
+}
+
+/**
+ * The sum of the samples of metric `name` on `url`'s /metrics (default: the gateway's) whose
+ * labels include `labels`; undefined when none matches.
+ */
+export async function metric (gw: { url: string }, name: string, labels: Record<string, string> = {}, url = `${gw.url}/metrics`): Promise<number | undefined> {
+  const text = await (await fetch(url)).text()
+  let sum: number | undefined
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue
+    const found = labelsOf(line)
+    if (!Object.entries(labels).every(([k, v]) => found[k] === v)) continue
+    sum = (sum ?? 0) + Number(line.slice(line.lastIndexOf(' ') + 1))
+  }
+  return sum
+}
+
+/** `promise`, or a failure after `ms` saying `what`. */
+export async function within<T> (ms: number, what: string, promise: Promise<T>): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`not within ${ms} ms: ${what}`)), ms)
+  })
+  try {
+    return await Promise.race([promise, timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/** Polls `check` every `everyMs` until it holds; fails the test after `timeoutMs`, saying `what`. */
+export async function until (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 5000, everyMs = 10): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`)
+    await sleep(everyMs)
+  }
 }
 
 /**

@@ -6,57 +6,45 @@ import { join } from 'node:path'
 import http from 'node:http'
 import { test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { childEnv, CLI, closedPort, removeDir, removeRoute, routeDir, routeFile, startGateway, startUpstream, writeRoutes, type GatewayProcess } from './helpers.js'
+import { childEnv, CLI, closedPort, gateway, metric, removeDir, removeRoute, routeDir, routeFile, send, startGateway, upstream, writeRoutes, type GatewayProcess, type Owner } from './helpers.js'
 
 const reloaded = (version: number) => (l: Record<string, unknown>) => l.msg === 'route table reloaded' && l.version === version
 
-async function status (url: string): Promise<number> {
-  const res = await fetch(url)
-  await res.arrayBuffer()
-  return res.status
+/** The status of a GET of `path` on a new connection. */
+async function status (gw: GatewayProcess, path: string): Promise<number> {
+  return (await send(gw, path)).status
 }
 
-async function metric (gw: GatewayProcess, line: string): Promise<number | undefined> {
-  const text = await (await fetch(`${gw.url}/metrics`)).text()
-  const found = text.split('\n').find(l => l.startsWith(line + ' '))
-  return found === undefined ? undefined : Number(found.slice(line.length + 1))
-}
-
-/** An upstream whose requests wait until `release()`. */
-async function heldUpstream () {
+/** An upstream whose requests wait until `release()` (released, then closed, when `t` ends). */
+async function heldUpstream (t: Owner) {
   const waiting: Array<() => void> = []
-  const upstream = await startUpstream((_req, res) => {
+  const held = await upstream(t, (_req, res) => {
     waiting.push(() => res.end('released'))
   })
-  return {
-    upstream,
-    held: () => waiting.length,
-    release: () => { for (const done of waiting.splice(0)) done() }
-  }
+  const release = (): void => { for (const done of waiting.splice(0)) done() }
+  t.after(release)
+  return { upstream: held, held: () => waiting.length, release }
 }
 
 test('SIGUSR1 and SIGHUP: a new route file serves after the signal, without a restart', async t => {
-  const upstream = await startUpstream()
-  t.after(() => upstream.close())
-  const dir = await routeDir({ 'a.yaml': routeFile([upstream.url], ['/a']) })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, { WATCH_ROUTES: 'false' })
-  t.after(() => gw.stop())
+  const origin = await upstream(t)
+  const gw = await gateway(t, { 'a.yaml': routeFile([origin.url], ['/a']) }, { WATCH_ROUTES: 'false' })
+  const dir = gw.routesDir
 
-  assert.equal(await status(`${gw.url}/b`), 404)
-  await writeRoutes(dir, { 'b.yaml': routeFile([upstream.url], ['/b']) })
-  assert.equal(await status(`${gw.url}/b`), 404, 'no watcher: nothing changes before the signal')
+  assert.equal(await status(gw, '/b'), 404)
+  await writeRoutes(dir, { 'b.yaml': routeFile([origin.url], ['/b']) })
+  assert.equal(await status(gw, '/b'), 404, 'no watcher: nothing changes before the signal')
   gw.signal('SIGUSR1')
   await gw.waitForLog(reloaded(2))
-  assert.equal(await status(`${gw.url}/b`), 200)
-  assert.equal(await status(`${gw.url}/a`), 200)
-  assert.equal(await metric(gw, 'config_reloads_total{result="success"}'), 1)
+  assert.equal(await status(gw, '/b'), 200)
+  assert.equal(await status(gw, '/a'), 200)
+  assert.equal(await metric(gw, 'config_reloads_total', { result: 'success' }), 1)
   assert.equal(gw.proc.exitCode, null, 'SIGUSR1 must not stop the process')
 
-  await writeRoutes(dir, { 'c.yaml': routeFile([upstream.url], ['/c']) })
+  await writeRoutes(dir, { 'c.yaml': routeFile([origin.url], ['/c']) })
   gw.signal('SIGHUP')
   await gw.waitForLog(reloaded(3))
-  assert.equal(await status(`${gw.url}/c`), 200)
+  assert.equal(await status(gw, '/c'), 200)
   assert.equal(gw.proc.exitCode, null, 'SIGHUP must not stop the process')
 })
 
@@ -118,34 +106,30 @@ test('SIGUSR1 right after spawn, before any JavaScript runs: no inspector opens 
 })
 
 test('file changes in ROUTES_DIR reload by themselves (debounced)', async t => {
-  const upstream = await startUpstream()
-  t.after(() => upstream.close())
-  const dir = await routeDir({ 'a.yaml': routeFile([upstream.url], ['/a']) })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, { RELOAD_DEBOUNCE: '50ms' })
-  t.after(() => gw.stop())
+  const origin = await upstream(t)
+  const gw = await gateway(t, { 'a.yaml': routeFile([origin.url], ['/a']) }, { RELOAD_DEBOUNCE: '50ms' })
+  const dir = gw.routesDir
 
-  await writeRoutes(dir, { 'b.yaml': routeFile([upstream.url], ['/b']) })
+  await writeRoutes(dir, { 'b.yaml': routeFile([origin.url], ['/b']) })
   await gw.waitForLog(l => l.msg === 'route table reloaded' && (l.applied as string[]).includes('b.yaml'))
-  assert.equal(await status(`${gw.url}/b`), 200)
+  assert.equal(await status(gw, '/b'), 200)
 })
 
 test('a Kubernetes ConfigMap update (files are symlinks through ..data, swapped by one rename) reloads by itself', async t => {
-  const upstream = await startUpstream()
-  t.after(() => upstream.close())
+  const origin = await upstream(t)
   // The kubelet's layout: <dir>/app.yaml -> ..data/app.yaml, ..data -> ..<timestamp>/.
   const dir = await routeDir({})
   t.after(() => removeDir(dir))
   const version = async (name: string, paths: string[]): Promise<void> => {
     await mkdir(join(dir, name))
-    await writeFile(join(dir, name, 'app.yaml'), routeFile([upstream.url], paths))
+    await writeFile(join(dir, name, 'app.yaml'), routeFile([origin.url], paths))
   }
   await version('..2026_11_29_a', ['/a'])
   await symlink('..2026_11_29_a', join(dir, '..data'))
   await symlink('..data/app.yaml', join(dir, 'app.yaml'))
   const gw = await startGateway(dir, { RELOAD_DEBOUNCE: '50ms' })
   t.after(() => gw.stop())
-  assert.equal(await status(`${gw.url}/a`), 200)
+  assert.equal(await status(gw, '/a'), 200)
 
   // The update: a new timestamped folder, a new ..data link made aside and renamed over the old.
   await version('..2026_11_29_b', ['/b'])
@@ -153,41 +137,35 @@ test('a Kubernetes ConfigMap update (files are symlinks through ..data, swapped 
   await rename(join(dir, '..data_tmp'), join(dir, '..data'))
   await rm(join(dir, '..2026_11_29_a'), { recursive: true })
   await gw.waitForLog(reloaded(2))
-  assert.equal(await status(`${gw.url}/b`), 200)
-  assert.equal(await status(`${gw.url}/a`), 404)
+  assert.equal(await status(gw, '/b'), 200)
+  assert.equal(await status(gw, '/a'), 404)
 })
 
 test('a broken file on reload keeps its last good version serving; the failure is logged and counted', async t => {
-  const upstream = await startUpstream()
-  t.after(() => upstream.close())
-  const dir = await routeDir({ 'users.yaml': routeFile([upstream.url], ['/users']) })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, { WATCH_ROUTES: 'false' })
-  t.after(() => gw.stop())
+  const origin = await upstream(t)
+  const gw = await gateway(t, { 'users.yaml': routeFile([origin.url], ['/users']) }, { WATCH_ROUTES: 'false' })
+  const dir = gw.routesDir
 
   await writeRoutes(dir, {
     'users.yaml': 'targets:\n  - url: http://127.0.0.1:1\n    maxConn: 5\nroutes:\n  - path: /users\n',
-    'orders.yaml': routeFile([upstream.url], ['/orders'])
+    'orders.yaml': routeFile([origin.url], ['/orders'])
   })
   gw.signal('SIGUSR1')
   const rejected = await gw.waitForLog(l => l.msg === 'route file rejected, its last good version keeps serving')
   assert.equal(rejected.file, 'users.yaml')
   assert.deepEqual(rejected.problems, ['/targets/0/maxConn: unknown key (allowed: url, maxConnections, weight, tls)'])
   await gw.waitForLog(reloaded(2))
-  assert.equal(await status(`${gw.url}/users`), 200, 'the old users.yaml still serves')
-  assert.equal(await status(`${gw.url}/orders`), 200, 'the valid file beside it applied')
-  assert.equal(upstream.requests.length, 2)
-  assert.equal(await metric(gw, 'config_reloads_total{result="failure"}'), 1)
-  assert.equal(await metric(gw, 'config_reloads_total{result="success"}'), 0)
+  assert.equal(await status(gw, '/users'), 200, 'the old users.yaml still serves')
+  assert.equal(await status(gw, '/orders'), 200, 'the valid file beside it applied')
+  assert.equal(origin.requests.length, 2)
+  assert.equal(await metric(gw, 'config_reloads_total', { result: 'failure' }), 1)
+  assert.equal(await metric(gw, 'config_reloads_total', { result: 'success' }), 0)
 })
 
 test('a new file that is broken on reload stays absent; a deleted file stops serving', async t => {
-  const upstream = await startUpstream()
-  t.after(() => upstream.close())
-  const dir = await routeDir({ 'a.yaml': routeFile([upstream.url], ['/a']), 'b.yaml': routeFile([upstream.url], ['/b']) })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, { WATCH_ROUTES: 'false' })
-  t.after(() => gw.stop())
+  const origin = await upstream(t)
+  const gw = await gateway(t, { 'a.yaml': routeFile([origin.url], ['/a']), 'b.yaml': routeFile([origin.url], ['/b']) }, { WATCH_ROUTES: 'false' })
+  const dir = gw.routesDir
 
   await removeRoute(dir, 'b.yaml')
   await writeRoutes(dir, { 'c.yaml': 'targets: []\nroutes:\n  - path: /c\n' })
@@ -195,19 +173,16 @@ test('a new file that is broken on reload stays absent; a deleted file stops ser
   const rejected = await gw.waitForLog(l => l.file === 'c.yaml')
   assert.equal(rejected.msg, 'route file rejected, it does not serve')
   await gw.waitForLog(reloaded(2))
-  assert.equal(await status(`${gw.url}/a`), 200)
-  assert.equal(await status(`${gw.url}/b`), 404)
-  assert.equal(await status(`${gw.url}/c`), 404)
+  assert.equal(await status(gw, '/a'), 200)
+  assert.equal(await status(gw, '/b'), 404)
+  assert.equal(await status(gw, '/c'), 404)
 })
 
 test('reloads under continuous load: zero failed requests', async t => {
-  const one = await startUpstream()
-  const two = await startUpstream()
-  t.after(() => Promise.all([one.close(), two.close()]))
-  const dir = await routeDir({ 'svc.yaml': routeFile([one.url], ['/svc']) })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, { WATCH_ROUTES: 'false' })
-  t.after(() => gw.stop())
+  const one = await upstream(t)
+  const two = await upstream(t)
+  const gw = await gateway(t, { 'svc.yaml': routeFile([one.url], ['/svc']) }, { WATCH_ROUTES: 'false' })
+  const dir = gw.routesDir
 
   const agent = new http.Agent({ keepAlive: true, maxSockets: 8 })
   t.after(() => agent.destroy())
@@ -215,10 +190,7 @@ test('reloads under continuous load: zero failed requests', async t => {
   const load = { running: true }
   const client = async () => {
     while (load.running) {
-      const code = await new Promise<number | string>(resolve => {
-        http.get(`${gw.url}/svc/item`, { agent }, res => { res.resume(); res.on('end', () => resolve(res.statusCode ?? 0)) })
-          .on('error', err => resolve((err as NodeJS.ErrnoException).code ?? 'error'))
-      })
+      const code = await send(gw, '/svc/item', { agent }).then(r => r.status, (err: NodeJS.ErrnoException) => err.code ?? 'error')
       statuses.set(code, (statuses.get(code) ?? 0) + 1)
     }
   }
@@ -245,19 +217,16 @@ test('reloads under continuous load: zero failed requests', async t => {
 })
 
 test('target state survives a reload: an in-flight request on a kept target is still counted, one on a removed target completes', async t => {
-  const kept = await heldUpstream()
-  const removed = await heldUpstream()
-  t.after(() => { kept.release(); removed.release(); return Promise.all([kept.upstream.close(), removed.upstream.close()]) })
-  const dir = await routeDir({
+  const kept = await heldUpstream(t)
+  const removed = await heldUpstream(t)
+  const gw = await gateway(t, {
     'kept.yaml': routeFile([kept.upstream.url], ['/kept']),
     'gone.yaml': routeFile([removed.upstream.url], ['/gone'])
-  })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, { WATCH_ROUTES: 'false' })
-  t.after(() => gw.stop())
+  }, { WATCH_ROUTES: 'false' })
+  const dir = gw.routesDir
 
-  const keptResponse = fetch(`${gw.url}/kept`)
-  const goneResponse = fetch(`${gw.url}/gone`)
+  const keptResponse = send(gw, '/kept')
+  const goneResponse = send(gw, '/gone')
   while (kept.held() + removed.held() < 2) await sleep(10)
 
   await writeRoutes(dir, { 'kept.yaml': routeFile([kept.upstream.url], ['/kept', '/kept-too']) })
@@ -265,49 +234,41 @@ test('target state survives a reload: an in-flight request on a kept target is s
   gw.signal('SIGUSR1')
   await gw.waitForLog(reloaded(2))
 
-  const label = `upstream_active_connections{upstream="kept",target="${kept.upstream.url}"}`
-  assert.equal(await metric(gw, label), 1, 'the kept target still counts its request')
-  assert.equal(await metric(gw, `upstream_active_connections{upstream="gone",target="${removed.upstream.url}"}`), undefined)
-  assert.equal(await status(`${gw.url}/gone`), 404)
+  const keptTarget = { upstream: 'kept', target: kept.upstream.url }
+  assert.equal(await metric(gw, 'upstream_active_connections', keptTarget), 1, 'the kept target still counts its request')
+  assert.equal(await metric(gw, 'upstream_active_connections', { upstream: 'gone' }), undefined)
+  assert.equal(await status(gw, '/gone'), 404)
 
   kept.release()
   removed.release()
   const [a, b] = await Promise.all([keptResponse, goneResponse])
   assert.equal(a.status, 200)
-  assert.equal(await a.text(), 'released')
+  assert.equal(a.body, 'released')
   assert.equal(b.status, 200, 'the removed target was drained, not cut off')
-  assert.equal(await b.text(), 'released')
-  assert.equal(await metric(gw, label), 0)
+  assert.equal(b.body, 'released')
+  assert.equal(await metric(gw, 'upstream_active_connections', keptTarget), 0)
 })
 
 /** GET on a new connection: the status, or the error code when the connection fails. */
-async function fresh (url: string): Promise<number | string> {
-  return await new Promise(resolve => {
-    http.get(url, { agent: false }, res => { res.resume(); res.on('end', () => resolve(res.statusCode ?? 0)) })
-      .on('error', err => resolve((err as NodeJS.ErrnoException).code ?? 'error'))
-  })
+async function fresh (gw: GatewayProcess, path: string): Promise<number | string> {
+  return await send(gw, path).then(r => r.status, (err: NodeJS.ErrnoException) => err.code ?? 'error')
 }
 
 test('SIGTERM: /ready turns 503 for SHUTDOWN_DELAY while proxied traffic is still served, then new connections are refused, the in-flight request completes, exit 0', async t => {
-  const held = await heldUpstream()
-  t.after(() => { held.release(); return held.upstream.close() })
-  const echo = await startUpstream()
-  t.after(() => echo.close())
-  const dir = await routeDir({ 'svc.yaml': routeFile([held.upstream.url], ['/svc']), 'echo.yaml': routeFile([echo.url], ['/echo']) })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, { WATCH_ROUTES: 'false', SHUTDOWN_DELAY: '1s' })
-  t.after(() => gw.stop())
+  const held = await heldUpstream(t)
+  const echo = await upstream(t)
+  const gw = await gateway(t, { 'svc.yaml': routeFile([held.upstream.url], ['/svc']), 'echo.yaml': routeFile([echo.url], ['/echo']) }, { WATCH_ROUTES: 'false', SHUTDOWN_DELAY: '1s' })
 
-  assert.equal(await status(`${gw.url}/ready`), 200)
-  const inFlight = fetch(`${gw.url}/svc`)
+  assert.equal(await status(gw, '/ready'), 200)
+  const inFlight = send(gw, '/svc')
   while (held.held() < 1) await sleep(10)
   gw.signal('SIGTERM')
   await gw.waitForLog(l => l.msg === 'draining: not ready, finishing requests in flight')
 
-  const ready = await fetch(`${gw.url}/ready`)
+  const ready = await send(gw, '/ready')
   assert.equal(ready.status, 503, 'not ready while draining')
-  assert.equal((await ready.json() as { code: string }).code, 'GATEHOUSE_ERR_NOT_READY')
-  assert.equal(await status(`${gw.url}/health`), 200, 'still alive during the delay')
+  assert.equal(ready.json.code, 'GATEHOUSE_ERR_NOT_READY')
+  assert.equal(await status(gw, '/health'), 200, 'still alive during the delay')
 
   // The delay is for the load balancer to notice: requests it still sends, on new connections,
   // are proxied as usual until the listener closes; after that, connections are refused.
@@ -315,7 +276,7 @@ test('SIGTERM: /ready turns 503 for SHUTDOWN_DELAY while proxied traffic is stil
   let ended: number | string | undefined
   const deadline = Date.now() + 5000
   while (ended === undefined && Date.now() < deadline) {
-    const answer = await fresh(`${gw.url}/echo/${served.length}`)
+    const answer = await fresh(gw, `/echo/${served.length}`)
     if (typeof answer === 'number') served.push(answer)
     else ended = answer
     await sleep(50)
@@ -325,25 +286,21 @@ test('SIGTERM: /ready turns 503 for SHUTDOWN_DELAY while proxied traffic is stil
   assert.ok(served.length >= 5, `${served.length} proxied requests served during the 1 s delay`)
   assert.deepEqual([...new Set(served)], [200], 'every proxied request during the delay got 200')
   assert.equal(echo.requests.length, served.length, 'each reached the upstream')
-  assert.equal(await fresh(`${gw.url}/ready`), 'ECONNREFUSED')
+  assert.equal(await fresh(gw, '/ready'), 'ECONNREFUSED')
 
   assert.equal(gw.proc.exitCode, null, 'still running while a request is in flight')
   held.release()
   const res = await inFlight
   assert.equal(res.status, 200)
-  assert.equal(await res.text(), 'released')
+  assert.equal(res.body, 'released')
   assert.equal(await gw.exit, 0)
 })
 
 test('SIGTERM with a request that outlasts SHUTDOWN_TIMEOUT: connections are closed and the exit code is 1', async t => {
-  const held = await heldUpstream()
-  t.after(() => { held.release(); return held.upstream.close() })
-  const dir = await routeDir({ 'svc.yaml': routeFile([held.upstream.url], ['/svc']) })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, { WATCH_ROUTES: 'false', SHUTDOWN_TIMEOUT: '300ms' })
-  t.after(() => gw.stop())
+  const held = await heldUpstream(t)
+  const gw = await gateway(t, { 'svc.yaml': routeFile([held.upstream.url], ['/svc']) }, { WATCH_ROUTES: 'false', SHUTDOWN_TIMEOUT: '300ms' })
 
-  const inFlight = fetch(`${gw.url}/svc`).then(r => r.status, () => 'closed')
+  const inFlight = send(gw, '/svc').then(r => r.status, () => 'closed')
   while (held.held() < 1) await sleep(10)
   gw.signal('SIGTERM')
   await gw.waitForLog(l => l.msg === 'shutdown timeout: closing the connections still open')
@@ -352,25 +309,22 @@ test('SIGTERM with a request that outlasts SHUTDOWN_TIMEOUT: connections are clo
 })
 
 test('breaker state survives a reload for an unchanged target', async t => {
-  const live = await startUpstream()
-  t.after(() => live.close())
+  const live = await upstream(t)
   const dead = `http://127.0.0.1:${await closedPort()}`
   const breaker = 'circuitBreaker:\n  consecutiveFailures: 2\n  openFor: 1m\n'
-  const dir = await routeDir({ 'svc.yaml': routeFile([live.url, dead], ['/svc'], breaker) })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, { WATCH_ROUTES: 'false' })
-  t.after(() => gw.stop())
+  const gw = await gateway(t, { 'svc.yaml': routeFile([live.url, dead], ['/svc'], breaker) }, { WATCH_ROUTES: 'false' })
+  const dir = gw.routesDir
 
-  const state = `circuit_breaker_state{upstream="svc",target="${dead}"}`
-  for (let i = 0; i < 20 && await metric(gw, state) !== 1; i++) assert.equal(await status(`${gw.url}/svc`), 200)
-  assert.equal(await metric(gw, state), 1, 'the dead target opened')
+  const state = { upstream: 'svc', target: dead }
+  for (let i = 0; i < 20 && await metric(gw, 'circuit_breaker_state', state) !== 1; i++) assert.equal(await status(gw, '/svc'), 200)
+  assert.equal(await metric(gw, 'circuit_breaker_state', state), 1, 'the dead target opened')
 
   await writeRoutes(dir, { 'svc.yaml': routeFile([live.url, dead], ['/svc', '/more'], breaker) })
   gw.signal('SIGUSR1')
   await gw.waitForLog(reloaded(2))
-  assert.equal(await metric(gw, state), 1, 'still open after the reload')
+  assert.equal(await metric(gw, 'circuit_breaker_state', state), 1, 'still open after the reload')
   const before = live.requests.length
-  for (let i = 0; i < 10; i++) assert.equal(await status(`${gw.url}/more`), 200)
+  for (let i = 0; i < 10; i++) assert.equal(await status(gw, '/more'), 200)
   assert.equal(live.requests.length - before, 10, 'the open target got nothing')
-  assert.equal(await metric(gw, `upstream_requests_total{upstream="svc",target="${dead}",outcome="connect-failure"}`), 2)
+  assert.equal(await metric(gw, 'upstream_requests_total', { upstream: 'svc', target: dead, outcome: 'connect-failure' }), 2)
 })

@@ -4,19 +4,18 @@ import { strict as assert } from 'node:assert'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
-import { closedPort, promtool, PROMTOOL_MISSING, removeDir, ROOT, routeDir, startGateway, startUpstream } from './helpers.js'
+import { closedPort, gateway, promtool, PROMTOOL_MISSING, ROOT, upstream } from './helpers.js'
 
 const RULES = join(ROOT, 'deploy', 'prometheus')
 const { version } = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string }
 
 test('/metrics passes promtool check metrics', { skip: PROMTOOL_MISSING }, async t => {
-  const upstream = await startUpstream()
-  t.after(() => upstream.close())
+  const origin = await upstream(t)
   const dead = await closedPort()
-  const dir = await routeDir({
+  const gw = await gateway(t, {
     'app.yaml': [
       'targets:',
-      `  - url: ${upstream.url}`,
+      `  - url: ${origin.url}`,
       `  - url: http://127.0.0.1:${dead}`,
       'routes:',
       '  - path: /api',
@@ -26,9 +25,6 @@ test('/metrics passes promtool check metrics', { skip: PROMTOOL_MISSING }, async
       '      jwt: { jwksUrl: "http://127.0.0.1:1/jwks.json", issuer: i, audience: a }'
     ].join('\n') + '\n'
   })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir)
-  t.after(() => gw.stop())
   for (let i = 0; i < 6; i++) await (await fetch(`${gw.url}/api/${i}`)).text()
   await (await fetch(`${gw.url}/private`)).text()
   const text = await (await fetch(`${gw.url}/metrics`)).text()
@@ -36,7 +32,7 @@ test('/metrics passes promtool check metrics', { skip: PROMTOOL_MISSING }, async
     assert.ok(text.includes(family), `${family} is missing`)
   }
   assert.match(text, new RegExp(`^gateway_build_info\\{version="${version}",node="${process.version}"\\} 1$`, 'm'))
-  assert.match(text, new RegExp(`^upstream_target_healthy\\{upstream="app",target="${upstream.url}"\\} 1$`, 'm'))
+  assert.match(text, new RegExp(`^upstream_target_healthy\\{upstream="app",target="${origin.url}"\\} 1$`, 'm'))
   const { code, output } = await promtool(['check', 'metrics'], { input: text })
   assert.equal(code, 0, output)
 })

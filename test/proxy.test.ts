@@ -3,12 +3,10 @@
 // upstreams and routes, so the cases do not see each other's traffic.
 import { strict as assert } from 'node:assert'
 import { createHash, randomBytes } from 'node:crypto'
-import { once } from 'node:events'
 import http from 'node:http'
-import net from 'node:net'
-import { test, type TestContext } from 'node:test'
+import { test } from 'node:test'
 import {
-  closedPort, removeDir, routeDir, startGateway, startUpstream, type GatewayProcess, type Upstream, type UpstreamHandler
+  closedPort, exchange, firstResponse, gateway, send, upstream, type GatewayProcess, type Reply, type UpstreamHandler
 } from './helpers.js'
 
 // ---- fixtures ---------------------------------------------------------------------------------
@@ -38,85 +36,16 @@ function jsonRoute (spec: FileSpec): string {
   })
 }
 
-async function upstream (t: TestContext, handler?: UpstreamHandler): Promise<Upstream> {
-  const u = await startUpstream(handler)
-  t.after(() => u.close())
-  return u
-}
-
-async function gateway (t: TestContext, files: Record<string, FileSpec>, env: Record<string, string> = {}): Promise<GatewayProcess> {
-  const text: Record<string, string> = {}
-  for (const [name, spec] of Object.entries(files)) text[name] = jsonRoute(spec)
-  const dir = await routeDir(text)
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, env)
-  t.after(() => gw.stop())
-  return gw
+/** Route files by name, from their specs. */
+function jsonRoutes (files: Record<string, FileSpec>): Record<string, string> {
+  return Object.fromEntries(Object.entries(files).map(([name, spec]) => [name, jsonRoute(spec)]))
 }
 
 // ---- clients ----------------------------------------------------------------------------------
 
-interface Reply {
-  status: number
-  headers: http.IncomingHttpHeaders
-  body: string
-}
-
-interface SendOptions {
-  method?: string
-  headers?: http.OutgoingHttpHeaders
-  body?: string | Buffer
-  /** Sent with Transfer-Encoding: chunked, one write per element. */
-  chunks?: string[]
-}
-
-/** One HTTP request with the path sent exactly as given (fetch would normalise it). */
-async function send (gw: GatewayProcess, path: string, options: SendOptions = {}): Promise<Reply> {
-  const req = http.request({ host: '127.0.0.1', port: gw.port, path, method: options.method ?? 'GET', headers: options.headers, agent: false })
-  const response = once(req, 'response') as Promise<[http.IncomingMessage]>
-  if (options.chunks !== undefined) {
-    for (const chunk of options.chunks) req.write(chunk)
-  }
-  req.end(options.body)
-  const [res] = await response
-  const chunks: Buffer[] = []
-  for await (const chunk of res) chunks.push(chunk as Buffer)
-  return { status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString() }
-}
-
-/** Writes raw bytes on a fresh connection and reads the response until the gateway closes it. */
+/** Writes raw bytes on a fresh connection and reads the first response, until the gateway closes it. */
 async function raw (gw: GatewayProcess, text: string): Promise<Reply> {
-  const socket = net.connect(gw.port, '127.0.0.1')
-  await once(socket, 'connect')
-  const chunks: Buffer[] = []
-  socket.on('data', (c: Buffer) => chunks.push(c))
-  socket.write(text)
-  await Promise.race([once(socket, 'end'), once(socket, 'close')])
-  socket.destroy()
-  const all = Buffer.concat(chunks).toString('latin1')
-  const split = all.indexOf('\r\n\r\n')
-  assert.ok(split > 0, `no complete response head in: ${JSON.stringify(all.slice(0, 200))}`)
-  const [statusLine = '', ...lines] = all.slice(0, split).split('\r\n')
-  const headers: http.IncomingHttpHeaders = {}
-  for (const line of lines) {
-    const colon = line.indexOf(':')
-    headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim()
-  }
-  let body = all.slice(split + 4)
-  if (headers['transfer-encoding'] === 'chunked') body = dechunk(body)
-  return { status: Number(statusLine.split(' ')[1]), headers, body }
-}
-
-function dechunk (text: string): string {
-  let out = ''
-  let rest = text
-  for (;;) {
-    const eol = rest.indexOf('\r\n')
-    const size = parseInt(rest.slice(0, eol), 16)
-    if (!(size > 0)) return out
-    out += rest.slice(eol + 2, eol + 2 + size)
-    rest = rest.slice(eol + 2 + size + 2)
-  }
+  return firstResponse(await exchange(gw.port, text, { waitMs: 10_000 }))
 }
 
 interface Echo {
@@ -207,7 +136,7 @@ test('gateway with default settings', { timeout: 60_000 }, async t => {
   const hang = await upstream(t, () => {})
   const everyUpstream = [users, renamed, reads, writes, tenant, fallback, echo, bodies, hops, reset, hang]
   const downPort = await closedPort()
-  const gw = await gateway(t, {
+  const gw = await gateway(t, jsonRoutes({
     'users.json': { targets: [users.url], routes: ['/api/users'] },
     'renamed.json': {
       targets: [renamed.url],
@@ -223,7 +152,7 @@ test('gateway with default settings', { timeout: 60_000 }, async t => {
     'down.json': { name: 'down', targets: [`http://127.0.0.1:${downPort}`], routes: ['/down'] },
     'reset.json': { targets: [reset.url], routes: ['/reset'] },
     'hang.json': { targets: [hang.url], routes: ['/hang'], timeouts: { request: '300ms' } }
-  })
+  }))
 
   // -- routing
 
@@ -565,10 +494,10 @@ test('gateway with default settings', { timeout: 60_000 }, async t => {
 test('gateway with TRUST_PROXY=127.0.0.1 and MAX_HEADER_SIZE=4kb', { timeout: 30_000 }, async t => {
   const api = await upstream(t)
   const users = await upstream(t)
-  const gw = await gateway(t, {
+  const gw = await gateway(t, jsonRoutes({
     'api.json': { targets: [api.url], routes: ['/api'] },
     'users.json': { targets: [users.url], routes: ['/api/users'] }
-  }, { TRUST_PROXY: '127.0.0.1', MAX_HEADER_SIZE: '4kb' })
+  }), { TRUST_PROXY: '127.0.0.1', MAX_HEADER_SIZE: '4kb' })
 
   await t.test('the longest prefix wins between /api and /api/users in two files', SUBTEST, async () => {
     assert.equal(echoOf(await send(gw, '/api/users/42')).port, users.port)

@@ -6,11 +6,10 @@
 import { strict as assert } from 'node:assert'
 import { once } from 'node:events'
 import http from 'node:http'
-import type { AddressInfo } from 'node:net'
-import { after, before, test, type TestContext } from 'node:test'
+import { after, before, test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import {
-  closedPort, echo, removeDir, routeDir, startGateway, startUpstream, writeRoutes, type GatewayProcess, type Upstream, type UpstreamHandler
+  closedPort, echo, metric, removeDir, routeDir, send, startGateway, until, upstream, within, writeRoutes, type GatewayProcess, type Reply, type Upstream, type UpstreamHandler
 } from './helpers.js'
 
 // ---- fixtures ---------------------------------------------------------------------------------
@@ -61,32 +60,6 @@ async function gateway (files: Record<string, string>): Promise<GatewayProcess> 
   assert.deepEqual(reloaded.failed, [])
   assert.deepEqual([...reloaded.applied as string[]].sort(), Object.keys(files).sort())
   return gw
-}
-
-async function upstream (t: TestContext, handler?: UpstreamHandler): Promise<Upstream> {
-  const u = await startUpstream(handler)
-  t.after(() => u.close())
-  return u
-}
-
-/** A plain server on a given port (to bring a dead target back); counts what it answers. */
-async function echoOn (t: TestContext, port: number): Promise<{ requests: number }> {
-  const counts = { requests: 0 }
-  const server = http.createServer((req, res) => {
-    counts.requests++
-    req.resume()
-    req.on('end', () => {
-      res.setHeader('content-type', 'application/json')
-      res.end(JSON.stringify({ port: (req.socket.address() as AddressInfo).port }))
-    })
-  })
-  server.listen(port, '127.0.0.1')
-  await once(server, 'listening')
-  t.after(async () => {
-    server.closeAllConnections()
-    await new Promise<void>(resolve => server.close(() => resolve()))
-  })
-  return counts
 }
 
 /** Answers 503, with a Retry-After when given. */
@@ -148,41 +121,6 @@ class Switch {
 
 // ---- client -----------------------------------------------------------------------------------
 
-interface Reply {
-  status: number
-  headers: http.IncomingHttpHeaders
-  body: string
-  /** The parsed body when it is JSON. */
-  json: { statusCode?: number, code?: string, message?: string, port?: number, body?: string }
-  /** Whether the request went over a kept-alive connection. */
-  reused: boolean
-}
-
-interface SendOptions {
-  method?: string
-  body?: string
-  /** Sent with Transfer-Encoding: chunked, one write per element. */
-  chunks?: string[]
-  agent?: http.Agent
-}
-
-async function send (gw: GatewayProcess, path: string, options: SendOptions = {}): Promise<Reply> {
-  const { method = 'GET', body, chunks: parts, agent = false } = options
-  const headers: http.OutgoingHttpHeaders = body === undefined
-    ? {}
-    : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }
-  const req = http.request({ host: '127.0.0.1', port: gw.port, path, method, headers, agent })
-  for (const part of parts ?? []) req.write(part)
-  req.end(body)
-  const [res] = await once(req, 'response') as [http.IncomingMessage]
-  const chunks: Buffer[] = []
-  for await (const chunk of res) chunks.push(chunk as Buffer)
-  const text = Buffer.concat(chunks).toString()
-  let json: Reply['json'] = {}
-  if (String(res.headers['content-type']).startsWith('application/json')) json = JSON.parse(text) as Reply['json']
-  return { status: res.statusCode ?? 0, headers: res.headers, body: text, json, reused: req.reusedSocket }
-}
-
 /** A request whose response the test reads by hand (or abandons). */
 async function open (gw: GatewayProcess, path: string): Promise<{ req: http.ClientRequest, res: Promise<http.IncomingMessage> }> {
   const req = http.get({ host: '127.0.0.1', port: gw.port, path, agent: false })
@@ -204,18 +142,6 @@ function assertGatewayError (reply: Reply, status: number, code: string): void {
 
 // ---- observation ------------------------------------------------------------------------------
 
-/** Sum of a metric's samples that carry all `labels`; undefined when no sample matches. */
-async function metric (gw: GatewayProcess, name: string, labels: Record<string, string> = {}): Promise<number | undefined> {
-  const text = await (await fetch(`${gw.url}/metrics`)).text()
-  let sum: number | undefined
-  for (const line of text.split('\n')) {
-    if (!line.startsWith(`${name}{`) && !line.startsWith(`${name} `)) continue
-    if (!Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) continue
-    sum = (sum ?? 0) + Number(line.slice(line.lastIndexOf(' ') + 1))
-  }
-  return sum
-}
-
 /** The `from → to` of every breaker transition logged for this target, in order. */
 function transitions (gw: GatewayProcess, upstreamName: string, target: string): string[] {
   return gw.logs
@@ -225,15 +151,6 @@ function transitions (gw: GatewayProcess, upstreamName: string, target: string):
 
 function breakerLog (gw: GatewayProcess, upstreamName: string, target: string, to: string): Record<string, unknown> | undefined {
   return gw.logs.find(l => l.msg === 'circuit breaker state changed' && l.upstream === upstreamName && l.target === target && l.to === to)
-}
-
-/** Polls `check` every 10 ms; fails after `timeoutMs`. */
-async function until (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`not within ${timeoutMs} ms: ${what}`)
-    await sleep(10)
-  }
 }
 
 /**
@@ -247,19 +164,6 @@ async function driveUntil (gw: GatewayProcess, upstreamName: string, target: str
     if (pauseMs > 0) await sleep(pauseMs)
   }
   throw new Error(`${target} of ${upstreamName} never went ${to} in ${max} requests; transitions: ${transitions(gw, upstreamName, target).join(', ')}`)
-}
-
-/** `promise`, or a failure after `ms`. */
-async function within<T> (ms: number, what: string, promise: Promise<T>): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`not within ${ms} ms: ${what}`)), ms)
-  })
-  try {
-    return await Promise.race([promise, timeout])
-  } finally {
-    clearTimeout(timer)
-  }
 }
 
 function median (values: number[]): number {
@@ -324,22 +228,22 @@ test('a recovered target is probed after openFor and takes traffic again: open �
   const request = async (i: number): Promise<Reply> => await send(gw, `/recover/${i}`)
 
   await driveUntil(gw, 'recover', back, 'open', request)
-  const restarted = await echoOn(t, port)
+  const restarted = await upstream(t, echo, port)
   // No probe before openFor: the restarted server gets nothing for a while.
   for (let i = 0; i < 10; i++) assert200(await request(i))
-  assert.equal(restarted.requests, 0)
+  assert.equal(restarted.requests.length, 0)
 
   await driveUntil(gw, 'recover', back, 'closed', request, 200, 10)
   assert.deepEqual(transitions(gw, 'recover', back), ['closed → open', 'open → half-open', 'half-open → closed'])
   const openedAt = breakerLog(gw, 'recover', back, 'open')!.time as number
   const probedAt = breakerLog(gw, 'recover', back, 'half-open')!.time as number
   assert.ok(probedAt - openedAt >= 490, `first probe ${probedAt - openedAt} ms after opening, openFor is 500 ms`)
-  assert.equal(restarted.requests, 2, 'two successful probes (closeAfter 2) closed it')
+  assert.equal(restarted.requests.length, 2, 'two successful probes (closeAfter 2) closed it')
   assert.equal(await metric(gw, 'circuit_breaker_state', { upstream: 'recover', target: back }), 0)
   assert.equal(await metric(gw, 'circuit_breaker_transitions_total', { upstream: 'recover', target: back, to: 'closed' }), 1)
 
   for (let i = 0; i < 30; i++) assert200(await request(i))
-  assert.ok(restarted.requests > 2, `the recovered target took ${restarted.requests - 2} of 30 requests`)
+  assert.ok(restarted.requests.length > 2, `the recovered target took ${restarted.requests.length - 2} of 30 requests`)
 })
 
 for (const probes of [1, 2]) {

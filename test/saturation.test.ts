@@ -2,12 +2,9 @@
 // every target is full (at once, never queued), and least-saturated choice. One gateway process,
 // each case with its own upstream and targets.
 import { strict as assert } from 'node:assert'
-import { once } from 'node:events'
 import http from 'node:http'
-import { test, type TestContext } from 'node:test'
-import {
-  echo, removeDir, routeDir, startGateway, startUpstream, type GatewayProcess, type Upstream, type UpstreamHandler
-} from './helpers.js'
+import { test } from 'node:test'
+import { echo, gateway, send, upstream, type GatewayProcess, type Reply, type UpstreamHandler } from './helpers.js'
 
 // ---- fixtures ---------------------------------------------------------------------------------
 
@@ -19,12 +16,6 @@ interface TargetSpec {
 
 function jsonRoute (name: string, targets: TargetSpec[], path: string): string {
   return JSON.stringify({ name, targets, routes: [{ path }] })
-}
-
-async function upstream (t: TestContext, handler?: UpstreamHandler): Promise<Upstream> {
-  const u = await startUpstream(handler)
-  t.after(() => u.close())
-  return u
 }
 
 /** An upstream that holds every request (unanswered) while `hold` is on; echo otherwise. */
@@ -71,20 +62,6 @@ function holding (): Holding {
 }
 
 // ---- clients ----------------------------------------------------------------------------------
-
-interface Reply {
-  status: number
-  headers: http.IncomingHttpHeaders
-  body: string
-}
-
-async function get (agent: http.Agent, gw: GatewayProcess, path: string): Promise<Reply> {
-  const req = http.get({ host: '127.0.0.1', port: gw.port, path, agent })
-  const [res] = await once(req, 'response') as [http.IncomingMessage]
-  const chunks: Buffer[] = []
-  for await (const chunk of res) chunks.push(chunk as Buffer)
-  return { status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString() }
-}
 
 /** Port of the upstream that answered (echo reports it). */
 function portOf (reply: Reply): number {
@@ -179,23 +156,20 @@ test('balancing and saturation across targets', { timeout: 60_000 }, async t => 
   // Every held request is answered before the upstreams close.
   t.after(() => { for (const h of [capped, fullA, fullB, slow, idle]) h.release() })
 
-  const dir = await routeDir({
+  const gw = await gateway(t, {
     'even.json': jsonRoute('even', [{ url: evenA.url }, { url: evenB.url }], '/even'),
     'weighted.json': jsonRoute('weighted', [{ url: heavy.url, weight: 3 }, { url: light.url, weight: 1 }], '/weighted'),
     'capped.json': jsonRoute('capped', [{ url: cappedUp.url, maxConnections: 5 }], '/capped'),
     'full.json': jsonRoute('full', [{ url: fullAUp.url, maxConnections: 2 }, { url: fullBUp.url, maxConnections: 2 }], '/full'),
     'least.json': jsonRoute('least', [{ url: slowUp.url, maxConnections: 10 }, { url: idleUp.url, maxConnections: 10 }], '/least')
   })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir)
-  t.after(() => gw.stop())
   const agent = new http.Agent({ keepAlive: true, maxSockets: 64 })
   t.after(() => agent.destroy())
 
   await t.test('two targets of equal weight both get traffic: 200 requests, each gets 35–65 %', SUBTEST, async () => {
     const counts = new Map<number, number>()
     for (let i = 0; i < 200; i++) {
-      const port = portOf(await get(agent, gw, `/even/${i}`))
+      const port = portOf(await send(gw, `/even/${i}`, { agent }))
       counts.set(port, (counts.get(port) ?? 0) + 1)
     }
     assert.deepEqual([...counts.keys()].sort(), [evenA.port, evenB.port].sort())
@@ -205,7 +179,7 @@ test('balancing and saturation across targets', { timeout: 60_000 }, async t => 
 
   await t.test('weights 3:1 bias the traffic accordingly: the weight-3 target gets 62–88 % of 400 requests', SUBTEST, async () => {
     for (let i = 0; i < 400; i++) {
-      const port = portOf(await get(agent, gw, `/weighted/${i}`))
+      const port = portOf(await send(gw, `/weighted/${i}`, { agent }))
       assert.ok(port === heavy.port || port === light.port)
     }
     const share = heavy.requests.length / 400
@@ -214,7 +188,7 @@ test('balancing and saturation across targets', { timeout: 60_000 }, async t => 
   })
 
   await t.test('maxConnections 5 is never exceeded under 40 concurrent requests: 5 reach the upstream, 35 get 503 at once', SUBTEST, async () => {
-    const burst = new Burst(Array.from({ length: 40 }, async (_, i) => await get(agent, gw, `/capped/${i}`)))
+    const burst = new Burst(Array.from({ length: 40 }, async (_, i) => await send(gw, `/capped/${i}`, { agent })))
     await capped.arrivals(5)
     // The 35 answered while the upstream still holds its 5: refused, not queued.
     const early = await burst.answered(35)
@@ -234,11 +208,11 @@ test('balancing and saturation across targets', { timeout: 60_000 }, async t => 
   })
 
   await t.test('all targets full: 503 with Retry-After and GATEHOUSE_ERR_UPSTREAM_SATURATED, no wait; after release requests succeed again', SUBTEST, async () => {
-    const held = new Burst(Array.from({ length: 4 }, async (_, i) => await get(agent, gw, `/full/held/${i}`)))
+    const held = new Burst(Array.from({ length: 4 }, async (_, i) => await send(gw, `/full/held/${i}`, { agent })))
     await Promise.all([fullA.arrivals(2), fullB.arrivals(2)])
     assert.deepEqual(await activeConnections(gw, 'full'), { [fullAUp.url]: 2, [fullBUp.url]: 2 })
 
-    for (let i = 0; i < 3; i++) assertSaturated(await get(agent, gw, `/full/extra/${i}`), 'full')
+    for (let i = 0; i < 3; i++) assertSaturated(await send(gw, `/full/extra/${i}`, { agent }), 'full')
     // The ordering is the proof: the 503s came back while every held request is still held.
     assert.equal(held.settled.length, 0)
     assert.equal(fullA.held + fullB.held, 4)
@@ -251,7 +225,7 @@ test('balancing and saturation across targets', { timeout: 60_000 }, async t => 
     await waitForActive(gw, 'full', { [fullAUp.url]: 0, [fullBUp.url]: 0 })
 
     for (let i = 0; i < 4; i++) {
-      const port = portOf(await get(agent, gw, `/full/after/${i}`))
+      const port = portOf(await send(gw, `/full/after/${i}`, { agent }))
       assert.ok(port === fullAUp.port || port === fullBUp.port)
     }
     assert.equal(fullAUp.maxInFlight, 2)
@@ -260,7 +234,7 @@ test('balancing and saturation across targets', { timeout: 60_000 }, async t => 
 
   await t.test('the least saturated target wins: with one target holding 4 slow requests and the other idle, new requests go to the idle one', SUBTEST, async () => {
     // 8 held requests spread 4 and 4 (each goes to the less loaded target)...
-    const burst = new Burst(Array.from({ length: 8 }, async (_, i) => await get(agent, gw, `/least/held/${i}`)))
+    const burst = new Burst(Array.from({ length: 8 }, async (_, i) => await send(gw, `/least/held/${i}`, { agent })))
     for (let i = 0; i < 500 && slow.arrived + idle.arrived < 8; i++) await new Promise(resolve => setTimeout(resolve, 10))
     assert.equal(slow.arrived, 4)
     assert.equal(idle.arrived, 4)
@@ -270,7 +244,7 @@ test('balancing and saturation across targets', { timeout: 60_000 }, async t => 
     assert.ok(answered.every(r => portOf(r) === idleUp.port))
     await waitForActive(gw, 'least', { [slowUp.url]: 4, [idleUp.url]: 0 })
 
-    for (let i = 0; i < 20; i++) assert.equal(portOf(await get(agent, gw, `/least/new/${i}`)), idleUp.port)
+    for (let i = 0; i < 20; i++) assert.equal(portOf(await send(gw, `/least/new/${i}`, { agent })), idleUp.port)
     assert.equal(slowUp.requests.length, 4)
     assert.equal(slow.held, 4)
 

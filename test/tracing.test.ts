@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net'
 import { test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { tracingConfigured } from '../src/tracing.js'
-import { closedPort, removeDir, routeDir, startGateway, startUpstream, writeRoutes, type GatewayProcess, type Upstream, type UpstreamHandler } from './helpers.js'
+import { closedPort, gateway, upstream, writeRoutes } from './helpers.js'
 
 const SPAN_KIND = { server: 2, client: 3 }
 const STATUS_ERROR = 2
@@ -93,20 +93,6 @@ function parseTraceparent (value: string | string[] | undefined): [string, strin
   const m = /^00-([0-9a-f]{32})-([0-9a-f]{16})-0[01]$/.exec(value as string)
   assert.ok(m !== null, `not a traceparent: ${String(value)}`)
   return [m[1] as string, m[2] as string]
-}
-
-async function upstream (t: TestContext, handler?: UpstreamHandler): Promise<Upstream> {
-  const u = await startUpstream(handler)
-  t.after(() => u.close())
-  return u
-}
-
-async function gateway (t: TestContext, files: Record<string, string>, env: Record<string, string>): Promise<GatewayProcess> {
-  const dir = await routeDir(files)
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, env)
-  t.after(() => gw.stop())
-  return gw
 }
 
 /** Tracing to this receiver as OTLP/HTTP JSON, exported every 50 ms. */

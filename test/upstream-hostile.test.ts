@@ -3,11 +3,10 @@
 // them with 502 before it writes anything to the client, and closes the connection they came on:
 // it is never reused for another client's request. Compressed bodies pass through untouched.
 import { strict as assert } from 'node:assert'
-import http from 'node:http'
 import net, { type AddressInfo } from 'node:net'
 import { test, type TestContext } from 'node:test'
 import { gunzipSync, gzipSync } from 'node:zlib'
-import { removeDir, routeDir, startGateway, startUpstream, type GatewayProcess } from './helpers.js'
+import { gateway, send, upstream, within, type Reply } from './helpers.js'
 
 // ---- a raw upstream ---------------------------------------------------------------------------
 
@@ -67,46 +66,16 @@ async function rawUpstream (t: TestContext, respond: (path: string) => string): 
 
 const OK = 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok'
 
-// ---- client -----------------------------------------------------------------------------------
-
-interface Reply {
-  status: number
-  headers: http.IncomingHttpHeaders
-  body: Buffer
-}
-
-async function send (gw: GatewayProcess, path: string, headers: http.OutgoingHttpHeaders = {}): Promise<Reply> {
-  return await new Promise((resolve, reject) => {
-    // node:http never inflates a body: what arrives is what the gateway sent.
-    const req = http.request({ host: '127.0.0.1', port: gw.port, path, headers, agent: false }, res => {
-      const chunks: Buffer[] = []
-      res.on('data', (c: Buffer) => chunks.push(c))
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }))
-      res.on('error', reject)
-    })
-    req.on('error', reject)
-    req.end()
-  })
-}
+// ---- answers ----------------------------------------------------------------------------------
 
 function assertBadResponse (reply: Reply): string {
-  const text = reply.body.toString()
+  const text = reply.body
   assert.equal(reply.status, 502, `expected 502, got ${reply.status}: ${text}`)
   assert.match(String(reply.headers['content-type']), /^application\/json/)
   const body = JSON.parse(text) as { code: string, statusCode: number, message: string }
   assert.equal(body.code, 'GATEHOUSE_ERR_UPSTREAM_BAD_RESPONSE', text)
   assert.equal(body.statusCode, 502)
   return body.message
-}
-
-async function within<T> (promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_resolve, reject) => { timer = setTimeout(() => reject(new Error(`${what}: not within ${ms} ms`)), ms) })
-  try {
-    return await Promise.race([promise, timeout])
-  } finally {
-    clearTimeout(timer)
-  }
 }
 
 // ---- the cases --------------------------------------------------------------------------------
@@ -150,7 +119,7 @@ test('hostile upstream responses through a gateway process', { timeout: 90_000 }
   files['under.yaml'] = route(under.url, '/under')
 
   const gzipBody = gzipSync(Buffer.from('{"hello":"world"}'.repeat(200)))
-  const compressed = await startUpstream((req, res) => {
+  const compressed = await upstream(t, (req, res) => {
     res.setHeader('content-type', 'application/json')
     res.setHeader('content-encoding', 'gzip')
     res.setHeader('vary', 'accept-encoding')
@@ -163,13 +132,9 @@ test('hostile upstream responses through a gateway process', { timeout: 90_000 }
       res.end(gzipBody)
     }
   })
-  t.after(() => compressed.close())
   files['gzip.yaml'] = route(compressed.url, '/gzip')
 
-  const dir = await routeDir(files)
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, { WATCH_ROUTES: 'false' })
-  t.after(() => gw.stop())
+  const gw = await gateway(t, files, { WATCH_ROUTES: 'false' })
 
   for (const [name, [, message]] of Object.entries(HOSTILE)) {
     await t.test(`${name}: 502 GATEHOUSE_ERR_UPSTREAM_BAD_RESPONSE, the gateway closes that connection, the next request arrives on a new one`, SUBTEST, async () => {
@@ -178,10 +143,10 @@ test('hostile upstream responses through a gateway process', { timeout: 90_000 }
       const [poisoned] = upstream.connections
       assert.ok(poisoned !== undefined)
       // The raw upstream never closes: a close is the gateway's doing.
-      await within(poisoned.close, 3000, `connection ${poisoned.id} was not closed by the gateway`)
+      await within(3000, `connection ${poisoned.id} was not closed by the gateway`, poisoned.close)
       const next = await send(gw, `/${name}/ok`)
-      assert.equal(next.status, 200, next.body.toString())
-      assert.equal(next.body.toString(), 'ok')
+      assert.equal(next.status, 200, next.body)
+      assert.equal(next.body, 'ok')
       assert.deepEqual(upstream.connections.map(c => [c.id, c.requests]), [[1, [`/${name}/bad`]], [2, [`/${name}/ok`]]])
     })
   }
@@ -195,7 +160,7 @@ test('hostile upstream responses through a gateway process', { timeout: 90_000 }
 
   await t.test('a retried GET (retry.attempts 1): each try on a connection of its own, each closed', SUBTEST, async () => {
     assertBadResponse(await send(gw, '/retried/bad'))
-    await within(Promise.all(retried.connections.map(c => c.close)), 3000, 'a poisoned connection stayed open')
+    await within(3000, 'a poisoned connection stayed open', Promise.all(retried.connections.map(c => c.close)))
     assert.deepEqual(retried.connections.map(c => c.requests), [['/retried/bad'], ['/retried/bad']])
     assert.equal((await send(gw, '/retried/ok')).status, 200)
     assert.equal(retried.connections.length, 3)
@@ -203,7 +168,7 @@ test('hostile upstream responses through a gateway process', { timeout: 90_000 }
 
   await t.test('headers of 15 000 bytes (under undici\'s 16 KiB) pass, and the connection is kept', SUBTEST, async () => {
     const first = await send(gw, '/under/a')
-    assert.equal(first.status, 200, first.body.toString())
+    assert.equal(first.status, 200, first.body)
     assert.equal(first.headers['x-big']?.length, 15_000)
     assert.equal((await send(gw, '/under/b')).status, 200)
     assert.deepEqual(under.connections.map(c => c.requests), [['/under/a', '/under/b']])
@@ -213,13 +178,13 @@ test('hostile upstream responses through a gateway process', { timeout: 90_000 }
     await t.test(`a gzip body is relayed byte for byte, never inflated (Accept-Encoding: ${acceptEncoding ?? 'none'})`, SUBTEST, async () => {
       const headers = acceptEncoding === undefined ? {} : { 'accept-encoding': acceptEncoding }
       for (const path of ['/gzip/fixed', '/gzip/chunked']) {
-        const reply = await send(gw, path, headers)
+        const reply = await send(gw, path, { headers })
         assert.equal(reply.status, 200)
         assert.equal(reply.headers['content-encoding'], 'gzip')
         assert.equal(reply.headers.vary, 'accept-encoding')
-        assert.ok(reply.body.equals(gzipBody), `${path}: the body changed (${reply.body.length} bytes, expected ${gzipBody.length})`)
+        assert.ok(reply.bytes.equals(gzipBody), `${path}: the body changed (${reply.bytes.length} bytes, expected ${gzipBody.length})`)
         if (path === '/gzip/fixed') assert.equal(reply.headers['content-length'], String(gzipBody.length))
-        assert.equal(gunzipSync(reply.body).toString().length, 17 * 200)
+        assert.equal(gunzipSync(reply.bytes).toString().length, 17 * 200)
       }
       assert.equal(compressed.requests.at(-1)?.headers['accept-encoding'], acceptEncoding)
     })

@@ -4,7 +4,6 @@
 import { strict as assert } from 'node:assert'
 import { execFile } from 'node:child_process'
 import { mkdtemp, readFile, writeFile } from 'node:fs/promises'
-import http from 'node:http'
 import https from 'node:https'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -13,7 +12,7 @@ import type { TLSSocket } from 'node:tls'
 import { test, type TestContext } from 'node:test'
 import { parseRouteFile, RouteFileError } from '../src/config/route-file/index.js'
 import { Target } from '../src/upstream/target.js'
-import { removeDir, routeDir, runCli, startGateway, writeRoutes, type GatewayProcess } from './helpers.js'
+import { gateway, removeDir, routeDir, runCli, send, writeRoutes, type GatewayProcess, type Reply } from './helpers.js'
 
 // ---- certificates -----------------------------------------------------------------------------
 
@@ -137,25 +136,6 @@ async function httpsUpstream (t: TestContext, options: https.ServerOptions): Pro
 
 // ---- clients ----------------------------------------------------------------------------------
 
-interface Reply {
-  status: number
-  headers: http.IncomingHttpHeaders
-  body: string
-}
-
-async function send (gw: GatewayProcess, path: string, method = 'GET', body?: string): Promise<Reply> {
-  return await new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: gw.port, path, method, agent: false }, res => {
-      const chunks: Buffer[] = []
-      res.on('data', (c: Buffer) => chunks.push(c))
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString() }))
-      res.on('error', reject)
-    })
-    req.on('error', reject)
-    req.end(body)
-  })
-}
-
 function answer (reply: Reply): Answer {
   assert.equal(reply.status, 200, `expected 200 from the upstream, got ${reply.status}: ${reply.body}`)
   return JSON.parse(reply.body) as Answer
@@ -233,15 +213,12 @@ test('upstream TLS through a gateway process', { timeout: 90_000 }, async t => {
     'mtls.yaml': tlsRoute(mutual.url, '/mtls', { ca, cert: pki.pem('client'), key: pki.key('client') }),
     'rotate.yaml': tlsRoute(privateCa.url, '/rotate', { ca: rotatingCa }, '# v1')
   }
-  const dir = await routeDir(files)
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, { WATCH_ROUTES: 'false' })
-  t.after(() => gw.stop())
+  const gw = await gateway(t, files, { WATCH_ROUTES: 'false' })
 
   await t.test('no tls key, self-signed upstream: 502 GATEHOUSE_ERR_UPSTREAM_TLS, no TLS session, the handler never ran (GET and POST)', SUBTEST, async () => {
     const message = assertError(await send(gw, '/self/x'), 502, TLS)
     assert.match(message, /DEPTH_ZERO_SELF_SIGNED_CERT/)
-    assertError(await send(gw, '/self/x', 'POST', '{"pay":100}'), 502, TLS)
+    assertError(await send(gw, '/self/x', { method: 'POST', body: '{"pay":100}' }), 502, TLS)
     assertNothingSent(selfSigned)
   })
 
@@ -284,7 +261,7 @@ test('upstream TLS through a gateway process', { timeout: 90_000 }, async t => {
     assertError(await send(gw, '/rotate/x'), 502, TLS)
     await writeFile(rotatingCa, await pki.read(ca))
     // The route file must change for a reload to read it again (a comment is enough).
-    await writeRoutes(dir, { 'rotate.yaml': tlsRoute(privateCa.url, '/rotate', { ca: rotatingCa }, '# v2') })
+    await writeRoutes(gw.routesDir, { 'rotate.yaml': tlsRoute(privateCa.url, '/rotate', { ca: rotatingCa }, '# v2') })
     gw.signal('SIGHUP')
     await gw.waitForLog(l => l.msg === 'route table reloaded' && Array.isArray(l.applied) && l.applied.includes('rotate.yaml'))
     assert.equal(answer(await send(gw, '/rotate/x')).url, '/rotate/x')
@@ -300,10 +277,7 @@ test('NODE_TLS_REJECT_UNAUTHORIZED=0 in the gateway environment does not turn ve
   const pki = await makePki()
   t.after(() => removeDir(pki.dir))
   const selfSigned = await httpsUpstream(t, { key: await pki.read(pki.key('self')), cert: await pki.read(pki.pem('self')) })
-  const dir = await routeDir({ 'self.yaml': tlsRoute(selfSigned.url, '/self') })
-  t.after(() => removeDir(dir))
-  const gw = await startGateway(dir, { WATCH_ROUTES: 'false', NODE_TLS_REJECT_UNAUTHORIZED: '0' })
-  t.after(() => gw.stop())
+  const gw = await gateway(t, { 'self.yaml': tlsRoute(selfSigned.url, '/self') }, { WATCH_ROUTES: 'false', NODE_TLS_REJECT_UNAUTHORIZED: '0' })
   assertError(await send(gw, '/self/x'), 502, TLS)
   assertNothingSent(selfSigned)
 })
