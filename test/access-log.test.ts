@@ -8,47 +8,35 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'node:test'
 import Fastify from 'fastify'
 import { registerPipeline } from '../src/app.js'
-import { closedPort, removeDir, routeDir, routeFile, startGateway, startUpstream, type GatewayProcess } from './helpers.js'
+import { closedPort, gateway, routeFile, send, upstream, type GatewayProcess } from './helpers.js'
 
 type Line = Record<string, unknown>
 
 const accessLines = (gw: GatewayProcess, id: string): Line[] => gw.logs.filter(l => l.msg === 'request completed' && l.reqId === id)
 
-/** A GET with its own request id; resolves with the status. */
-function get (url: string, id: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    http.get(url, { headers: { 'x-request-id': id }, agent: false }, res => {
-      res.resume()
-      res.once('end', () => resolve(res.statusCode ?? 0))
-      res.once('error', reject)
-      res.once('close', () => { if (!res.complete) reject(new Error('response cut short')) })
-    }).once('error', reject)
-  })
+/** A GET with its own request id; resolves with the status (rejects when the response is cut short). */
+async function get (gw: GatewayProcess, path: string, id: string): Promise<number> {
+  return (await send(gw, path, { headers: { 'x-request-id': id } })).status
 }
 
 test('one access line per request for every outcome, 499 included; nothing at error level, no stack', async t => {
-  const ok = await startUpstream()
-  const slow = await startUpstream(async (_req, res) => {
+  const ok = await upstream(t)
+  const slow = await upstream(t, async (_req, res) => {
     await sleep(1500)
     res.end('late')
   })
-  const cut = await startUpstream((_req, res) => {
+  const cut = await upstream(t, (_req, res) => {
     res.writeHead(200, { 'content-length': '100' })
     res.write('part of it')
     setTimeout(() => res.socket?.destroy(), 50)
   })
   const dead = await closedPort()
-  const dir = await routeDir({
+  const gw = await gateway(t, {
     'ok.yaml': routeFile([ok.url], ['/ok']),
     'slow.yaml': 'targets:\n  - url: ' + slow.url + '\n    maxConnections: 1\nroutes:\n  - path: /slow\n',
     'cut.yaml': routeFile([cut.url], ['/cut'], 'retry:\n  attempts: 0\n'),
     'dead.yaml': routeFile([`http://127.0.0.1:${dead}`], ['/dead'], 'retry:\n  attempts: 0\n'),
     'limited.yaml': routeFile([ok.url], ['/limited'], '').replace('  - path: /limited', '  - path: /limited\n    rateLimit: { max: 1, window: 1m }')
-  })
-  const gw = await startGateway(dir)
-  t.after(async () => {
-    await gw.stop()
-    await Promise.all([ok.close(), slow.close(), cut.close(), removeDir(dir)])
   })
 
   // A client that leaves while the upstream works; meanwhile its request holds the only slot.
@@ -57,15 +45,15 @@ test('one access line per request for every outcome, 499 included; nothing at er
   for (let i = 0; i < 100 && slow.inFlight === 0; i++) await sleep(20)
   assert.equal(slow.inFlight, 1, 'the slow upstream has the request')
   const outcomes: Record<string, number> = {
-    saturated: await get(`${gw.url}/slow`, 'saturated'),
-    ok: await get(`${gw.url}/ok`, 'ok'),
-    missing: await get(`${gw.url}/nowhere`, 'missing'),
-    dead: await get(`${gw.url}/dead`, 'dead'),
-    limited1: await get(`${gw.url}/limited`, 'limited1'),
-    limited2: await get(`${gw.url}/limited`, 'limited2')
+    saturated: await get(gw, '/slow', 'saturated'),
+    ok: await get(gw, '/ok', 'ok'),
+    missing: await get(gw, '/nowhere', 'missing'),
+    dead: await get(gw, '/dead', 'dead'),
+    limited1: await get(gw, '/limited', 'limited1'),
+    limited2: await get(gw, '/limited', 'limited2')
   }
   // The upstream breaks off mid-body: the client's response is cut too.
-  await assert.rejects(get(`${gw.url}/cut`, 'cut'))
+  await assert.rejects(get(gw, '/cut', 'cut'))
   leaving.destroy()
   assert.deepEqual(outcomes, { saturated: 503, ok: 200, missing: 404, dead: 502, limited1: 200, limited2: 429 })
   const expected: Record<string, [number, string | undefined]> = {
@@ -99,21 +87,11 @@ test('one access line per request for every outcome, 499 included; nothing at er
 })
 
 test('a graceful stop writes the access line of every request completed before it', async t => {
-  const up = await startUpstream()
-  const dir = await routeDir({ 'ok.yaml': routeFile([up.url], ['/ok']) })
-  const gw = await startGateway(dir)
-  t.after(async () => {
-    await gw.stop()
-    await Promise.all([up.close(), removeDir(dir)])
-  })
+  const up = await upstream(t)
+  const gw = await gateway(t, { 'ok.yaml': routeFile([up.url], ['/ok']) })
   const n = 400
   const agent = new http.Agent({ keepAlive: true, maxSockets: 16 })
-  const statuses = await Promise.all(Array.from({ length: n }, async (_, i) => await new Promise<number>((resolve, reject) => {
-    http.get(`${gw.url}/ok`, { agent, headers: { 'x-request-id': `burst-${i}` } }, res => {
-      res.resume()
-      res.once('end', () => resolve(res.statusCode ?? 0))
-    }).once('error', reject)
-  })))
+  const statuses = await Promise.all(Array.from({ length: n }, async (_, i) => (await send(gw, '/ok', { agent, headers: { 'x-request-id': `burst-${i}` } })).status))
   agent.destroy()
   assert.deepEqual(new Set(statuses), new Set([200]))
   // At once: lines still waiting in the logger's buffer must be written before the process exits.
