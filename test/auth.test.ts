@@ -119,7 +119,8 @@ function assertChallenge (r: Reply, description: string): void {
 test('valid RS256 and ES256 tokens: 200, claims forwarded as headers, spoofed identity headers replaced; the JWKS is fetched once for many requests', async t => {
   const { gw, upstream, jwks } = await setup(t)
   const token = await sign(rsa.privateKey, { alg: 'RS256', kid: 'rsa-1' }, { email: 'alice@example.com' })
-  const r = await send(gw, '/orders/42', { headers: { ...bearer(token), 'x-user-id': 'mallory', connection: 'x-user-id' } })
+  // Spelled with capitals, as node:http sends them: header names are case-insensitive.
+  const r = await send(gw, '/orders/42', { headers: { ...bearer(token), 'X-User-Id': 'mallory', connection: 'x-user-id' } })
   assert.equal(r.status, 200, r.body)
   const seen = upstream.requests.at(-1)
   assert.equal(seen?.headers['x-user-id'], 'alice')
@@ -128,7 +129,7 @@ test('valid RS256 and ES256 tokens: 200, claims forwarded as headers, spoofed id
 
   // A claim the token lacks: the client's header is removed, not passed on.
   const ecToken = await sign(ec.privateKey, { alg: 'ES256', kid: 'ec-1' }, { sub: 'bob' })
-  assert.equal((await send(gw, '/orders', { headers: { ...bearer(ecToken), 'x-user-email': 'boss@example.com' } })).status, 200)
+  assert.equal((await send(gw, '/orders', { headers: { ...bearer(ecToken), 'X-User-Email': 'boss@example.com', 'X-USER-ID': 'mallory' } })).status, 200)
   assert.equal(upstream.requests.at(-1)?.headers['x-user-id'], 'bob')
   assert.equal(upstream.requests.at(-1)?.headers['x-user-email'], undefined)
 
