@@ -154,12 +154,18 @@ function breakerLog (gw: GatewayProcess, upstreamName: string, target: string, t
 }
 
 /**
- * Sends requests one at a time (each must succeed) until the log says `target`'s breaker
- * entered `to`; at most `max` requests. Returns how many were sent.
+ * Sends requests one at a time (each must succeed) until `target`'s breaker is in state `to`,
+ * and waits for the log line of that transition; at most `max` requests. Returns how many were sent.
  */
-async function driveUntil (gw: GatewayProcess, upstreamName: string, target: string, to: string, request: (i: number) => Promise<Reply>, max = 100, pauseMs = 0): Promise<number> {
+async function driveUntil (gw: GatewayProcess, upstreamName: string, target: string, to: 'open' | 'half-open' | 'closed', request: (i: number) => Promise<Reply>, max = 100, pauseMs = 0): Promise<number> {
+  // The state is read from /metrics, which tells it as it is at the scrape; log lines are written
+  // asynchronously and may arrive after the next request has gone out.
+  const state = { closed: 0, open: 1, 'half-open': 2 }[to]
   for (let i = 0; i < max; i++) {
-    if (breakerLog(gw, upstreamName, target, to) !== undefined) return i
+    if (await metric(gw, 'circuit_breaker_state', { upstream: upstreamName, target }) === state) {
+      await gw.waitForLog(l => l.msg === 'circuit breaker state changed' && l.upstream === upstreamName && l.target === target && l.to === to)
+      return i
+    }
     assert200(await request(i))
     if (pauseMs > 0) await sleep(pauseMs)
   }
