@@ -82,7 +82,6 @@ test('memory store, max 3 per 10s: three 200s counting down, then 429 JSON with 
     assert.equal(r.headers['x-ratelimit-remaining'], String(remaining))
     assert.equal(r.headers['x-ratelimit-reset'], '10')
     assert.equal(r.headers['ratelimit-policy'], '"api-0";q=3;w=10')
-    assert.equal(r.headers.ratelimit, `"api-0";r=${remaining};t=10`)
     assert.equal(r.headers['retry-after'], undefined)
   }
   const refused = await send(gw, '/limited/x')
@@ -91,7 +90,6 @@ test('memory store, max 3 per 10s: three 200s counting down, then 429 JSON with 
   assert.equal(refused.headers['x-ratelimit-remaining'], '0')
   assert.equal(refused.headers['x-ratelimit-reset'], String(retry))
   assert.equal(refused.headers['ratelimit-policy'], '"api-0";q=3;w=10')
-  assert.equal(refused.headers.ratelimit, `"api-0";r=0;t=${retry}`)
   assert.equal(origin.requests.length, 3, 'the refused request never reached the upstream')
 
   // Another route of the same upstream, without rateLimit: never limited, no headers.
