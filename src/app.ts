@@ -91,7 +91,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
   await app.register(observabilityPlugin, {
     adminPort: env.adminPort,
     adminHost: env.host,
-    accessLog: log === undefined || !log.logger.isLevelEnabled('info') ? undefined : { write: line => log.destination.write(line), base: log.base }
+    accessLog: log === undefined || !log.logger.isLevelEnabled('info') ? undefined : { write: log.writeLine, base: log.base }
   })
   await app.register(healthPlugin, {
     maxEventLoopDelayMs: env.maxEventLoopDelayMs,

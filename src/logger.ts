@@ -20,8 +20,13 @@ declare module 'fastify' {
 
 export interface GatewayLogger {
   logger: pino.Logger
-  /** Where every line goes; the access log writes its prebuilt lines straight into it. */
   destination: DestinationStream & { flushSync: () => void }
+  /**
+   * Writes a prebuilt line (the access log's). Lines of one event-loop turn reach the destination
+   * as one string: sonic-boom measures its pending buffer on every write, so one write per line
+   * costs more the more lines wait (measured: 4.2 KB allocated per line with 32 waiting).
+   */
+  writeLine: (line: string) => void
   /** Writes what is buffered, synchronously: on SIGTERM/SIGINT and on a fatal error. */
   flush: () => void
   /** The first fields of every line, as pino writes them (`"level":30` comes before them). */
@@ -31,14 +36,25 @@ export interface GatewayLogger {
 export function createLogger (level: string, fd = 1): GatewayLogger {
   const destination = pino.destination({ dest: fd, sync: false })
   const logger = pino({ level: level as LevelWithSilent }, destination)
+  let batch = ''
+  const writeBatch = (): void => {
+    const lines = batch
+    batch = ''
+    destination.write(lines)
+  }
+  const writeLine = (line: string): void => {
+    if (batch === '') setImmediate(writeBatch)
+    batch += line
+  }
   const flush = (): void => {
     try {
+      if (batch !== '') writeBatch()
       destination.flushSync()
     } catch {
       // Nothing buffered, or the destination is already closed: nothing left to write.
     }
   }
-  return { logger, destination, flush, base: `"pid":${process.pid},"hostname":${JSON.stringify(hostname())}` }
+  return { logger, destination, writeLine, flush, base: `"pid":${process.pid},"hostname":${JSON.stringify(hostname())}` }
 }
 
 const LEVELS: Level[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace']
