@@ -3,6 +3,7 @@
 // Prints {"port": N} on stdout once listening (PORT=0 picks a free port).
 import Fastify from 'fastify'
 import replyFrom from '@fastify/reply-from'
+import { serve } from './serve.js'
 
 const upstream = process.env.UPSTREAM
 if (upstream === undefined || upstream === '') {
@@ -18,12 +19,4 @@ await app.register(replyFrom, {
 })
 app.all('/*', (request, reply) => reply.from(request.url))
 
-await app.listen({ port: Number(process.env.PORT ?? 0), host: process.env.HOST ?? '127.0.0.1' })
-const address = app.server.address()
-console.log(JSON.stringify({ port: typeof address === 'object' && address !== null ? address.port : 0 }))
-
-for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-  process.once(signal, () => {
-    app.close().then(() => process.exit(0), () => process.exit(1))
-  })
-}
+await serve(app)

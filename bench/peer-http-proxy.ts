@@ -4,6 +4,7 @@
 // Env: UPSTREAM, PORT, HOST, CONNECTIONS, PEERS_DIR.
 import Fastify, { type FastifyPluginCallback } from 'fastify'
 import { peerRequire } from './peers.js'
+import { serve } from './serve.js'
 
 interface HttpProxyOptions {
   upstream: string
@@ -27,12 +28,4 @@ await app.register(httpProxy, {
   rewritePrefix: '/bench',
   undici: { connections: Number(process.env.CONNECTIONS ?? 128), pipelining: 1 }
 })
-await app.listen({ port: Number(process.env.PORT ?? 0), host: process.env.HOST ?? '127.0.0.1' })
-const address = app.server.address()
-console.log(JSON.stringify({ port: typeof address === 'object' && address !== null ? address.port : 0 }))
-
-for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-  process.once(signal, () => {
-    app.close().then(() => process.exit(0), () => process.exit(1))
-  })
-}
+await serve(app)
