@@ -93,27 +93,26 @@ function overridden (identity: ReadonlyArray<[string, string | undefined]>, name
  * in Connection removed, then the headers the gateway set on the reply (request id, rate limits).
  */
 export function clientResponseHeaders (raw: Buffer[], reply: FastifyReply): string[] {
+  // Fastify keeps the reply's header names in lower case; the gateway's own replace the upstream's.
+  const own = reply.getHeaders()
   const out: string[] = []
   let named: Set<string> | undefined
   for (let i = 0; i < raw.length; i += 2) {
     const original = (raw[i] as Buffer).toString('latin1')
     const name = original.toLowerCase()
-    const value = (raw[i + 1] as Buffer).toString('latin1')
     if (NOT_RETURNED.has(name)) {
-      if (name === 'connection') named = connectionNames(value)
+      if (name === 'connection') named = connectionNames((raw[i + 1] as Buffer).toString('latin1'))
       continue
     }
-    out.push(original, value)
+    if (own[name] !== undefined) continue
+    out.push(original, (raw[i + 1] as Buffer).toString('latin1'))
   }
   if (named !== undefined) {
     for (let i = out.length - 2; i >= 0; i -= 2) if (named.has((out[i] as string).toLowerCase())) out.splice(i, 2)
   }
-  const own = reply.getHeaders()
   for (const name in own) {
     const value = own[name]
     if (value === undefined) continue
-    // The gateway's own header replaces the upstream's of the same name.
-    for (let i = out.length - 2; i >= 0; i -= 2) if ((out[i] as string).toLowerCase() === name) out.splice(i, 2)
     if (Array.isArray(value)) for (const v of value) out.push(name, v)
     else out.push(name, String(value))
   }
