@@ -66,7 +66,8 @@ const LEVELS: Level[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace']
  */
 export class RequestLogger {
   private real: FastifyBaseLogger | undefined
-  private bindings: Bindings
+  private readonly bindings: Bindings
+  private extra: Bindings | undefined
   declare fatal: pino.LogFn
   declare error: pino.LogFn
   declare warn: pino.LogFn
@@ -88,8 +89,9 @@ export class RequestLogger {
 
   silent (): void {}
 
+  /** Fields for the lines of this request (kept aside until a line is written: most never are). */
   bind (fields: Bindings): void {
-    if (this.real === undefined) this.bindings = { ...this.bindings, ...fields }
+    if (this.real === undefined) this.extra = fields
   }
 
   child (bindings: Bindings, options?: ChildLoggerOptions): FastifyBaseLogger {
@@ -97,7 +99,7 @@ export class RequestLogger {
   }
 
   private logger (): FastifyBaseLogger {
-    this.real ??= this.parent.child(this.bindings, this.options)
+    this.real ??= this.parent.child(this.extra === undefined ? this.bindings : { ...this.bindings, ...this.extra }, this.options)
     return this.real
   }
 }

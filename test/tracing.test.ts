@@ -175,6 +175,26 @@ test('no traceparent: the gateway starts the trace, and the upstream sees its id
   assert.equal(u.requests[0]?.headers.tracestate, undefined)
 })
 
+test('an unsampled request: the upstream gets the client\'s trace id with the sampled flag off and its tracestate, and no span is exported', async t => {
+  const receiver = await startReceiver(t)
+  const u = await upstream(t)
+  const gw = await gateway(t, { 'svc.yaml': `targets:\n  - url: ${u.url}\nroutes:\n  - path: /svc\n` }, otel(receiver, { OTEL_TRACES_SAMPLER: 'parentbased_always_on' }))
+  // The client's flags say "not sampled": a parent-based sampler follows them.
+  const response = await fetch(`${gw.url}/svc`, { headers: { traceparent: `00-${CLIENT_TRACE}-${CLIENT_PARENT}-00`, tracestate: 'vendor=1' } })
+  assert.equal(response.status, 200)
+  const traceparent = u.requests[0]?.headers.traceparent
+  const [traceId, parent] = parseTraceparent(traceparent)
+  assert.equal(traceId, CLIENT_TRACE)
+  assert.notEqual(parent, CLIENT_PARENT, 'the gateway is the upstream\'s parent')
+  assert.ok((traceparent as string).endsWith('-00'), `sampled flag off: ${String(traceparent)}`)
+  assert.equal(u.requests[0]?.headers.tracestate, 'vendor=1')
+  // A sampled request after it proves the exporter works: only its spans arrive.
+  assert.equal((await fetch(`${gw.url}/svc`)).status, 200)
+  const [sampledTrace] = parseTraceparent(u.requests[1]?.headers.traceparent)
+  await receiver.waitFor(s => s.traceId === sampledTrace, 2)
+  assert.deepEqual(receiver.spans.filter(s => s.traceId === CLIENT_TRACE), [])
+})
+
 test('events: a rate-limit rejection on the server span; a breaker that opens on the try\'s span, and its rejections on the server span', async t => {
   const receiver = await startReceiver(t)
   const u = await upstream(t)

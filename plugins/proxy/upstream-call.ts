@@ -132,10 +132,10 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
       headers[this.hostAt] = target.host
     }
     if (request.span != null) {
-      const traced = startTry(request.span, request.method, target, this.o.path, this.tries - 1, headers)
+      const traced = startTry(request.span, request.method, target, this.o.path, this.tries - 1, headers, request.headers.traceparent !== undefined || request.headers.tracestate !== undefined)
       this.span = traced.span
       headers = traced.headers
-      if (this.probe) this.span.addEvent('circuit_breaker.probe')
+      if (this.probe) this.span?.addEvent('circuit_breaker.probe')
     }
     this.began = performance.now()
     // undici checks its timeouts on a timer that ticks every ~500 ms, so a short request timeout

@@ -8,6 +8,7 @@ const tracer = trace.getTracer('gatehouse')
 
 /** Names the server span after the matched route (@fastify/otel knows only the catch-all `/*`). */
 export function routeMatched (span: Span, method: string, route: CompiledRoute): void {
+  if (!span.isRecording()) return
   span.updateName(`${method} ${route.path}`)
   span.setAttributes({ 'http.route': route.path, 'gatehouse.route': route.id, 'gatehouse.upstream': route.upstream.name })
 }
@@ -31,28 +32,39 @@ function attributesOf (target: Target): Attributes {
 
 /**
  * A client span for one try, child of the server span, and the try's request headers: `headers`
- * without the client's traceparent and tracestate, plus this try's (each try sets its own).
+ * without the client's traceparent and tracestate (`clientTraced`: it sent either), plus this
+ * try's (each try sets its own). An
+ * unsampled request gets no client span, only its trace context passed on (sampled flag off), so
+ * the services behind keep the gateway's decision at the cost of one header.
  */
-export function startTry (server: Span, method: string, target: Target, path: string, resendCount: number, headers: readonly string[]): { span: Span, headers: string[] } {
-  server.setAttribute('gatehouse.target', target.origin)
-  const span = tracer.startSpan(method, {
-    kind: SpanKind.CLIENT,
-    attributes: {
-      ...attributesOf(target),
-      'http.request.method': method,
-      // Without the query string: it may carry secrets, and the server span has the full URL.
-      'url.full': target.origin + path.split('?', 1)[0],
-      ...(resendCount > 0 ? { 'http.request.resend_count': resendCount } : {})
+export function startTry (server: Span, method: string, target: Target, path: string, resendCount: number, headers: readonly string[], clientTraced: boolean): { span: Span | undefined, headers: string[] } {
+  let span: Span | undefined
+  if (server.isRecording()) {
+    server.setAttribute('gatehouse.target', target.origin)
+    span = tracer.startSpan(method, {
+      kind: SpanKind.CLIENT,
+      attributes: {
+        ...attributesOf(target),
+        'http.request.method': method,
+        // Without the query string: it may carry secrets, and the server span has the full URL.
+        'url.full': target.origin + path.split('?', 1)[0],
+        ...(resendCount > 0 ? { 'http.request.resend_count': resendCount } : {})
+      }
+    }, trace.setSpan(ROOT_CONTEXT, server))
+  }
+  let traced: string[]
+  if (clientTraced) {
+    traced = []
+    for (let i = 0; i < headers.length; i += 2) {
+      const name = (headers[i] as string).toLowerCase()
+      if (name !== 'traceparent' && name !== 'tracestate') traced.push(headers[i] as string, headers[i + 1] as string)
     }
-  }, trace.setSpan(ROOT_CONTEXT, server))
-  const traced: string[] = []
-  for (let i = 0; i < headers.length; i += 2) {
-    const name = (headers[i] as string).toLowerCase()
-    if (name !== 'traceparent' && name !== 'tracestate') traced.push(headers[i] as string, headers[i + 1] as string)
+  } else {
+    traced = headers.slice()
   }
   // The incoming tracestate lives on in the span context, and is written again from there.
   const carrier: Record<string, string> = {}
-  propagation.inject(trace.setSpan(ROOT_CONTEXT, span), carrier)
+  propagation.inject(trace.setSpan(ROOT_CONTEXT, span ?? server), carrier)
   for (const name in carrier) traced.push(name, carrier[name] as string)
   return { span, headers: traced }
 }
