@@ -298,6 +298,31 @@ test('an event-loop stall longer than the timeout does not turn an answered hit 
   assert.equal((await pending).remaining, 8)
 })
 
+test('a Redis that stops answering (SIGSTOP): every hit of a batch rejects after the timeout, and hits after SIGCONT are answered', async t => {
+  const own = await startRedis()
+  t.after(() => own.stop())
+  const s = new RedisLimitStore(own.url, { keyPrefix: prefix(), commandTimeoutMs: 100 })
+  t.after(() => s.close())
+  await s.ready()
+  assert.equal((await s.hit('k', 5, 60_000, 'sliding-log')).remaining, 4)
+  own.child.kill('SIGSTOP')
+  t.after(() => own.child.kill('SIGCONT'))
+  const t0 = performance.now()
+  const results = await Promise.allSettled([s.hit('k', 5, 60_000, 'sliding-log'), s.hit('k', 5, 60_000, 'sliding-window'), s.hit('other', 5, 60_000, 'sliding-log')])
+  const waited = performance.now() - t0
+  for (const r of results) {
+    assert.equal(r.status, 'rejected')
+    assert.ok(r.reason instanceof LimitStoreError, String(r.reason))
+    assert.match(r.reason.message, /redis sliding-(log|window) timed out after 100 ms/)
+  }
+  assert.ok(waited >= 95 && waited < 1000, `rejected after ${waited.toFixed(0)} ms`)
+  own.child.kill('SIGCONT')
+  // The stopped batch still ran once Redis woke up (a timed-out command is not cancelled): 2 of 5 used.
+  const woke = await s.hit('k', 5, 60_000, 'sliding-log')
+  assert.equal(woke.allowed, true)
+  assert.equal(woke.remaining, 2)
+})
+
 test('Redis killed (SIGKILL): hit() rejects within milliseconds with LimitStoreError, never hangs', async t => {
   const own = await startRedis()
   t.after(() => own.stop())

@@ -12,7 +12,7 @@ import type { RouteMatch } from '../route-table/index.js'
 import type { CompiledLimit } from '../route-table/route-table.js'
 import { MemoryLimitStore } from './store/memory.js'
 import { RedisLimitStore } from './store/redis.js'
-import type { LimitDecision, LimitStore } from './store/types.js'
+import type { LimitDecision } from './store/types.js'
 
 export interface RateLimitOptions {
   /** Unset: limits are kept in this process. */
@@ -49,8 +49,8 @@ type IncrCallback = (err: Error | null, result?: { current: number, ttl: number 
 
 async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): Promise<void> {
   const redis = opts.redis === undefined ? undefined : new RedisLimitStore(opts.redis, { commandTimeoutMs: opts.redisTimeoutMs })
-  const primary: LimitStore = redis ?? new MemoryLimitStore()
-  const local = new MemoryLimitStore()
+  // The store without Redis; with Redis, the per-route fallback (onStoreError: local).
+  const memory = new MemoryLimitStore()
   const state: RateLimitState = { store: redis === undefined ? 'memory' : 'redis', storeErrors: 0, rejected: new Map(), latency: new DurationHistogram(), replicas: 1 }
   app.decorate('rateLimitState', state)
 
@@ -89,12 +89,23 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
         // the one past the limit; the ttl is x-ratelimit-reset, or Retry-After when refused.
         callback(null, d.allowed ? { current: max - d.remaining, ttl: d.resetMs } : { current: max + 1, ttl: d.retryAfterMs })
       }
-      primary.hit(key, max, timeWindow, algorithm).then(d => { recovered(); answer(d) }, err => {
+      if (redis === undefined) {
+        // In memory: decided now, no promise (a bad argument throws; the plugin's promise rejects).
+        answer(memory.decide(key, max, timeWindow, algorithm))
+        return
+      }
+      redis.hit(key, max, timeWindow, algorithm).then(d => { recovered(); answer(d) }, err => {
         failed(err)
         // open: admitted and not counted (nothing could count it).
         if (onStoreError === 'open') answer({ allowed: true, limit: max, remaining: max, retryAfterMs: 0, resetMs: timeWindow })
         else if (onStoreError === 'closed') callback(new RateLimitUnavailableError({ cause: err }))
-        else local.hit(key, Math.max(1, Math.floor(max / state.replicas)), timeWindow, algorithm).then(answer, e => callback(e as Error))
+        else {
+          try {
+            answer(memory.decide(key, Math.max(1, Math.floor(max / state.replicas)), timeWindow, algorithm))
+          } catch (e) {
+            callback(e as Error)
+          }
+        }
       })
     }
 
@@ -161,7 +172,7 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
 
   app.addHook('onClose', async () => {
     clearInterval(heartbeat)
-    await Promise.all([primary.close(), local.close()])
+    await Promise.all([redis?.close(), memory.close()])
   })
 }
 

@@ -82,6 +82,11 @@ export class MemoryLimitStore implements LimitStore {
   }
 
   async hit (key: string, max: number, windowMs: number, algorithm: LimitAlgorithm): Promise<LimitDecision> {
+    return this.decide(key, max, windowMs, algorithm)
+  }
+
+  /** hit(), answered at once: the limiter's hook needs no promise for a decision made in memory. */
+  decide (key: string, max: number, windowMs: number, algorithm: LimitAlgorithm): LimitDecision {
     checkHitArgs(key, max, windowMs, algorithm)
     const now = this.#nowUs()
     return algorithm === 'sliding-log'

@@ -36,6 +36,17 @@ function loadScripts (): { log: string, window: string, heartbeat: string } {
 /** What each script returns: allowed (0|1), remaining, retryAfterMs, resetMs. */
 type ScriptReply = [number, number, number, number]
 
+/** A hit waiting for its batch to be sent, then for its answer or the batch's deadline. */
+interface PendingHit {
+  base: string
+  max: number
+  windowMs: number
+  algorithm: LimitAlgorithm
+  resolve: (decision: LimitDecision) => void
+  reject: (err: Error) => void
+  settled: boolean
+}
+
 /** The commands defineCommand adds to the client (ioredis types them only at run time). */
 interface ScriptCommands {
   gatehouseRlSlidingLog: (log: string, seq: string, max: number, windowMs: number) => Promise<ScriptReply>
@@ -49,12 +60,43 @@ export class RedisLimitStore implements LimitStore {
   readonly #prefix: string
   readonly #timeoutMs: number
   // Decisions asked for in one event-loop turn are sent together, after it: with ioredis's
-  // auto-pipelining they leave in one socket write and their answers come back in one read.
-  #batch: Array<() => void> = []
+  // auto-pipelining they leave in one socket write and their answers come back in one read. One
+  // deadline covers the batch (a timer and a race per request cost more than the rest of hit()).
+  #batch: PendingHit[] = []
   readonly #send = (): void => {
     const batch = this.#batch
     this.#batch = []
-    for (const send of batch) send()
+    let unsettled = batch.length
+    // After an event-loop stall the timer runs before pending socket reads; setImmediate lets
+    // replies that already arrived settle first, so a stall alone is not reported as a timeout.
+    const timer = setTimeout(() => {
+      setImmediate(() => {
+        for (const hit of batch) {
+          if (hit.settled) continue
+          hit.settled = true
+          hit.reject(new LimitStoreError(`redis ${hit.algorithm} timed out after ${this.#timeoutMs} ms`))
+        }
+      })
+    }, this.#timeoutMs)
+    const settle = (hit: PendingHit, reply: ScriptReply | undefined, err?: unknown): void => {
+      if (--unsettled === 0) clearTimeout(timer)
+      if (hit.settled) return
+      hit.settled = true
+      if (reply === undefined) {
+        const message = err instanceof Error ? err.message : String(err)
+        hit.reject(new LimitStoreError(`redis ${hit.algorithm} failed: ${message}`, { cause: err }))
+        return
+      }
+      const [allowed, remaining, retryAfterMs, resetMs] = reply
+      hit.resolve({ allowed: allowed === 1, limit: hit.max, remaining, retryAfterMs, resetMs })
+    }
+    for (const hit of batch) {
+      const base = hit.base
+      const reply = hit.algorithm === 'sliding-log'
+        ? this.#client.gatehouseRlSlidingLog(`${base}:log`, `${base}:seq`, hit.max, hit.windowMs)
+        : this.#client.gatehouseRlSlidingWindow(`${base}:cur`, `${base}:prev`, hit.max, hit.windowMs)
+      reply.then(r => { settle(hit, r) }, err => { settle(hit, undefined, err) })
+    }
   }
 
   /**
@@ -97,21 +139,17 @@ export class RedisLimitStore implements LimitStore {
     }
   }
 
-  async hit (key: string, max: number, windowMs: number, algorithm: LimitAlgorithm): Promise<LimitDecision> {
-    checkHitArgs(key, max, windowMs, algorithm)
-    // The hash tag {key} puts every key of one limit in one Redis Cluster slot.
-    const base = `${this.#prefix}{${key}}`
-    // The deadline starts when the command is sent: it bounds Redis, not this event-loop turn.
-    const [allowed, remaining, retryAfterMs, resetMs] = await new Promise<ScriptReply>((resolve, reject) => {
-      this.#batch.push(() => {
-        const reply = algorithm === 'sliding-log'
-          ? this.#client.gatehouseRlSlidingLog(`${base}:log`, `${base}:seq`, max, windowMs)
-          : this.#client.gatehouseRlSlidingWindow(`${base}:cur`, `${base}:prev`, max, windowMs)
-        this.#deadline(reply, this.#timeoutMs, algorithm).then(resolve, reject)
-      })
+  hit (key: string, max: number, windowMs: number, algorithm: LimitAlgorithm): Promise<LimitDecision> {
+    try {
+      checkHitArgs(key, max, windowMs, algorithm)
+    } catch (err) {
+      return Promise.reject(err)
+    }
+    return new Promise<LimitDecision>((resolve, reject) => {
+      // The hash tag {key} puts every key of one limit in one Redis Cluster slot.
+      this.#batch.push({ base: `${this.#prefix}{${key}}`, max, windowMs, algorithm, resolve, reject, settled: false })
       if (this.#batch.length === 1) setImmediate(this.#send)
     })
-    return { allowed: allowed === 1, limit: max, remaining, retryAfterMs, resetMs }
   }
 
   /**
