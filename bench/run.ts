@@ -18,7 +18,7 @@
 //   bench/gc-probe.ts preloaded (V8's GCProfiler: about 85 µs per GC, so never in the CPU rounds),
 //   measured after the CPU rounds: bytes allocated per request, heap used after scavenges, GC share.
 //
-//   BENCH_DURATION=4 BENCH_CONNECTIONS=32 BENCH_ROUNDS=5 npm run bench [-- --only bare,gatehouse,fast-gateway] [-- --json]
+//   BENCH_DURATION=2 BENCH_CONNECTIONS=32 BENCH_ROUNDS=9 npm run bench [-- --only bare,gatehouse,fast-gateway] [-- --json]
 //   BENCH_QUICK=1 npm run bench     # bare, the peers, Gatehouse (a) and (c)
 import { execFileSync, spawnSync } from 'node:child_process'
 import { closeSync, openSync } from 'node:fs'
@@ -47,9 +47,9 @@ function positiveInt (name: string, fallback: number): number {
 
 const ROOT = resolve(import.meta.dirname, '..', '..')
 const DIST = join(ROOT, 'dist')
-const DURATION_S = positiveInt('BENCH_DURATION', 4)
+const DURATION_S = positiveInt('BENCH_DURATION', 2)
 const CONNECTIONS = positiveInt('BENCH_CONNECTIONS', 32)
-const ROUNDS = positiveInt('BENCH_ROUNDS', 5)
+const ROUNDS = positiveInt('BENCH_ROUNDS', 9)
 const QUICK = process.env.BENCH_QUICK === '1'
 const WARMUP_S = 2
 // Allocation per request does not depend on the machine's speed: two rounds agree within ~2 %.
