@@ -87,7 +87,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     debounceMs: env.reloadDebounceMs
   })
   await app.register(authPlugin, { jwksCooldownMs: env.jwksCooldownMs })
-  await app.register(rateLimitPlugin, { redis: env.redis, redisTimeoutMs: env.redisTimeoutMs })
+  await app.register(rateLimitPlugin, { redis: env.redis, redisKeyPrefix: env.redisKeyPrefix, redisTimeoutMs: env.redisTimeoutMs })
   await app.register(observabilityPlugin, {
     adminPort: env.adminPort,
     adminHost: env.host,

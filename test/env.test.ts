@@ -150,6 +150,9 @@ test('REDIS_URL: one node, a Cluster (several seed nodes) or Sentinel (sentinels
   assert.equal(load({}).redis, undefined)
   assert.equal(load({}).redisTimeoutMs, 50)
   assert.equal(load({ REDIS_TIMEOUT: '20ms' }).redisTimeoutMs, 20)
+  assert.equal(load({}).redisKeyPrefix, 'gatehouse:rl:')
+  assert.equal(load({ REDIS_KEY_PREFIX: 'staging:' }).redisKeyPrefix, 'staging:')
+  assert.equal(load({ REDIS_KEY_PREFIX: '' }).redisKeyPrefix, 'gatehouse:rl:', 'empty is unset, as for every variable')
 })
 
 test('REDIS_URL wrong: refused with the forms, never echoing the password; REDIS_TIMEOUT=0 refused', () => {

@@ -180,6 +180,32 @@ test('three gateways sharing one Redis, max 10: 30 round-robin requests give exa
   for (const gw of gws) assert.equal(gw.logs.filter(l => l.msg === FALLBACK_MSG).length, 0, 'every decision was Redis\'s')
 })
 
+test('REDIS_KEY_PREFIX: gateways with another prefix on the same Redis keep budgets and heartbeats of their own; the same prefix shares them', async t => {
+  const redis = await startRedis()
+  t.after(() => redis.stop())
+  const origin = await upstream(t)
+  const files = { 'prefixed.yaml': limitedFile(origin.url, [['/p', 'max: 2\nwindow: 60s\nkey: header:x-api-key']]) }
+  const [staging, production, production2] = await Promise.all(['staging:', 'production:', 'production:'].map(async prefix =>
+    await gateway(t, files, { REDIS_URL: redis.url, REDIS_KEY_PREFIX: prefix, ...PATIENT })))
+  const statuses = async (gw: GatewayProcess, n: number): Promise<number[]> => {
+    const out: number[] = []
+    for (let i = 0; i < n; i++) out.push((await send(gw, '/p', { headers: { 'x-api-key': 'k' } })).status)
+    return out
+  }
+  assert.deepEqual(await statuses(staging as GatewayProcess, 3), [200, 200, 429])
+  // The staging budget is spent; production's is whole, and shared by both of its gateways.
+  assert.deepEqual(await statuses(production as GatewayProcess, 1), [200])
+  assert.deepEqual(await statuses(production2 as GatewayProcess, 2), [200, 429])
+  // Every key is under one of the two prefixes (key names hold a newline: count them in Redis).
+  const count = async (pattern: string): Promise<number> => Number(await redisCli(redis.port, 'EVAL', "return #redis.call('KEYS', ARGV[1])", '0', pattern))
+  const [all, ofStaging, ofProduction] = await Promise.all([count('*'), count('staging:*'), count('production:*')])
+  assert.ok(ofStaging > 0 && ofProduction > 0)
+  assert.equal(ofStaging + ofProduction, all)
+  // Heartbeats too: the production gateways count two replicas, staging one.
+  for (let i = 0; i < 120 && (await replicasOf(production as GatewayProcess)) !== 2; i++) await sleep(100)
+  assert.deepEqual([await replicasOf(staging as GatewayProcess), await replicasOf(production as GatewayProcess)], [1, 2])
+})
+
 test('Redis killed under load: no 5xx and no slow answers, local limits apply, open admits, closed answers 503; after Redis restarts, limits go through it again', async t => {
   let redis = await startRedis()
   t.after(() => redis.stop())

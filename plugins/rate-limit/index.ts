@@ -17,6 +17,8 @@ import type { LimitDecision } from './store/types.js'
 export interface RateLimitOptions {
   /** Unset: limits are kept in this process. */
   redis: RedisConnection | undefined
+  /** Prefix of every key in Redis: deployments sharing one Redis keep apart with their own. */
+  redisKeyPrefix: string
   /** Longest wait for one Redis call. */
   redisTimeoutMs: number
 }
@@ -48,7 +50,7 @@ const STARTUP_WAIT_MS = 2000
 type IncrCallback = (err: Error | null, result?: { current: number, ttl: number }) => void
 
 async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): Promise<void> {
-  const redis = opts.redis === undefined ? undefined : new RedisLimitStore(opts.redis, { commandTimeoutMs: opts.redisTimeoutMs })
+  const redis = opts.redis === undefined ? undefined : new RedisLimitStore(opts.redis, { keyPrefix: opts.redisKeyPrefix, commandTimeoutMs: opts.redisTimeoutMs })
   // The store without Redis; with Redis, the per-route fallback (onStoreError: local).
   const memory = new MemoryLimitStore()
   const state: RateLimitState = { store: redis === undefined ? 'memory' : 'redis', storeErrors: 0, rejected: new Map(), latency: new DurationHistogram(), replicas: 1 }

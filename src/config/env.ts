@@ -14,6 +14,7 @@ export const EnvSchema = Type.Object({
   HOST: Type.String({ minLength: 1, default: '0.0.0.0', description: 'Address the gateway binds to.' }),
   ROUTES_DIR: Type.String({ minLength: 1, default: './routes.d', description: 'Folder of route files, one per upstream service.' }),
   REDIS_URL: Type.Optional(Type.String({ description: 'Redis for shared state: redis://host:port, redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/master-name (rediss for TLS); unset: in-memory stores.' })),
+  REDIS_KEY_PREFIX: Type.String({ minLength: 1, default: 'gatehouse:rl:', description: 'Prefix of every rate-limit key in Redis (budgets and replica heartbeats): gateways with the same prefix share budgets; give each deployment that shares one Redis its own.' }),
   REDIS_TIMEOUT: Duration({ default: '50ms', description: 'Longest wait for one Redis call of the rate limiter before the route\'s onStoreError applies.' }),
   JWKS_COOLDOWN: Duration({ default: '30s', description: 'After a JWKS fetch, how long a token with an unknown kid is refused without fetching again (a flood of made-up kids cannot hammer the issuer).' }),
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), {
@@ -49,6 +50,7 @@ export interface GatewayEnv {
   host: string
   routesDir: string
   redis: RedisConnection | undefined
+  redisKeyPrefix: string
   redisTimeoutMs: number
   jwksCooldownMs: number
   logLevel: string
@@ -113,6 +115,7 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
     host: raw.HOST,
     routesDir: raw.ROUTES_DIR,
     redis,
+    redisKeyPrefix: raw.REDIS_KEY_PREFIX,
     redisTimeoutMs: toMs(raw.REDIS_TIMEOUT),
     jwksCooldownMs: toMs(raw.JWKS_COOLDOWN),
     logLevel: raw.LOG_LEVEL,
