@@ -33,9 +33,8 @@ function attributesOf (target: Target): Attributes {
 /**
  * A client span for one try, child of the server span, and the try's request headers: `headers`
  * without the client's traceparent and tracestate (`clientTraced`: it sent either), plus this
- * try's (each try sets its own). An
- * unsampled request gets no client span, only its trace context passed on (sampled flag off), so
- * the services behind keep the gateway's decision at the cost of one header.
+ * try's (each try sets its own). An unsampled request gets no client span, only its trace context
+ * passed on (sampled flag off), so the services behind keep the gateway's decision.
  */
 export function startTry (server: Span, method: string, target: Target, path: string, resendCount: number, headers: readonly string[], clientTraced: boolean): { span: Span | undefined, headers: string[] } {
   let span: Span | undefined
