@@ -672,6 +672,33 @@ function ratio (a: number | null, b: number | null): number | null {
   return a === null || b === null || b === 0 ? null : a / b
 }
 
+/** The quartiles of a sample (linear interpolation), or null when it is empty. */
+function quartiles (values: number[]): { q1: number, median: number, q3: number } | null {
+  if (values.length === 0) return null
+  const v = [...values].sort((a, b) => a - b)
+  const at = (q: number): number => {
+    const i = (v.length - 1) * q
+    const lo = Math.floor(i)
+    return (v[lo] as number) + ((v[Math.ceil(i)] as number) - (v[lo] as number)) * (i - lo)
+  }
+  return { q1: at(0.25), median: at(0.5), q3: at(0.75) }
+}
+
+/**
+ * `f(subject, other)` of the CPU per request of both, round by round: the two were measured in
+ * the same round, seconds apart, so a slow stretch of the machine weighs on both. Rounds where
+ * either sample is invalid are left out.
+ */
+function pairedCpu (s: Subject, other: Subject, f: (a: number, b: number) => number): ReturnType<typeof quartiles> {
+  const values: number[] = []
+  for (const a of s.cpuSamples) {
+    const b = other.cpuSamples.find(x => x.round === a.round)
+    if (a.invalid || b === undefined || b.invalid) continue
+    values.push(f(a.cpuUsPerReq, b.cpuUsPerReq))
+  }
+  return quartiles(values)
+}
+
 interface ReportInput {
   machine: object
   commit: string
@@ -682,13 +709,16 @@ interface ReportInput {
 
 function report ({ machine, commit, peers, skipped, subjects }: ReportInput): void {
   const summaries = subjects.map(summarize)
-  const bare = summaries[subjects.findIndex(s => s.spec.kind === 'bare')] as Summary
-  const ratios = (x: Summary) => ({
-    cpuUsPerReq: ratio(x.cpuUsPerReq, bare.cpuUsPerReq),
+  const bareSubject = subjects.find(s => s.spec.kind === 'bare') as Subject
+  const bare = summaries[subjects.indexOf(bareSubject)] as Summary
+  const ratios = (x: Summary, s: Subject) => ({
+    cpuUsPerReq: s === bareSubject ? 1 : pairedCpu(s, bareSubject, (a, b) => a / b)?.median ?? null,
     rps: ratio(x.rps, bare.rps),
     p99Ms: ratio(x.p99Ms, bare.p99Ms),
     bytesPerReq: ratio(x.bytesPerReq, bare.bytesPerReq)
   })
+  // What a feature adds: (d)–(g) against (c), round by round.
+  const warn = subjects.find(s => s.spec.kind === 'gatehouse' && s.spec.logLevel === 'warn' && s.spec.feature === 'none')
   const invalid = subjects.flatMap(s => [
     ...[...s.cpuSamples, ...s.memorySamples].filter(x => x.invalid).map(x => `${s.spec.id}: ${'cpuUsPerReq' in x ? 'CPU' : 'memory'} round ${x.round}: ${x.non2xx} non-2xx, ${x.socketErrors} socket errors (left out of the medians)`),
     ...s.problems.map(p => `${s.spec.id}: ${p}`)
@@ -709,7 +739,8 @@ function report ({ machine, commit, peers, skipped, subjects }: ReportInput): vo
         id: s.spec.id,
         label: s.label,
         summary: summaries[i],
-        vsBare: ratios(summaries[i] as Summary),
+        vsBare: ratios(summaries[i] as Summary, s),
+        addsToWarn: warn === undefined || s.spec.feature === undefined || s.spec.feature === 'none' ? undefined : pairedCpu(s, warn, (a, b) => a - b),
         cpuRounds: s.cpuSamples,
         memoryRounds: s.memorySamples,
         warmups: s.warmups.map(w => ({ rps: w.rps, requests: w.requests, failures: w.failures })),
@@ -731,12 +762,27 @@ function report ({ machine, commit, peers, skipped, subjects }: ReportInput): vo
     lines.push('|---|---|---|---|---|---|---|---|---|---|---|')
     subjects.forEach((s, i) => {
       const m = summaries[i] as Summary
-      const q = ratios(m)
+      const q = ratios(m, s)
       const flag = s.problems.length > 0 || s.cpuSamples.some(c => c.invalid) || s.memorySamples.some(c => c.invalid) ? ' ⚠' : ''
       lines.push(`| ${s.label}${flag} | ${dash(m.cpuUsPerReq, 1)} | ${x(q.cpuUsPerReq)} | ${dash(m.rps, 0)} | ${x(q.rps)} | ${dash(m.p99Ms, 2)} | ${x(q.p99Ms)} | ${dash(m.bytesPerReq, 0)} | ${x(q.bytesPerReq)} | ${dash(m.heapAfterScavengeMB, 1)} | ${dash(m.gcPercent, 1)} |`)
     })
+    if (warn !== undefined) {
+      const added = subjects.filter(s => s.spec.kind === 'gatehouse' && s.spec.feature !== 'none')
+      if (added.length > 0) {
+        lines.push('')
+        lines.push(`What each feature adds to ${warn.label.replace(/^Gatehouse /, '')}, CPU µs/req, round by round (median, and the middle half of the rounds):`)
+        lines.push('')
+        lines.push('| variant | adds µs/req | middle half | adds % |')
+        lines.push('|---|---|---|---|')
+        for (const s of added) {
+          const d = pairedCpu(s, warn, (a, b) => a - b)
+          const r = pairedCpu(s, warn, (a, b) => (a / b - 1) * 100)
+          lines.push(`| ${s.label} | ${d === null ? '–' : fmt(d.median, 1)} | ${d === null ? '–' : `${fmt(d.q1, 1)} to ${fmt(d.q3, 1)}`} | ${r === null ? '–' : fmt(r.median, 0)} |`)
+        }
+      }
+    }
     lines.push('')
-    lines.push(`Method: wrk -t1 -c${CONNECTIONS}, ${plural(ROUNDS, 'round')} of ${DURATION_S} s after a ${WARMUP_S} s warm-up per process, interleaved (each round runs every proxy once, the order rotated by one each round); medians; × bare = ratio to the bare Fastify + reply-from proxy of this run.`)
+    lines.push(`Method: wrk -t1 -c${CONNECTIONS}, ${plural(ROUNDS, 'round')} of ${DURATION_S} s after a ${WARMUP_S} s warm-up per process, interleaved (each round runs every proxy once, the order rotated by one each round); medians; × bare = ratio to the bare Fastify + reply-from proxy of this run (CPU: the median of the per-round ratios, each of two samples taken seconds apart).`)
     lines.push('CPU µs/req = utime+stime of the proxy process (/proc/<pid>/stat, all its threads; nginx: its worker) over the requests wrk counted; req/s and p99 from wrk; a sample with any non-2xx answer or socket error is invalid and left out.')
     lines.push(`bytes/req, heap, GC: a second process of each (same configuration) with bench/gc-probe.js preloaded (V8's GCProfiler), ${plural(MEMORY_ROUNDS, 'round')} after the CPU rounds: V8-heap bytes allocated (Σ used before each GC − used after the previous one) per request; heap used after a scavenge (median); GC pauses / wall time.`)
     lines.push(`Upstream: node:http JSON server, own process; every proxy pools ${POOL} keep-alive connections to it. Gatehouse: one route /bench; (d)–(g) are (c) plus one feature (rate limit max ${fmt(LIMIT_MAX, 0)}/${LIMIT_WINDOW}, never spent; JWT RS256, one token; tracing parentbased_traceidratio ${TRACE_SAMPLE_RATIO}).`)

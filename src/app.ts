@@ -78,7 +78,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
   // Tracing first: the server span must be open before any other hook runs. The plugins below
   // decorate the app with what the pipeline and /metrics need; observability, health and metrics
   // apply to every route.
-  if (options.tracing !== undefined) await app.register(tracingPlugin, { instrumentation: options.tracing.instrumentation })
+  if (options.tracing !== undefined) await app.register(tracingPlugin, { instrumentation: options.tracing.instrumentation, onServerSpan: options.tracing.onServerSpan })
   await app.register(requestGuardPlugin, { maxHeaders: env.maxHeaders, maxHeaderSize: env.maxHeaderSize, maxUrlLength: env.maxUrlLength })
   await app.register(routeTablePlugin, {
     routesDir: env.routesDir,

@@ -1,14 +1,21 @@
 // OpenTelemetry tracing, configured by the standard OTEL_* variables. Off unless an exporter is
 // configured: then nothing of the SDK is even loaded, and the request path skips every span call.
-import { ROOT_CONTEXT, type Context, type ContextManager } from '@opentelemetry/api'
-import type { FastifyPluginCallback } from 'fastify'
+import { ROOT_CONTEXT, type Context, type ContextManager, type Span } from '@opentelemetry/api'
+import type { FastifyPluginCallback, FastifyRequest } from 'fastify'
 
 export interface Tracing {
   /** @fastify/otel's plugin: one server span per request. Register it before any route. */
   instrumentation: FastifyPluginCallback
+  /**
+   * Sets what receives each request's server span as @fastify/otel opens it (its `requestHook`,
+   * which is given to it at construction, before the app exists).
+   */
+  onServerSpan: (hook: ServerSpanHook) => void
   /** Flushes the spans still queued; call when the server has closed. */
   shutdown: () => Promise<void>
 }
+
+export type ServerSpanHook = (span: Span, request: FastifyRequest) => void
 
 // Probes and scrapes every few seconds would be most of the traces and tell nothing.
 const UNTRACED = new Set(['/health', '/ready', '/metrics'])
@@ -30,7 +37,9 @@ export async function startTracing (env: NodeJS.ProcessEnv = process.env): Promi
   env.OTEL_LOGS_EXPORTER ??= 'none'
   if (env.OTEL_SERVICE_NAME === undefined && !/(^|,)\s*service\.name\s*=/.test(env.OTEL_RESOURCE_ATTRIBUTES ?? '')) env.OTEL_SERVICE_NAME = 'gatehouse'
   const [{ NodeSDK }, { FastifyOtelInstrumentation }] = await Promise.all([import('@opentelemetry/sdk-node'), import('@fastify/otel')])
+  let serverSpan: ServerSpanHook = () => {}
   const otel = new FastifyOtelInstrumentation({
+    requestHook: (span, request) => { serverSpan(span, request) },
     // A span per hook would be a dozen per request; the proxy adds a client span per try instead.
     instrumentHooks: false,
     instrumentHandler: false,
@@ -42,7 +51,7 @@ export async function startTracing (env: NodeJS.ProcessEnv = process.env): Promi
   })
   const sdk = new NodeSDK({ instrumentations: [otel], contextManager: new ExplicitContextManager() })
   sdk.start()
-  return { instrumentation: otel.plugin(), shutdown: () => sdk.shutdown() }
+  return { instrumentation: otel.plugin(), onServerSpan: hook => { serverSpan = hook }, shutdown: () => sdk.shutdown() }
 }
 
 /**

@@ -6,7 +6,7 @@ import { once } from 'node:events'
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test, type TestContext } from 'node:test'
-import { closedPort, gateway, metric, redisCli, send, startRedis, startRedisCluster, startSentinel, upstream, type GatewayProcess, type RedisServer, type Reply } from './helpers.js'
+import { closedPort, gateway, metric, redisCli, send, writeRoutes, startRedis, startRedisCluster, startSentinel, upstream, type GatewayProcess, type RedisServer, type Reply } from './helpers.js'
 
 const FALLBACK_MSG = 'rate-limit store failed: routes fall back to their onStoreError policy'
 
@@ -153,6 +153,19 @@ test('the window slides: max 2 per 1s refuses the 3rd with Retry-After 1, then f
   assert.ok(performance.now() - t0 < 1450, 'still inside the second request\'s window; the machine is too slow for this check')
   assertRefused(again, 2, '1s', 1)
   assert.equal(origin.requests.length, 3)
+})
+
+test('a reload that changes max: the next request counts against the new max, in the same budget', async t => {
+  const origin = await upstream(t)
+  const gw = await gateway(t, { 'r.yaml': limitedFile(origin.url, [['/r', 'max: 2\nwindow: 60s']]) }, { WATCH_ROUTES: 'false' })
+  assert.deepEqual([(await send(gw, '/r')).status, (await send(gw, '/r')).status, (await send(gw, '/r')).status], [200, 200, 429])
+  await writeRoutes(gw.routesDir, { 'r.yaml': limitedFile(origin.url, [['/r', 'max: 5\nwindow: 60s']]) })
+  gw.signal('SIGHUP')
+  await gw.waitForLog(l => l.msg === 'route table reloaded')
+  const next = await send(gw, '/r')
+  assert.equal(next.status, 200)
+  assert.equal(next.headers['x-ratelimit-limit'], '5')
+  assert.equal(next.headers['x-ratelimit-remaining'], '2', 'the 2 admitted before the reload still count')
 })
 
 test('three gateways sharing one Redis, max 10: 30 round-robin requests give exactly 10 × 200 and 20 × 429; a concurrent burst of 60 admits exactly 10', async t => {

@@ -129,18 +129,26 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
       return new RateLimitedError(context.max, `${Math.ceil(limit.windowMs / 1000)}s`)
     }
   })
-  const check = app.rateLimit({
-    keyGenerator: (request: FastifyRequest) => {
-      const limit = limitOf(request)
-      const key = limit.key
-      if (key.kind === 'ip') return `${limit.id}\n${request.ip}`
-      // A missing header or claim is a key of its own (shared by all requests without one).
-      const value = key.kind === 'header' ? request.headers[key.name] : request.identity?.claims[key.name]
-      return `${limit.id}\n${key.kind[0] as string}:${typeof value === 'string' ? value : value === undefined ? '' : JSON.stringify(value)}`
-    },
-    max: (request: FastifyRequest) => limitOf(request).max,
-    timeWindow: (request: FastifyRequest) => limitOf(request).windowMs
-  })
+  const keyGenerator = (request: FastifyRequest): string => {
+    const limit = limitOf(request)
+    const key = limit.key
+    if (key.kind === 'ip') return `${limit.id}\n${request.ip}`
+    // A missing header or claim is a key of its own (shared by all requests without one).
+    const value = key.kind === 'header' ? request.headers[key.name] : request.identity?.claims[key.name]
+    return `${limit.id}\n${key.kind[0] as string}:${typeof value === 'string' ? value : value === undefined ? '' : JSON.stringify(value)}`
+  }
+  // One check per compiled limit, made when a request first meets it, with max and timeWindow as
+  // numbers: the plugin awaits a function option on every request, a number it reads
+  // (applyRateLimit). A reload compiles new limits; the old ones' checks go with them.
+  const checks = new WeakMap<CompiledLimit, ReturnType<typeof app.rateLimit>>()
+  const checkOf = (limit: CompiledLimit): ReturnType<typeof app.rateLimit> => {
+    let check = checks.get(limit)
+    if (check === undefined) {
+      check = app.rateLimit({ keyGenerator, max: limit.max, timeWindow: limit.windowMs })
+      checks.set(limit, check)
+    }
+    return check
+  }
 
   // After the route is resolved and the client authenticated. A route without a limit costs one check.
   app.decorate('checkRateLimit', function checkRateLimit (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void {
@@ -151,7 +159,7 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
     }
     // The route's policy (draft-ietf-httpapi-ratelimit-headers): configuration, the same on every response.
     reply.header('ratelimit-policy', limit.policy)
-    check.call(app, request, reply).then(() => done(), done)
+    checkOf(limit).call(app, request, reply).then(() => done(), done)
   })
 
   // A gateway that starts while Redis is still connecting would refuse its first requests on the

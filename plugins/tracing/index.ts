@@ -5,10 +5,13 @@ import type { Span } from '@opentelemetry/api'
 import type { FastifyInstance, FastifyPluginCallback } from 'fastify'
 import fp from 'fastify-plugin'
 import { RequestLogger } from '../../src/logger.js'
+import type { ServerSpanHook } from '../../src/tracing.js'
 
 export interface TracingOptions {
   /** @fastify/otel's plugin, from startTracing(). */
   instrumentation: FastifyPluginCallback
+  /** startTracing()'s hand-off of each request's server span. */
+  onServerSpan: (hook: ServerSpanHook) => void
 }
 
 declare module 'fastify' {
@@ -22,16 +25,13 @@ async function tracingPlugin (app: FastifyInstance, opts: TracingOptions): Promi
   // Not encapsulated (it skips override): its hooks see every route registered after it.
   await app.register(opts.instrumentation)
   app.decorateRequest('span', null)
-  // After @fastify/otel's onRequest hook, which has opened the span by now.
-  app.addHook('onRequest', (request, _reply, done) => {
-    const span = request.opentelemetry().span
-    if (span != null) {
-      request.span = span
-      // The request's log lines carry the trace (the access line reads request.span itself).
-      const { traceId, spanId } = span.spanContext()
-      if (request.log instanceof RequestLogger) request.log.bind({ trace_id: traceId, span_id: spanId })
-    }
-    done()
+  // Called by @fastify/otel's onRequest hook once it has opened the span: no hook of our own, and
+  // no request.opentelemetry() (an object and two closures per call).
+  opts.onServerSpan((span, request) => {
+    request.span = span
+    // The request's log lines carry the trace (the access line reads request.span itself).
+    const { traceId, spanId } = span.spanContext()
+    if (request.log instanceof RequestLogger) request.log.bind({ trace_id: traceId, span_id: spanId })
   })
 }
 

@@ -47,6 +47,13 @@ interface PendingHit {
   settled: boolean
 }
 
+/** A pipeline of the client: defineCommand's commands are on it too (ioredis copies them). */
+interface ScriptPipeline {
+  gatehouseRlSlidingLog: (log: string, seq: string, max: number, windowMs: number) => ScriptPipeline
+  gatehouseRlSlidingWindow: (cur: string, prev: string, max: number, windowMs: number) => ScriptPipeline
+  exec: () => Promise<Array<[Error | null, unknown]> | null>
+}
+
 /** The commands defineCommand adds to the client (ioredis types them only at run time). */
 interface ScriptCommands {
   gatehouseRlSlidingLog: (log: string, seq: string, max: number, windowMs: number) => Promise<ScriptReply>
@@ -59,9 +66,9 @@ export class RedisLimitStore implements LimitStore {
   readonly #owned: boolean
   readonly #prefix: string
   readonly #timeoutMs: number
-  // Decisions asked for in one event-loop turn are sent together, after it: with ioredis's
-  // auto-pipelining they leave in one socket write and their answers come back in one read. One
-  // deadline covers the batch (a timer and a race per request cost more than the rest of hit()).
+  // Decisions asked for in one event-loop turn are sent together, after it: they leave in one
+  // socket write and their answers come back in one read. One deadline covers the batch (a timer
+  // and a race per request cost more than the rest of hit()).
   #batch: PendingHit[] = []
   readonly #send = (): void => {
     const batch = this.#batch
@@ -90,13 +97,33 @@ export class RedisLimitStore implements LimitStore {
       const [allowed, remaining, retryAfterMs, resetMs] = reply
       hit.resolve({ allowed: allowed === 1, limit: hit.max, remaining, retryAfterMs, resetMs })
     }
+    const client = this.#client
+    if (client instanceof Cluster) {
+      // A Cluster pipeline must stay within one slot: each command goes alone, and the client's
+      // auto-pipelining groups them by node.
+      for (const hit of batch) {
+        const base = hit.base
+        const reply = hit.algorithm === 'sliding-log'
+          ? client.gatehouseRlSlidingLog(`${base}:log`, `${base}:seq`, hit.max, hit.windowMs)
+          : client.gatehouseRlSlidingWindow(`${base}:cur`, `${base}:prev`, hit.max, hit.windowMs)
+        reply.then(r => { settle(hit, r) }, err => { settle(hit, undefined, err) })
+      }
+      return
+    }
+    // One node: the batch is one pipeline, one write and one promise (auto-pipelining would add
+    // a promise and a callback per command, and wait one more event-loop turn).
+    const pipeline = client.pipeline() as unknown as ScriptPipeline
     for (const hit of batch) {
       const base = hit.base
-      const reply = hit.algorithm === 'sliding-log'
-        ? this.#client.gatehouseRlSlidingLog(`${base}:log`, `${base}:seq`, hit.max, hit.windowMs)
-        : this.#client.gatehouseRlSlidingWindow(`${base}:cur`, `${base}:prev`, hit.max, hit.windowMs)
-      reply.then(r => { settle(hit, r) }, err => { settle(hit, undefined, err) })
+      if (hit.algorithm === 'sliding-log') pipeline.gatehouseRlSlidingLog(`${base}:log`, `${base}:seq`, hit.max, hit.windowMs)
+      else pipeline.gatehouseRlSlidingWindow(`${base}:cur`, `${base}:prev`, hit.max, hit.windowMs)
     }
+    pipeline.exec().then(results => {
+      for (let i = 0; i < batch.length; i++) {
+        const [err, reply] = results?.[i] ?? [new Error('no reply')]
+        settle(batch[i] as PendingHit, err === null ? reply as ScriptReply : undefined, err)
+      }
+    }, err => { for (const hit of batch) settle(hit, undefined, err) })
   }
 
   /**
