@@ -8,7 +8,8 @@
 //   fast-gateway 5.0.1 and @fastify/http-proxy 11; nginx (1 worker, keep-alive upstream) when
 //   `nginx` is on the PATH.
 // - Gatehouse (node dist/src/cli.js start, one route /bench): (a) defaults, LOG_LEVEL=info,
-//   access log to a file; (b) info, log to a pipe this runner drains; (c) warn; (d)–(g) are (c)
+//   access log to a file; (b) info, log to a pipe this runner drains; (c) warn, and (c2) a second
+//   process identical to (c), the run's noise floor; (d)–(g) are (c)
 //   plus one feature: a rate limit in memory, in Redis (a redis-server of the bench), JWT auth with
 //   a cached key, tracing with 10 % sampling to an OTLP sink in this runner.
 // - CPU rounds: a 2 s warm-up per process, then BENCH_ROUNDS interleaved rounds (each runs every
@@ -90,6 +91,8 @@ interface Spec {
   /** Gatehouse's stdout: a file, or a pipe this runner drains. */
   stdout?: 'file' | 'drain'
   feature?: Feature
+  /** A control: the same as this subject, to show the run's noise floor. */
+  identicalTo?: string
 }
 
 const SPECS: Spec[] = [
@@ -100,6 +103,9 @@ const SPECS: Spec[] = [
   { id: 'gatehouse', letter: 'a', label: 'Gatehouse (a) defaults: info, log to a file', kind: 'gatehouse', memory: true, quick: true, logLevel: 'info', stdout: 'file', feature: 'none' },
   { id: 'gatehouse-pipe', letter: 'b', label: 'Gatehouse (b) info, log to a pipe', kind: 'gatehouse', memory: true, quick: false, logLevel: 'info', stdout: 'drain', feature: 'none' },
   { id: 'gatehouse-warn', letter: 'c', label: 'Gatehouse (c) warn', kind: 'gatehouse', memory: true, quick: true, logLevel: 'warn', stdout: 'file', feature: 'none' },
+  // The same build and configuration as (c), a process of its own: how far two identical
+  // subjects of one run disagree is the smallest difference the run can show.
+  { id: 'gatehouse-warn-again', letter: 'c2', label: 'Gatehouse (c2) warn, identical to (c)', kind: 'gatehouse', memory: false, quick: false, logLevel: 'warn', stdout: 'file', feature: 'none', identicalTo: 'gatehouse-warn' },
   { id: 'gatehouse-limit-memory', letter: 'd', label: 'Gatehouse (d) (c) + rate limit, memory', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'limit-memory' },
   { id: 'gatehouse-limit-redis', letter: 'e', label: 'Gatehouse (e) (c) + rate limit, Redis', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'limit-redis' },
   { id: 'gatehouse-jwt', letter: 'f', label: 'Gatehouse (f) (c) + JWT, cached key', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'jwt' },
@@ -718,7 +724,7 @@ function report ({ machine, commit, peers, skipped, subjects }: ReportInput): vo
     bytesPerReq: ratio(x.bytesPerReq, bare.bytesPerReq)
   })
   // What a feature adds: (d)–(g) against (c), round by round.
-  const warn = subjects.find(s => s.spec.kind === 'gatehouse' && s.spec.logLevel === 'warn' && s.spec.feature === 'none')
+  const warn = subjects.find(s => s.spec.id === 'gatehouse-warn')
   const invalid = subjects.flatMap(s => [
     ...[...s.cpuSamples, ...s.memorySamples].filter(x => x.invalid).map(x => `${s.spec.id}: ${'cpuUsPerReq' in x ? 'CPU' : 'memory'} round ${x.round}: ${x.non2xx} non-2xx, ${x.socketErrors} socket errors (left out of the medians)`),
     ...s.problems.map(p => `${s.spec.id}: ${p}`)
@@ -740,7 +746,7 @@ function report ({ machine, commit, peers, skipped, subjects }: ReportInput): vo
         label: s.label,
         summary: summaries[i],
         vsBare: ratios(summaries[i] as Summary, s),
-        addsToWarn: warn === undefined || s.spec.feature === undefined || s.spec.feature === 'none' ? undefined : pairedCpu(s, warn, (a, b) => a - b),
+        addsToWarn: warn === undefined || s === warn || s.spec.kind !== 'gatehouse' || (s.spec.feature === 'none' && s.spec.identicalTo === undefined) ? undefined : pairedCpu(s, warn, (a, b) => a - b),
         cpuRounds: s.cpuSamples,
         memoryRounds: s.memorySamples,
         warmups: s.warmups.map(w => ({ rps: w.rps, requests: w.requests, failures: w.failures })),
@@ -767,10 +773,10 @@ function report ({ machine, commit, peers, skipped, subjects }: ReportInput): vo
       lines.push(`| ${s.label}${flag} | ${dash(m.cpuUsPerReq, 1)} | ${x(q.cpuUsPerReq)} | ${dash(m.rps, 0)} | ${x(q.rps)} | ${dash(m.p99Ms, 2)} | ${x(q.p99Ms)} | ${dash(m.bytesPerReq, 0)} | ${x(q.bytesPerReq)} | ${dash(m.heapAfterScavengeMB, 1)} | ${dash(m.gcPercent, 1)} |`)
     })
     if (warn !== undefined) {
-      const added = subjects.filter(s => s.spec.kind === 'gatehouse' && s.spec.feature !== 'none')
+      const added = subjects.filter(s => s.spec.kind === 'gatehouse' && (s.spec.feature !== 'none' || s.spec.identicalTo === warn.spec.id))
       if (added.length > 0) {
         lines.push('')
-        lines.push(`What each feature adds to ${warn.label.replace(/^Gatehouse /, '')}, CPU µs/req, round by round (median, and the middle half of the rounds):`)
+        lines.push(`What each feature adds to ${warn.label.replace(/^Gatehouse /, '')}, CPU µs/req, round by round (median, and the middle half of the rounds); (c2), identical to (c), shows what no change at all reads as in this run:`)
         lines.push('')
         lines.push('| variant | adds µs/req | middle half | adds % |')
         lines.push('|---|---|---|---|')
