@@ -128,7 +128,9 @@ export class MemoryLimitStore implements LimitStore {
       // Keep ascending order even if the clock stepped back.
       let at = times.length
       while (at > log.head && (times[at - 1] as number) > now) at--
-      times.splice(at, 0, now)
+      // splice() would allocate its (empty) result on every admitted request.
+      if (at === times.length) times.push(now)
+      else times.splice(at, 0, now)
       log.expiresAt = Math.max(log.expiresAt, now + window)
       count++
       allowed = true
