@@ -1,7 +1,7 @@
 import { strict as assert } from 'node:assert'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises'
+import { appendFile, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import http from 'node:http'
 import { test, type TestContext } from 'node:test'
@@ -139,6 +139,22 @@ test('a Kubernetes ConfigMap update (files are symlinks through ..data, swapped 
   // The steps above are separate changes: a reload may run between them (then another follows).
   await until('the swapped-in version serves /b', async () => await status(gw, '/b') === 200, 5000, 50)
   assert.equal(await status(gw, '/a'), 404)
+})
+
+test('files in the routes folder that are not route files (a log written there, an editor\'s swap file) do not reload the table', async t => {
+  const origin = await upstream(t)
+  const gw = await gateway(t, { 'a.yaml': routeFile([origin.url], ['/a']) }, { RELOAD_DEBOUNCE: '50ms' })
+  const dir = gw.routesDir
+  for (let i = 0; i < 10; i++) {
+    await appendFile(join(dir, 'gateway.log'), `line ${i}\n`)
+    await writeFile(join(dir, '.a.yaml.swp'), `swap ${i}`)
+    await sleep(60)
+  }
+  await sleep(300)
+  assert.equal(await metric(gw, 'config_reloads_total', { result: 'success' }) ?? 0, 0, 'no reload for files that hold no routes')
+  // The watcher still reacts to a route file.
+  await writeRoutes(dir, { 'b.yaml': routeFile([origin.url], ['/b']) })
+  await until('the new file serves /b', async () => await status(gw, '/b') === 200, 5000, 50)
 })
 
 test('a broken file on reload keeps its last good version serving; the failure is logged and counted', async t => {

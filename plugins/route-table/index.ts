@@ -1,9 +1,11 @@
 // Owns the live route table: strict load at start, then reloads (SIGUSR1, file changes) that
 // apply each valid file, keep the last good version of a broken one, and swap the table whole.
 import { watch, type FSWatcher } from 'node:fs'
+import { extname } from 'node:path'
 import type { FastifyInstance, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import { loadRouteDirStrict, readRouteDir, resolveRouteFiles, type AcceptedFile } from '../../src/config/route-dir.js'
+import { ROUTE_FILE_EXTENSIONS } from '../../src/config/route-file/index.js'
 import type { TargetTransitionListener } from '../../src/upstream/target.js'
 import { routeResolver, type RouteMatch } from './resolve.js'
 import { buildRouteTable, type RouteTable } from './route-table.js'
@@ -112,7 +114,8 @@ async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions):
   let watcher: FSWatcher | undefined
   let debounce: NodeJS.Timeout | undefined
   if (opts.watch) {
-    watcher = watch(opts.routesDir, { persistent: false }, () => {
+    watcher = watch(opts.routesDir, { persistent: false }, (_event, name) => {
+      if (!mayChangeRoutes(name)) return
       clearTimeout(debounce)
       debounce = setTimeout(() => { reload('file change').catch(() => {}) }, opts.debounceMs)
       debounce.unref()
@@ -141,3 +144,15 @@ function configsOf (accepted: Map<string, AcceptedFile>) {
 }
 
 export default fp(routeTablePlugin, { name: 'gatehouse-route-table', fastify: '5.x' })
+
+/**
+ * Whether a change to `name` in the routes folder can change the routes: a route file, or the
+ * kubelet's `..data` swap of a ConfigMap (route files are symlinks through it). Anything else, a
+ * log file written there or an editor's swap file, is not a reason to reload: a log file in the
+ * folder would otherwise reload the table on every line it receives, for ever.
+ */
+function mayChangeRoutes (name: string | null): boolean {
+  if (name === null) return true // the platform did not say which file
+  if (name.startsWith('..')) return true
+  return !name.startsWith('.') && ROUTE_FILE_EXTENSIONS.includes(extname(name))
+}
