@@ -18,8 +18,8 @@ import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { cp, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { join } from 'node:path'
+import { repoRoot } from './repo-root.js'
 
 type Rule = 'selection' | 'breaker probes' | 'retry eligibility' | 'limiter admission' | 'path normalisation' | 'auth' | 'forwarding headers' | 'request framing'
 
@@ -242,17 +242,6 @@ const MUTATIONS: Mutation[] = [
 
 /** What the tests read besides dist/ (paths from the repository root; missing ones are skipped). */
 const COPIED = ['dist', 'package.json', 'routes.d', 'fuzz', 'schema', 'deploy', 'plugins/rate-limit/store', 'README.md', '.env.example', 'Dockerfile', '.dockerignore', 'docker-compose.yml']
-
-/** The repository root: the nearest folder above this module holding package.json (from dist/ and under tsx). */
-function repoRoot (): string {
-  let dir = dirname(fileURLToPath(import.meta.url))
-  while (!existsSync(join(dir, 'package.json'))) {
-    const parent = dirname(dir)
-    if (parent === dir) throw new Error('mutations: no package.json above ' + import.meta.url)
-    dir = parent
-  }
-  return dir
-}
 
 // ---- running children ------------------------------------------------------------------------
 
@@ -489,7 +478,7 @@ async function main (): Promise<number> {
     return 0
   }
   const began = performance.now()
-  const root = repoRoot()
+  const root = repoRoot(import.meta.url)
 
   if (opts.build) {
     console.log('mutations: npm run build')

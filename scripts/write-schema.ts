@@ -2,27 +2,17 @@
 // `# yaml-language-server: $schema=../schema/route-file.schema.json` at the top of a route file.
 // Generated from RouteFileSchema so the editor and the gateway cannot drift; `npm run schema`
 // rewrites the file and test/schema.test.ts fails when the committed copy is stale.
-import { existsSync, realpathSync } from 'node:fs'
+import { realpathSync } from 'node:fs'
 import { mkdir, writeFile } from 'node:fs/promises'
 import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { RouteFileSchema } from '../src/config/route-file/index.js'
+import { repoRoot } from './repo-root.js'
 
 type JsonObject = { [key: string]: unknown }
 
-/** The repository root: the nearest folder above this module holding package.json (works from dist/ and under tsx). */
-function repoRoot (): string {
-  let dir = dirname(fileURLToPath(import.meta.url))
-  while (!existsSync(join(dir, 'package.json'))) {
-    const parent = dirname(dir)
-    if (parent === dir) throw new Error('write-schema: no package.json above ' + import.meta.url)
-    dir = parent
-  }
-  return dir
-}
-
 /** Where the published schema lives. */
-export const SCHEMA_FILE = join(repoRoot(), 'schema', 'route-file.schema.json')
+export const SCHEMA_FILE = join(repoRoot(import.meta.url), 'schema', 'route-file.schema.json')
 
 /**
  * The gateway fills defaults before it checks a file (parseRouteFile: Default, then Check), so a
