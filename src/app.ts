@@ -55,6 +55,10 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     requestTimeout: env.requestTimeoutMs,
     keepAliveTimeout: env.keepAliveTimeoutMs,
     bodyLimit: env.bodyLimit,
+    // A request that arrives while the listener closes (a connection accepted just before, or a
+    // keep-alive one) is proxied as usual with `Connection: close`, not refused with a 503: the
+    // connections are drained before any plugin closes its pools.
+    return503OnClosing: false,
     clientErrorHandler: clientError,
     // The router refuses malformed percent-encoding before the proxy sees the path.
     // Fastify answers these without running onRequest hooks, so the request guard never saw the

@@ -4,9 +4,10 @@ import { once } from 'node:events'
 import { appendFile, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import http from 'node:http'
+import net from 'node:net'
 import { test, type TestContext } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { childEnv, CLI, closedPort, gateway, metric, removeDir, removeRoute, routeDir, routeFile, send, startGateway, until, upstream, writeRoutes, type GatewayProcess, type Owner } from './helpers.js'
+import { childEnv, CLI, closedPort, gateway, metric, within, removeDir, removeRoute, routeDir, routeFile, send, startGateway, until, upstream, writeRoutes, type GatewayProcess, type Owner } from './helpers.js'
 
 const reloaded = (version: number) => (l: Record<string, unknown>) => l.msg === 'route table reloaded' && l.version === version
 
@@ -309,6 +310,34 @@ test('SIGTERM: /ready turns 503 for SHUTDOWN_DELAY while proxied traffic is stil
   const res = await inFlight
   assert.equal(res.status, 200)
   assert.equal(res.body, 'released')
+  assert.equal(await gw.exit, 0)
+})
+
+test('SIGTERM: a request that arrives on an open connection while the listener closes is proxied with Connection: close, not refused', async t => {
+  const held = await heldUpstream(t)
+  const echo = await upstream(t)
+  const gw = await gateway(t, { 'svc.yaml': routeFile([held.upstream.url], ['/svc']), 'echo.yaml': routeFile([echo.url], ['/echo']) }, { WATCH_ROUTES: 'false' })
+
+  // The connection is busy with a held request, so the drain does not close it as idle.
+  const socket = net.connect(gw.port, '127.0.0.1')
+  t.after(() => socket.destroy())
+  let text = ''
+  socket.on('data', chunk => { text += chunk.toString('latin1') })
+  const closed = once(socket, 'close')
+  socket.write('GET /svc HTTP/1.1\r\nHost: gw\r\n\r\n')
+  await until('the first request is held upstream', () => held.held() === 1)
+  gw.signal('SIGTERM')
+  await gw.waitForLog(l => l.msg === 'draining: not ready, finishing requests in flight')
+  await until('the listener is closed', async () => await fresh(gw, '/ready') === 'ECONNREFUSED')
+
+  socket.write('GET /echo/late HTTP/1.1\r\nHost: gw\r\n\r\n')
+  await sleep(100)
+  held.release()
+  await within(5000, 'the gateway closes the connection', closed)
+  assert.deepEqual(echo.requests.map(r => r.url), ['/echo/late'], 'the late request reached its upstream')
+  const heads = [...text.matchAll(/HTTP\/1\.1 (\d{3})[^]*?\r\n\r\n/g)].map(m => m[0])
+  assert.deepEqual(heads.map(h => h.slice(9, 12)), ['200', '200'], text)
+  assert.match(heads[1] ?? '', /\r\nconnection: close\r\n/i)
   assert.equal(await gw.exit, 0)
 })
 
