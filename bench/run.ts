@@ -63,6 +63,7 @@ const POOL = 128
 // The rate-limited routes: a budget never spent (a 429 would make the sample invalid).
 const LIMIT_MAX = 1_000_000
 const LIMIT_WINDOW = '1s'
+const LIMIT_WINDOW_MS = 1000
 const TRACE_SAMPLE_RATIO = '0.1'
 // A sample taken while processes other than the bench's kept this many cores busy is flagged.
 const NOISY_CORES = 0.1
@@ -76,7 +77,7 @@ const progress = (line: string): void => { process.stderr.write(line + '\n') }
 
 // ---- what can be measured ------------------------------------------------------------------
 
-type Feature = 'none' | 'limit-memory' | 'limit-redis' | 'jwt' | 'tracing'
+type Feature = 'none' | 'log' | 'limit-memory' | 'limit-redis' | 'jwt' | 'tracing'
 
 interface Spec {
   id: string
@@ -109,7 +110,15 @@ const SPECS: Spec[] = [
   { id: 'gatehouse-limit-memory', letter: 'd', label: 'Gatehouse (d) (c) + rate limit, memory', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'limit-memory' },
   { id: 'gatehouse-limit-redis', letter: 'e', label: 'Gatehouse (e) (c) + rate limit, Redis', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'limit-redis' },
   { id: 'gatehouse-jwt', letter: 'f', label: 'Gatehouse (f) (c) + JWT, cached key', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'jwt' },
-  { id: 'gatehouse-tracing', letter: 'g', label: 'Gatehouse (g) (c) + tracing, 10 % sampled', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'tracing' }
+  { id: 'gatehouse-tracing', letter: 'g', label: 'Gatehouse (g) (c) + tracing, 10 % sampled', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'tracing' },
+  // The package behind each feature, alone on the bare proxy and set up as its documentation
+  // does: the floor under what the same feature adds to Gatehouse.
+  { id: 'bare-log', label: 'bare + Fastify\'s request log (info, to a file)', kind: 'bare', memory: false, quick: false, feature: 'log' },
+  { id: 'bare-limit-memory', label: 'bare + @fastify/rate-limit, its memory store', kind: 'bare', memory: false, quick: false, feature: 'limit-memory' },
+  { id: 'bare-limit-redis', label: 'bare + @fastify/rate-limit, its Redis store', kind: 'bare', memory: false, quick: false, feature: 'limit-redis' },
+  { id: 'bare-tracing', label: 'bare + @fastify/otel, 10 % sampled', kind: 'bare', memory: false, quick: false, feature: 'tracing' },
+  // No package here: the bare proxy reads and forwards the same bearer token, unverified.
+  { id: 'bare-jwt', label: 'bare, sent (f)\'s bearer token (not verified)', kind: 'bare', memory: false, quick: false, feature: 'jwt' }
 ]
 
 function usage (): string {
@@ -190,6 +199,8 @@ interface Subject {
 const children = new Children()
 let issuer: BenchIssuer | undefined
 let sink: OtlpSink | undefined
+/** The bare proxy's traces go to a sink of their own: each sink's count checks one subject. */
+let bareSink: OtlpSink | undefined
 let tempRoot: string | undefined
 let npmInstall: (() => void) | undefined
 
@@ -261,6 +272,29 @@ http {
   return { child, port, cpuPid: workers[0] as number }
 }
 
+/** What bare-proxy.ts needs for its BARE_FEATURE: the same limit, Redis, sampling and log destination as Gatehouse's. */
+function bareFeatureEnv (spec: Spec, shared: Shared): Record<string, string> {
+  const feature = spec.feature ?? 'none'
+  if (feature === 'none' || feature === 'jwt') return {}
+  const env: Record<string, string> = { BARE_FEATURE: feature }
+  if (feature === 'log') env.LOG_FILE = join(shared.logsDir, `${spec.id}.log`)
+  if (feature === 'limit-memory' || feature === 'limit-redis') Object.assign(env, { LIMIT_MAX: String(LIMIT_MAX), LIMIT_WINDOW_MS: String(LIMIT_WINDOW_MS) })
+  if (feature === 'limit-redis') env.REDIS_URL = shared.redisUrl as string
+  if (feature === 'tracing') Object.assign(env, tracingEnv(bareSink as OtlpSink))
+  return env
+}
+
+/** The OTLP settings of a traced subject: 10 % of the traces to the sink of its kind. */
+function tracingEnv (to: OtlpSink): Record<string, string> {
+  return {
+    OTEL_EXPORTER_OTLP_ENDPOINT: to.endpoint,
+    OTEL_TRACES_SAMPLER: 'parentbased_traceidratio',
+    OTEL_TRACES_SAMPLER_ARG: TRACE_SAMPLE_RATIO,
+    // The SDK says when it drops spans or an export fails, nothing else.
+    OTEL_LOG_LEVEL: 'warn'
+  }
+}
+
 async function startGatehouse (spec: Spec, shared: Shared, role: 'cpu' | 'memory'): Promise<Instance> {
   const feature = spec.feature ?? 'none'
   const port = await freePort()
@@ -271,13 +305,7 @@ async function startGatehouse (spec: Spec, shared: Shared, role: 'cpu' | 'memory
     LOG_LEVEL: spec.logLevel ?? 'info'
   }
   if (feature === 'limit-redis') env.REDIS_URL = shared.redisUrl as string
-  if (feature === 'tracing') {
-    env.OTEL_EXPORTER_OTLP_ENDPOINT = (sink as OtlpSink).endpoint
-    env.OTEL_TRACES_SAMPLER = 'parentbased_traceidratio'
-    env.OTEL_TRACES_SAMPLER_ARG = TRACE_SAMPLE_RATIO
-    // The SDK says when it drops spans or an export fails, nothing else.
-    env.OTEL_LOG_LEVEL = 'warn'
-  }
+  if (feature === 'tracing') Object.assign(env, tracingEnv(sink as OtlpSink))
   let logFile: string | undefined
   let fd: number | undefined
   if (spec.stdout !== 'drain') {
@@ -310,7 +338,7 @@ async function startGatehouse (spec: Spec, shared: Shared, role: 'cpu' | 'memory
 async function startInstance (spec: Spec, shared: Shared, role: 'cpu' | 'memory'): Promise<Instance> {
   const base = { HOST: '127.0.0.1', PORT: '0', UPSTREAM: shared.upstreamUrl, CONNECTIONS: String(POOL) }
   switch (spec.kind) {
-    case 'bare': return await startNode(`bare (${role})`, join(DIST, 'bench', 'bare-proxy.js'), base, role === 'memory')
+    case 'bare': return await startNode(`${spec.id} (${role})`, join(DIST, 'bench', 'bare-proxy.js'), { ...base, ...bareFeatureEnv(spec, shared) }, role === 'memory')
     case 'fast-gateway': return await startNode('fast-gateway', join(DIST, 'bench', 'peer-fast-gateway.js'), { ...base, PEERS_DIR }, false)
     case 'http-proxy': return await startNode('http-proxy', join(DIST, 'bench', 'peer-http-proxy.js'), { ...base, PEERS_DIR }, false)
     case 'nginx': return await startNginx(shared)
@@ -513,7 +541,8 @@ async function main (): Promise<void> {
 
   const features = new Set(specs.map(s => s.feature).filter((f): f is Feature => f !== undefined))
   if (features.has('jwt')) issuer = await startIssuer(1)
-  if (features.has('tracing')) sink = await startSink()
+  if (specs.some(s => s.kind === 'gatehouse' && s.feature === 'tracing')) sink = await startSink()
+  if (specs.some(s => s.kind === 'bare' && s.feature === 'tracing')) bareSink = await startSink()
   let redisChild: Child | undefined
   let redisUrl: string | undefined
   if (features.has('limit-redis')) {
@@ -601,9 +630,30 @@ async function main (): Promise<void> {
   report({ machine, commit, peers, skipped, subjects })
 }
 
+/** A bare proxy's feature at work: the limiter's headers on an answer, spans at the sink. */
+async function checkBareFeature (s: Subject): Promise<void> {
+  const feature = s.spec.feature ?? 'none'
+  if (feature === 'limit-memory' || feature === 'limit-redis') {
+    const res = await fetch(`http://127.0.0.1:${s.cpu.port}${PATH}`, { signal: AbortSignal.timeout(5000) })
+    await res.arrayBuffer()
+    const limit = res.headers.get('x-ratelimit-limit')
+    if (res.status !== 200 || limit !== String(LIMIT_MAX)) s.problems.push(`answered ${res.status} with x-ratelimit-limit ${String(limit)}, not 200 with ${LIMIT_MAX}`)
+  }
+  if (feature === 'tracing' && bareSink !== undefined) {
+    const c = bareSink.counts()
+    s.notes.push(`sink received ${fmt(c.spans, 0)} spans in ${c.exports} exports`)
+    if (c.spans === 0) s.problems.push('no span reached the OTLP sink')
+  }
+  if (feature === 'log') {
+    const size = (await stat(join(tempRoot as string, 'logs', `${s.spec.id}.log`))).size
+    if (size === 0) s.problems.push('its log file is empty')
+  }
+}
+
 /** What each feature must show besides 2xx answers, and what Gatehouse logged at warn or above. */
 async function checks (subjects: Subject[]): Promise<void> {
   for (const s of subjects) {
+    if (s.spec.kind === 'bare') await checkBareFeature(s)
     if (s.spec.kind !== 'gatehouse') continue
     const sent = [...s.warmups, ...s.cpuSamples, ...s.memorySamples].reduce((n, x) => n + x.requests, 0)
     if (s.spec.feature === 'limit-memory' || s.spec.feature === 'limit-redis') {
@@ -705,6 +755,28 @@ function pairedCpu (s: Subject, other: Subject, f: (a: number, b: number) => num
   return quartiles(values)
 }
 
+const FLOOR_LABELS: Partial<Record<Feature, string>> = {
+  log: 'access log (info, to a file): Gatehouse (a) against (c)',
+  'limit-memory': 'rate limit, memory: (d) against (c)',
+  'limit-redis': 'rate limit, Redis: (e) against (c)',
+  tracing: 'tracing, 10 % sampled: (g) against (c)',
+  jwt: 'JWT, cached key: (f) against (c); bare: only the token\'s bytes'
+}
+
+/** Each bare + package subject against bare, and the Gatehouse subject of the same feature against (c). */
+function floorRows (subjects: Subject[], bare: Subject, warn: Subject | undefined) {
+  return subjects.filter(s => s.spec.kind === 'bare' && s !== bare).map(s => {
+    const feature = s.spec.feature ?? 'none'
+    const ours = subjects.find(g => g.spec.kind === 'gatehouse' && (feature === 'log' ? g.spec.id === 'gatehouse' : g.spec.feature === feature))
+    return {
+      feature,
+      label: FLOOR_LABELS[feature] ?? feature,
+      alone: pairedCpu(s, bare, (a, b) => a - b),
+      gatehouse: ours === undefined || warn === undefined ? null : pairedCpu(ours, warn, (a, b) => a - b)
+    }
+  })
+}
+
 interface ReportInput {
   machine: object
   commit: string
@@ -715,7 +787,7 @@ interface ReportInput {
 
 function report ({ machine, commit, peers, skipped, subjects }: ReportInput): void {
   const summaries = subjects.map(summarize)
-  const bareSubject = subjects.find(s => s.spec.kind === 'bare') as Subject
+  const bareSubject = subjects.find(s => s.spec.id === 'bare') as Subject
   const bare = summaries[subjects.indexOf(bareSubject)] as Summary
   const ratios = (x: Summary, s: Subject) => ({
     cpuUsPerReq: s === bareSubject ? 1 : pairedCpu(s, bareSubject, (a, b) => a / b)?.median ?? null,
@@ -753,6 +825,7 @@ function report ({ machine, commit, peers, skipped, subjects }: ReportInput): vo
         notes: s.notes,
         problems: s.problems
       })),
+      floors: floorRows(subjects, bareSubject, warn),
       noise,
       invalid,
       valid: invalid.length === 0
@@ -786,6 +859,16 @@ function report ({ machine, commit, peers, skipped, subjects }: ReportInput): vo
           lines.push(`| ${s.label} | ${d === null ? '–' : fmt(d.median, 1)} | ${d === null ? '–' : `${fmt(d.q1, 1)} to ${fmt(d.q3, 1)}`} | ${r === null ? '–' : fmt(r.median, 0)} |`)
         }
       }
+    }
+    const floors = floorRows(subjects, bareSubject, warn)
+    if (floors.length > 0) {
+      lines.push('')
+      lines.push('What the package behind each feature costs alone on the bare proxy, next to what the feature adds to Gatehouse, CPU µs/req, round by round (median, middle half):')
+      lines.push('')
+      lines.push('| feature | the package alone: adds to bare | middle half | Gatehouse: adds | middle half |')
+      lines.push('|---|---|---|---|---|')
+      const cell = (d: ReturnType<typeof quartiles>) => d === null ? '– | –' : `${fmt(d.median, 1)} | ${fmt(d.q1, 1)} to ${fmt(d.q3, 1)}`
+      for (const f of floors) lines.push(`| ${f.label} | ${cell(f.alone)} | ${cell(f.gatehouse)} |`)
     }
     lines.push('')
     lines.push(`Method: wrk -t1 -c${CONNECTIONS}, ${plural(ROUNDS, 'round')} of ${DURATION_S} s after a ${WARMUP_S} s warm-up per process, interleaved (each round runs every proxy once, the order rotated by one each round); medians; × bare = ratio to the bare Fastify + reply-from proxy of this run (CPU: the median of the per-round ratios, each of two samples taken seconds apart).`)
@@ -821,6 +904,7 @@ async function cleanup (): Promise<void> {
     await children.stopAll()
     await issuer?.close()
     await sink?.close()
+    await bareSink?.close()
     if (tempRoot !== undefined) await rm(tempRoot, { recursive: true, force: true })
   })()
   return await cleaning
