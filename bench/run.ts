@@ -12,6 +12,8 @@
 //   process identical to (c), the run's noise floor; (d)–(g) are (c)
 //   plus one feature: a rate limit in memory, in Redis (a redis-server of the bench), JWT auth with
 //   a cached key, tracing with 10 % sampling to an OTLP sink in this runner.
+// - Floors (bare-*): the bare proxy with the package behind a feature alone, set up as its own
+//   documentation does (bench/bare-proxy.ts), or sent (f)'s token: what the feature costs anyway.
 // - CPU rounds: a 2 s warm-up per process, then BENCH_ROUNDS interleaved rounds (each runs every
 //   proxy once, in an order rotated by one each round), medians. CPU per request = utime+stime of
 //   the proxy process (/proc/<pid>/stat) over the requests wrk counted.
@@ -755,24 +757,18 @@ function pairedCpu (s: Subject, other: Subject, f: (a: number, b: number) => num
   return quartiles(values)
 }
 
-const FLOOR_LABELS: Partial<Record<Feature, string>> = {
-  log: 'access log (info, to a file): Gatehouse (a) against (c)',
-  'limit-memory': 'rate limit, memory: (d) against (c)',
-  'limit-redis': 'rate limit, Redis: (e) against (c)',
-  tracing: 'tracing, 10 % sampled: (g) against (c)',
-  jwt: 'JWT, cached key: (f) against (c); bare: only the token\'s bytes'
-}
+const ACCESS_LOG_ROW = 'Gatehouse (a) against (c): the access log; bare: Fastify\'s request log'
 
-/** Each bare + package subject against bare, and the Gatehouse subject of the same feature against (c). */
+/** Each bare + package subject against bare, and the Gatehouse subject of the same feature with what it adds to (c). */
 function floorRows (subjects: Subject[], bare: Subject, warn: Subject | undefined) {
   return subjects.filter(s => s.spec.kind === 'bare' && s !== bare).map(s => {
     const feature = s.spec.feature ?? 'none'
-    const ours = subjects.find(g => g.spec.kind === 'gatehouse' && (feature === 'log' ? g.spec.id === 'gatehouse' : g.spec.feature === feature))
+    const gatehouse = subjects.find(g => g.spec.kind === 'gatehouse' && (feature === 'log' ? g.spec.id === 'gatehouse' : g.spec.feature === feature))
     return {
       feature,
-      label: FLOOR_LABELS[feature] ?? feature,
       alone: pairedCpu(s, bare, (a, b) => a - b),
-      gatehouse: ours === undefined || warn === undefined ? null : pairedCpu(ours, warn, (a, b) => a - b)
+      gatehouse,
+      adds: gatehouse === undefined || warn === undefined ? null : pairedCpu(gatehouse, warn, (a, b) => a - b)
     }
   })
 }
@@ -825,7 +821,7 @@ function report ({ machine, commit, peers, skipped, subjects }: ReportInput): vo
         notes: s.notes,
         problems: s.problems
       })),
-      floors: floorRows(subjects, bareSubject, warn),
+      floors: floorRows(subjects, bareSubject, warn).map(f => ({ feature: f.feature, alone: f.alone, gatehouse: f.gatehouse?.spec.id, adds: f.adds })),
       noise,
       invalid,
       valid: invalid.length === 0
@@ -847,28 +843,22 @@ function report ({ machine, commit, peers, skipped, subjects }: ReportInput): vo
     })
     if (warn !== undefined) {
       const added = subjects.filter(s => s.spec.kind === 'gatehouse' && (s.spec.feature !== 'none' || s.spec.identicalTo === warn.spec.id))
+      const floors = floorRows(subjects, bareSubject, warn)
       if (added.length > 0) {
         lines.push('')
-        lines.push(`What each feature adds to ${warn.label.replace(/^Gatehouse /, '')}, CPU µs/req, round by round (median, and the middle half of the rounds); (c2), identical to (c), shows what no change at all reads as in this run:`)
+        lines.push(`What each feature adds, CPU µs/req, round by round (median, middle half of the rounds): to ${warn.label.replace(/^Gatehouse /, '')}, and, for the package behind it alone, to the bare proxy; (c2), identical to (c), shows what no change at all reads as in this run:`)
         lines.push('')
-        lines.push('| variant | adds µs/req | middle half | adds % |')
-        lines.push('|---|---|---|---|')
+        lines.push('| variant | adds µs/req | middle half | adds % | the package alone: adds to bare | middle half |')
+        lines.push('|---|---|---|---|---|---|')
+        const cell = (d: ReturnType<typeof quartiles> | undefined) => d === undefined ? ' | ' : d === null ? '– | –' : `${fmt(d.median, 1)} | ${fmt(d.q1, 1)} to ${fmt(d.q3, 1)}`
         for (const s of added) {
-          const d = pairedCpu(s, warn, (a, b) => a - b)
           const r = pairedCpu(s, warn, (a, b) => (a / b - 1) * 100)
-          lines.push(`| ${s.label} | ${d === null ? '–' : fmt(d.median, 1)} | ${d === null ? '–' : `${fmt(d.q1, 1)} to ${fmt(d.q3, 1)}`} | ${r === null ? '–' : fmt(r.median, 0)} |`)
+          const floor = floors.find(f => f.gatehouse === s)
+          lines.push(`| ${s.label} | ${cell(pairedCpu(s, warn, (a, b) => a - b))} | ${r === null ? '–' : fmt(r.median, 0)} | ${cell(floor?.alone)} |`)
         }
+        const access = floors.find(f => f.feature === 'log')
+        if (access !== undefined) lines.push(`| ${ACCESS_LOG_ROW} | ${cell(access.adds)} | | ${cell(access.alone)} |`)
       }
-    }
-    const floors = floorRows(subjects, bareSubject, warn)
-    if (floors.length > 0) {
-      lines.push('')
-      lines.push('What the package behind each feature costs alone on the bare proxy, next to what the feature adds to Gatehouse, CPU µs/req, round by round (median, middle half):')
-      lines.push('')
-      lines.push('| feature | the package alone: adds to bare | middle half | Gatehouse: adds | middle half |')
-      lines.push('|---|---|---|---|---|')
-      const cell = (d: ReturnType<typeof quartiles>) => d === null ? '– | –' : `${fmt(d.median, 1)} | ${fmt(d.q1, 1)} to ${fmt(d.q3, 1)}`
-      for (const f of floors) lines.push(`| ${f.label} | ${cell(f.alone)} | ${cell(f.gatehouse)} |`)
     }
     lines.push('')
     lines.push(`Method: wrk -t1 -c${CONNECTIONS}, ${plural(ROUNDS, 'round')} of ${DURATION_S} s after a ${WARMUP_S} s warm-up per process, interleaved (each round runs every proxy once, the order rotated by one each round); medians; × bare = ratio to the bare Fastify + reply-from proxy of this run (CPU: the median of the per-round ratios, each of two samples taken seconds apart).`)
