@@ -3,7 +3,7 @@
 import { randomUUID } from 'node:crypto'
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
+import Fastify, { type ConnectionError, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import authPlugin from '../plugins/auth/index.js'
 import healthPlugin from '../plugins/health/index.js'
 import observabilityPlugin from '../plugins/observability/index.js'
@@ -13,7 +13,7 @@ import requestGuardPlugin from '../plugins/request-guard/index.js'
 import routeTablePlugin from '../plugins/route-table/index.js'
 import tracingPlugin from '../plugins/tracing/index.js'
 import type { GatewayEnv } from './config/env.js'
-import { BadPathError, BadRequestError, HeadersTooLargeError, RequestTimeoutError } from './errors.js'
+import { BadPathError, BadRequestError, HeadersTooLargeError, RequestTimeoutError, UriTooLongError } from './errors.js'
 import { createLogger, GatewayLogController, requestLoggerFactory, type GatewayLogger } from './logger.js'
 import type { Tracing } from './tracing.js'
 
@@ -59,7 +59,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     // keep-alive one) is proxied as usual with `Connection: close`, not refused with a 503: the
     // connections are drained before any plugin closes its pools.
     return503OnClosing: false,
-    clientErrorHandler: clientError,
+    clientErrorHandler: clientError(env.maxUrlLength),
     // The router refuses malformed percent-encoding before the proxy sees the path.
     // Fastify answers these without running onRequest hooks, so the request guard never saw the
     // request: close the connection rather than trust its framing for the next one.
@@ -104,7 +104,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     maxRssBytes: env.maxRssBytes
   })
 
-  await registerPipeline(app, { trustProxy: env.trustProxy })
+  await registerPipeline(app, { trustProxy: env.trustProxy, allowUnderscoreHeaders: env.allowUnderscoreHeaders })
   return app
 }
 
@@ -137,8 +137,26 @@ function hopsTrusted (hops: number) {
   return (_address: string, hop: number) => hop < hops
 }
 
+/**
+ * Whether the request line is what overflowed Node's head limit (then 414, not 431). Node hands
+ * over only the packet it was parsing: one that starts the request line shows its target; one that
+ * continues it shows its end (` HTTP/1.x` before the first line break). A packet in the middle of
+ * a long line tells nothing, and gets 431.
+ */
+function requestLineTooLong (packet: Buffer | undefined, maxUrlLength: number): boolean {
+  if (packet === undefined) return false
+  const eol = packet.indexOf('\r\n')
+  const line = packet.toString('latin1', 0, eol === -1 ? packet.length : eol)
+  const method = /^[A-Z]+ /.exec(line)
+  if (method !== null) {
+    const end = eol === -1 ? line.length : line.lastIndexOf(' ')
+    return end - method[0].length > maxUrlLength
+  }
+  return eol !== -1 && / HTTP\/1\.[01]$/.test(line)
+}
+
 /** Requests Node's parser refuses never reach Fastify: answer them in the same JSON shape. */
-function clientError (this: FastifyInstance, err: Error & { code?: string }, socket: Socket): void {
+const clientError = (maxUrlLength: number) => function clientError (this: FastifyInstance, err: ConnectionError, socket: Socket): void {
   if (err.code === 'ECONNRESET' || socket.destroyed) return
   this.log.debug({ err }, 'client error')
   // No answer while an earlier, complete request on this connection is still being served: the
@@ -149,7 +167,8 @@ function clientError (this: FastifyInstance, err: Error & { code?: string }, soc
   const busy = current != null && (current.headersSent || current.req?.complete !== false || BODILESS.has(current.req.method ?? ''))
   if (socket.writable && !busy) {
     const error = err.code === 'HPE_HEADER_OVERFLOW'
-      ? new HeadersTooLargeError()
+      // Node's rawPacket is the Buffer it was parsing (Fastify's type describes its JSON form).
+      ? requestLineTooLong(err.rawPacket as unknown as Buffer | undefined, maxUrlLength) ? new UriTooLongError(maxUrlLength) : new HeadersTooLargeError()
       : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? new RequestTimeoutError() : new BadRequestError()
     const reason = STATUS_CODES[error.statusCode] as string
     const body = JSON.stringify({ statusCode: error.statusCode, code: error.code, error: reason, message: error.message })

@@ -37,7 +37,13 @@ test('framing the upstream could read differently: 400 and close, and nothing (n
     ['space before the colon', 'GET /api HTTP/1.1\r\nHost: x\r\nX-A : b\r\n\r\n'],
     ['obsolete line folding', 'GET /api HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n'],
     ['two Host headers', 'GET /api HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n'],
-    ['no Host in HTTP/1.1', 'GET /api HTTP/1.1\r\n\r\n']
+    ['no Host in HTTP/1.1', 'GET /api HTTP/1.1\r\n\r\n'],
+    ['a Host with a space', 'GET /api HTTP/1.1\r\nHost: a b\r\n\r\n'],
+    ['a Host with userinfo', 'GET /api HTTP/1.1\r\nHost: a@evil.example\r\n\r\n'],
+    ['a Host with a path', 'GET /api HTTP/1.1\r\nHost: a.example/x\r\n\r\n'],
+    ['a Host with a port that is not a number', 'GET /api HTTP/1.1\r\nHost: a.example:80x\r\n\r\n'],
+    ['an empty Host', 'GET /api HTTP/1.1\r\nHost: \r\n\r\n'],
+    ['an unclosed IP literal', 'GET /api HTTP/1.1\r\nHost: [::1\r\n\r\n']
   ]
   for (const [what, raw] of cases) {
     const r = await exchange(port, raw + SMUGGLED)
@@ -54,6 +60,32 @@ test('framing the upstream could read differently: 400 and close, and nothing (n
   assert.equal(upstream.requests.at(-1)?.body, 'abc')
 })
 
+test('Host values that are host[:port] pass and reach the upstream as X-Forwarded-Host', async t => {
+  const { port, upstream } = await edge(t)
+  for (const host of ['api.example.com', 'api.example.com:8443', '127.0.0.1:80', '[::1]:8080', '[fe80::1%25eth0]', 'my_host.local', 'a.example:']) {
+    const r = await exchange(port, `GET /api HTTP/1.1\r\nHost: ${host}\r\nConnection: close\r\n\r\n`)
+    assert.deepEqual(r.statuses, [200], `${host}: ${r.text}`)
+    assert.equal(upstream.requests.at(-1)?.headers['x-forwarded-host'], host)
+  }
+})
+
+test('header names with an underscore are dropped before the upstream, unless ALLOW_UNDERSCORE_HEADERS=true', async t => {
+  const raw = 'POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer_Encoding: chunked\r\nX_User_Id: admin\r\nX-User-Id: u1\r\nConnection: close\r\n\r\nabc'
+  const dropping = await edge(t)
+  const r = await exchange(dropping.port, raw)
+  assert.deepEqual(r.statuses, [200], r.text)
+  const seen = dropping.upstream.requests.at(-1)
+  assert.equal(seen?.headers.transfer_encoding, undefined)
+  assert.equal(seen?.headers.x_user_id, undefined)
+  assert.equal(seen?.headers['x-user-id'], 'u1')
+  assert.equal(seen?.body, 'abc')
+
+  const allowing = await edge(t, { ALLOW_UNDERSCORE_HEADERS: 'true' })
+  assert.deepEqual((await exchange(allowing.port, raw)).statuses, [200])
+  assert.equal(allowing.upstream.requests.at(-1)?.headers.x_user_id, 'admin')
+  assert.equal(allowing.upstream.requests.at(-1)?.headers.transfer_encoding, 'chunked')
+})
+
 test('limits: over 100 headers 431, header bytes over MAX_HEADER_SIZE 431, a target over MAX_URL_LENGTH 414, a body over bodyLimit 413 also while streaming', async t => {
   const { port, upstream } = await edge(t)
   const headers = (n: number): string => Array.from({ length: n }, (_, i) => `X-H${i}: v\r\n`).join('')
@@ -67,11 +99,18 @@ test('limits: over 100 headers 431, header bytes over MAX_HEADER_SIZE 431, a tar
 
   const big = await exchange(port, `GET /api HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(17_000)}\r\n\r\n`)
   assert.deepEqual(big.statuses, [431])
-  for (const length of [9000, 20_000]) {
+  for (const length of [9000, 20_000, 30_000, 60_000]) {
     const long = await exchange(port, `GET /api/${'a'.repeat(length)} HTTP/1.1\r\nHost: x\r\n\r\n`)
     assert.deepEqual(long.statuses, [414], `a ${length}-byte target`)
     assert.match(long.text, /"code":"GATEHOUSE_ERR_URI_TOO_LONG"/)
   }
+  // Beyond Node's head limit in pieces: the packet that overflows ends the request line.
+  const target = `/api/${'a'.repeat(30_000)}`
+  const pieces = await exchange(port, [`GET ${target.slice(0, 12_000)}`, target.slice(12_000, 20_000), `${target.slice(20_000)} HTTP/1.1\r\nHost: x\r\n\r\n`], { gapMs: 50 })
+  assert.deepEqual(pieces.statuses, [414], pieces.text)
+  // A huge header sent in pieces is still 431.
+  const bigPieces = await exchange(port, [`GET /api HTTP/1.1\r\nHost: x\r\nX-Big: ${'b'.repeat(12_000)}`, 'b'.repeat(12_000), `${'b'.repeat(12_000)}\r\n\r\n`], { gapMs: 50 })
+  assert.deepEqual(bigPieces.statuses, [431], bigPieces.text)
   const declared = await exchange(port, 'POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n01234567890')
   assert.deepEqual(declared.statuses, [413])
   assert.match(declared.text, /"code":"GATEHOUSE_ERR_BODY_TOO_LARGE"/)

@@ -15,12 +15,19 @@ const NOT_FORWARDED = new Set([
 // Hop-by-hop in responses: never passed to the client (Node frames the response itself).
 const NOT_RETURNED = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'trailer', 'transfer-encoding', 'upgrade', 'te'])
 
-/** Whether the peer at this socket address may vouch for X-Forwarded-* headers. */
-export function compileTrust (trust: TrustProxy): (address: string) => boolean {
-  if (trust === false) return () => false
-  if (typeof trust === 'number') return () => trust > 0
+/** What the gateway does with client headers that are not hop-by-hop. */
+export interface ForwardRules {
+  /** Whether the peer at this socket address may vouch for X-Forwarded-* headers. */
+  trusted: (address: string) => boolean
+  /** Forward header names with `_`; otherwise dropped, as nginx does by default. */
+  allowUnderscores: boolean
+}
+
+export function compileForwardRules (trust: TrustProxy, allowUnderscores: boolean): ForwardRules {
+  if (trust === false) return { trusted: () => false, allowUnderscores }
+  if (typeof trust === 'number') return { trusted: () => trust > 0, allowUnderscores }
   const fn = proxyAddr.compile(trust)
-  return address => fn(address, 0)
+  return { trusted: address => fn(address, 0), allowUnderscores }
 }
 
 /** Names listed in a Connection header other than keep-alive and close: hop-by-hop too. */
@@ -39,9 +46,10 @@ function connectionNames (value: string): Set<string> | undefined {
  * Request headers for the upstream: hop-by-hop removed, forwarding chain, Host of the target and
  * request id set, and the verified identity's headers last (neither the client's headers nor its
  * Connection list can undo them). `withBody` false drops the client's framing of a body that is
- * not forwarded.
+ * not forwarded. Names with `_` are dropped unless allowed: a CGI-style upstream maps `-` and `_`
+ * to the same variable, so `Transfer_Encoding` or `X_User_Id` could pass for the real header.
  */
-export function upstreamRequestHeaders (request: FastifyRequest, host: string, withBody: boolean, trusted: (address: string) => boolean): string[] {
+export function upstreamRequestHeaders (request: FastifyRequest, host: string, withBody: boolean, rules: ForwardRules): string[] {
   const raw = request.raw.rawHeaders
   const connection = request.headers.connection
   const named = connection === undefined ? undefined : connectionNames(connection)
@@ -56,6 +64,7 @@ export function upstreamRequestHeaders (request: FastifyRequest, host: string, w
       continue
     }
     if (named?.has(name) === true) continue
+    if (!rules.allowUnderscores && name.includes('_')) continue
     if (!withBody && name === 'content-length' && value !== '0') continue
     if (identity !== undefined && overridden(identity, name)) continue
     out.push(original, value)
@@ -65,7 +74,7 @@ export function upstreamRequestHeaders (request: FastifyRequest, host: string, w
   const proto = 'encrypted' in socket && socket.encrypted === true ? 'https' : 'http'
   const clientHost = request.headers.host
   const headers = request.headers
-  if (trusted(peer)) {
+  if (rules.trusted(peer)) {
     const chain = headers['x-forwarded-for']
     out.push('x-forwarded-for', chain === undefined ? peer : `${chain}, ${peer}`)
     out.push('x-forwarded-proto', headers['x-forwarded-proto'] as string | undefined ?? proto)

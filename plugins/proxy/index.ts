@@ -11,13 +11,15 @@ import { onSocketClose } from '../../src/http/socket-close.js'
 import { selectTarget } from '../../src/upstream/select.js'
 import type { Target } from '../../src/upstream/target.js'
 import type { RouteMatch } from '../route-table/index.js'
-import { compileTrust } from './headers.js'
+import { compileForwardRules } from './headers.js'
 import { limitBody, readAll } from './request-body.js'
 import { UpstreamCall } from './upstream-call.js'
 import { unavailable, upstreamError } from './upstream-errors.js'
 
 export interface ProxyOptions {
   trustProxy: TrustProxy
+  /** ALLOW_UNDERSCORE_HEADERS. */
+  allowUnderscoreHeaders: boolean
 }
 
 declare module 'fastify' {
@@ -33,7 +35,7 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
   app.removeAllContentTypeParsers()
   app.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
 
-  const trusted = compileTrust(opts.trustProxy)
+  const rules = compileForwardRules(opts.trustProxy, opts.allowUnderscoreHeaders)
 
   function proxy (request: FastifyRequest, reply: FastifyReply): void {
     const { route, forward } = request.match as RouteMatch
@@ -63,7 +65,7 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
       upstream,
       first,
       path: forward,
-      trusted,
+      rules,
       fail: (error, target) => {
         if (!reply.sent) reply.send(upstreamError(request, reply, upstream, target, error, bodyLimitHit))
       },

@@ -13,7 +13,7 @@ import { selectTarget } from '../../src/upstream/select.js'
 import { tlsFailure, type Target } from '../../src/upstream/target.js'
 import type { CompiledUpstream } from '../route-table/route-table.js'
 import { endTry, startTry } from '../tracing/spans.js'
-import { clientResponseHeaders, upstreamRequestHeaders } from './headers.js'
+import { clientResponseHeaders, upstreamRequestHeaders, type ForwardRules } from './headers.js'
 import { CONNECT_FAILURE } from './upstream-errors.js'
 
 const PRECISE_BELOW_MS = 2000
@@ -37,7 +37,7 @@ export interface CallOptions {
   first: Target
   /** Normalised, rewritten path with the query string. */
   path: string
-  trusted: (address: string) => boolean
+  rules: ForwardRules
   /** The call failed for good, before any response was written: answer the client with it. */
   fail: (error: Error, target: Target | undefined) => void
   /** The call is over, whatever its outcome. */
@@ -126,7 +126,7 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     target.inFlight++
     let headers = this.headers
     if (headers === undefined) {
-      headers = this.headers = upstreamRequestHeaders(request, target.host, this.body !== undefined, this.o.trusted)
+      headers = this.headers = upstreamRequestHeaders(request, target.host, this.body !== undefined, this.o.rules)
       this.hostAt = headers.indexOf('host') + 1
     } else {
       headers[this.hostAt] = target.host

@@ -25,6 +25,42 @@ export interface RequestGuardOptions {
   maxUrlLength: number
 }
 
+// RFC 3986 §3.2.2: a reg-name or IPv4 address (unreserved, pct-encoded, sub-delims), or an IP
+// literal in brackets (the same characters and `:`); then an optional `:port` of digits.
+const NAME_CHARS = charTable("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+,;=")
+const LITERAL_CHARS = charTable("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~%!$&'()*+,;=:")
+
+function charTable (chars: string): Uint8Array {
+  const table = new Uint8Array(128)
+  for (let i = 0; i < chars.length; i++) table[chars.charCodeAt(i)] = 1
+  return table
+}
+
+/** Whether a Host value is host[:port]; a loop over its characters, no regular expression. */
+export function validHost (value: string): boolean {
+  const n = value.length
+  let i = 0
+  if (value.charCodeAt(0) === 0x5b) { // [
+    const end = value.indexOf(']')
+    if (end < 2) return false
+    for (i = 1; i < end; i++) if (LITERAL_CHARS[value.charCodeAt(i)] !== 1) return false
+    i = end + 1
+  } else {
+    while (i < n && value.charCodeAt(i) !== 0x3a) { // :
+      if (NAME_CHARS[value.charCodeAt(i)] !== 1) return false
+      i++
+    }
+    if (i === 0) return false
+  }
+  if (i === n) return true
+  if (value.charCodeAt(i) !== 0x3a || n - i - 1 > 5) return false
+  for (i++; i < n; i++) {
+    const c = value.charCodeAt(i)
+    if (c < 0x30 || c > 0x39) return false
+  }
+  return true
+}
+
 async function requestGuardPlugin (app: FastifyInstance, opts: RequestGuardOptions): Promise<void> {
   // Node keeps only maxHeadersCount headers and silently drops the rest (while still framing on
   // them): keep one more than the limit, so too many can be told from exactly enough.
@@ -95,6 +131,11 @@ async function requestGuardPlugin (app: FastifyInstance, opts: RequestGuardOptio
     if (hosts > 1 || (hosts === 0 && raw.httpVersionMinor === 1)) {
       // RFC 9112 §3.2: a server must refuse an HTTP/1.1 request with no Host or more than one.
       refuse(request, reply, new BadFramingError(hosts === 0 ? 'no Host header' : 'more than one Host header'), done)
+      return
+    }
+    // It becomes X-Forwarded-Host and may pick a route: `a b` or `a@evil` must not pass as a host.
+    if (hosts === 1 && !validHost(raw.headers.host as string)) {
+      refuse(request, reply, new BadFramingError('Host is not a host[:port]'), done)
       return
     }
     done()

@@ -25,6 +25,7 @@ export const EnvSchema = Type.Object({
   SHUTDOWN_TIMEOUT: Duration({ default: '30s', description: 'How long SIGTERM waits for in-flight requests before closing connections.' }),
   BODY_LIMIT: Size({ default: '1mb', description: 'Largest request body, unless a route sets bodyLimit.' }),
   MAX_HEADER_SIZE: Size({ default: '16kb', description: 'Largest request head (request line and headers) before 431.' }),
+  ALLOW_UNDERSCORE_HEADERS: Type.Boolean({ default: false, description: 'Forward request header names that contain `_` (dropped by default: CGI-style upstreams read `X_User` as `X-User`).' }),
   MAX_HEADERS: Type.Integer({ minimum: 1, maximum: 1000, default: 100, description: 'Most request headers accepted; more get 431.' }),
   MAX_URL_LENGTH: Size({ default: '8kb', description: 'Longest request target (path and query); longer gets 414.' }),
   HEADERS_TIMEOUT: Duration({ default: '10s', description: 'Time a client gets to send the whole request head; then 408 and the connection is closed (slowloris).' }),
@@ -60,6 +61,7 @@ export interface GatewayEnv {
   bodyLimit: number
   maxHeaderSize: number
   maxHeaders: number
+  allowUnderscoreHeaders: boolean
   maxUrlLength: number
   headersTimeoutMs: number
   requestTimeoutMs: number
@@ -125,6 +127,7 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
     bodyLimit: toBytes(raw.BODY_LIMIT),
     maxHeaderSize: toBytes(raw.MAX_HEADER_SIZE),
     maxHeaders: raw.MAX_HEADERS,
+    allowUnderscoreHeaders: raw.ALLOW_UNDERSCORE_HEADERS,
     maxUrlLength: toBytes(raw.MAX_URL_LENGTH),
     headersTimeoutMs: toMs(raw.HEADERS_TIMEOUT),
     requestTimeoutMs: toMs(raw.REQUEST_TIMEOUT),
