@@ -5,6 +5,7 @@ import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:ht
 import type { Socket } from 'node:net'
 import Fastify, { type ConnectionError, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import authPlugin from '../plugins/auth/index.js'
+import clientRatePlugin from '../plugins/client-rate/index.js'
 import healthPlugin from '../plugins/health/index.js'
 import observabilityPlugin from '../plugins/observability/index.js'
 import proxyRoutes, { type ProxyOptions } from '../plugins/proxy/index.js'
@@ -92,6 +93,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
   })
   await app.register(authPlugin, { jwksCooldownMs: env.jwksCooldownMs })
   await app.register(rateLimitPlugin, { redis: env.redis, redisKeyPrefix: env.redisKeyPrefix, redisTimeoutMs: env.redisTimeoutMs })
+  await app.register(clientRatePlugin, { minDataRate: env.minDataRate, graceMs: env.minDataRateGraceMs })
   await app.register(observabilityPlugin, {
     adminPort: env.adminPort,
     adminHost: env.host,
@@ -124,7 +126,8 @@ export const PIPELINE = [
  * response). A plugin the pipeline needs that is not registered fails here, at boot.
  */
 export async function registerPipeline (app: FastifyInstance, proxy: ProxyOptions): Promise<void> {
-  const missing = PIPELINE.filter(name => !app.hasDecorator(name))
+  // The proxy itself needs the client-rate watch.
+  const missing = [...PIPELINE, 'clientRate'].filter(name => !app.hasDecorator(name))
   if (missing.length > 0) throw new Error(`the proxied pipeline needs ${missing.join(', ')}: register the plugins that decorate them before it`)
   await app.register(async function proxied (scope) {
     for (const name of PIPELINE) scope.addHook('onRequest', app[name])

@@ -60,6 +60,10 @@ export const UpstreamUnavailableError = createError<'GATEHOUSE_ERR_UPSTREAM_UNAV
 export const ClientClosedError = createError<'GATEHOUSE_ERR_CLIENT_CLOSED', 499, [ErrorOptions?]>(
   'GATEHOUSE_ERR_CLIENT_CLOSED', 'The client closed the connection before the response', 499)
 
+// A client below MIN_DATA_RATE: cut so it cannot hold an upstream slot (Kestrel's minimum data rates).
+export const ClientTooSlowError = createError<'GATEHOUSE_ERR_CLIENT_TOO_SLOW', 408, [string, number, ErrorOptions?]>(
+  'GATEHOUSE_ERR_CLIENT_TOO_SLOW', 'The client %s slower than %d bytes/s', 408)
+
 export const RateLimitedError = createError<'GATEHOUSE_ERR_RATE_LIMITED', 429, [number, string, ErrorOptions?]>(
   'GATEHOUSE_ERR_RATE_LIMITED', 'Rate limit of %d requests per %s reached; see Retry-After', 429)
 

@@ -165,6 +165,10 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
     [{ result: 'ok' }, app.authState.jwksFetches.ok],
     [{ result: 'error' }, app.authState.jwksFetches.error]
   ])
+  counter('client_slow_total', 'Clients cut for reading their response (or sending their body) slower than MIN_DATA_RATE, by direction.', ['direction'], () => [
+    [{ direction: 'request' }, app.clientRate.slow.request],
+    [{ direction: 'response' }, app.clientRate.slow.response]
+  ])
   counter('config_reloads_total', 'Route reloads; failure: at least one file was rejected (its last good version kept serving).', ['result'], () => [
     [{ result: 'success' }, app.routeTable.reloads.success],
     [{ result: 'failure' }, app.routeTable.reloads.failure]
@@ -269,4 +273,4 @@ class ScrapedHistogram {
   }
 }
 
-export default fp(observabilityPlugin, { name: 'gatehouse-observability', fastify: '5.x', dependencies: ['gatehouse-route-table', 'gatehouse-auth', 'gatehouse-rate-limit'] })
+export default fp(observabilityPlugin, { name: 'gatehouse-observability', fastify: '5.x', dependencies: ['gatehouse-route-table', 'gatehouse-auth', 'gatehouse-rate-limit', 'gatehouse-client-rate'] })

@@ -66,6 +66,7 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
       first,
       path: forward,
       rules,
+      clientRate: app.clientRate,
       fail: (error, target) => {
         if (!reply.sent) reply.send(upstreamError(request, reply, upstream, target, error, bodyLimitHit))
       },

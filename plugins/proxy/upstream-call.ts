@@ -7,10 +7,11 @@ import type { Readable } from 'node:stream'
 import type { Span } from '@opentelemetry/api'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { errors, type Dispatcher } from 'undici'
-import { UpstreamUnavailableError } from '../../src/errors.js'
+import { ClientTooSlowError, UpstreamUnavailableError } from '../../src/errors.js'
 import { backoffMs, retryable, retryAfterMs, type TryFailure } from '../../src/upstream/retry.js'
 import { selectTarget } from '../../src/upstream/select.js'
 import { tlsFailure, type Target } from '../../src/upstream/target.js'
+import type { ClientRate } from '../client-rate/index.js'
 import type { CompiledUpstream } from '../route-table/route-table.js'
 import { endTry, startTry } from '../tracing/spans.js'
 import { clientResponseHeaders, upstreamRequestHeaders, type ForwardRules } from './headers.js'
@@ -38,6 +39,7 @@ export interface CallOptions {
   /** Normalised, rewritten path with the query string. */
   path: string
   rules: ForwardRules
+  clientRate: ClientRate
   /** The call failed for good, before any response was written: answer the client with it. */
   fail: (error: Error, target: Target | undefined) => void
   /** The call is over, whatever its outcome. */
@@ -78,6 +80,8 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
   /** The try in progress is a retry: it counts in the upstream's retry budget until it settles. */
   private isRetry = false
   private resumeUpstream: (() => void) | undefined
+  /** While the client is behind on the response: stops watching its read rate. */
+  private stopWatch: (() => void) | undefined
 
   constructor (private readonly o: CallOptions) {
     o.upstream.budget.active++
@@ -209,7 +213,19 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     if (this.phase !== Phase.Forwarding) return true
     const res = this.o.reply.raw
     if (res.write(chunk)) return true
-    res.once('drain', this.resumeUpstream as () => void)
+    // Behind: the upstream waits for the client, which must keep reading at the minimum rate.
+    const rate = this.o.clientRate
+    const socket = this.o.request.raw.socket
+    this.stopWatch = rate.behind(socket, () => {
+      const err = new ClientTooSlowError('read the response', rate.minDataRate)
+      this.o.request.failure = { code: err.code, message: err.message }
+      socket.destroy()
+    })
+    res.once('drain', () => {
+      this.stopWatch?.()
+      this.stopWatch = undefined
+      this.resumeUpstream?.()
+    })
     return false
   }
 
@@ -336,6 +352,7 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
   private finish (): void {
     if (this.done) return
     this.done = true
+    this.stopWatch?.()
     this.o.upstream.budget.active--
     this.o.done()
   }

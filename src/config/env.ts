@@ -28,6 +28,8 @@ export const EnvSchema = Type.Object({
   ALLOW_UNDERSCORE_HEADERS: Type.Boolean({ default: false, description: 'Forward request header names that contain `_` (dropped by default: CGI-style upstreams read `X_User` as `X-User`).' }),
   MAX_HEADERS: Type.Integer({ minimum: 1, maximum: 1000, default: 100, description: 'Most request headers accepted; more get 431.' }),
   MAX_URL_LENGTH: Size({ default: '8kb', description: 'Longest request target (path and query); longer gets 414.' }),
+  MIN_DATA_RATE: Size({ default: 240, description: 'Slowest a client may read its response, in bytes per second, once MIN_DATA_RATE_GRACE has passed; slower ones are cut (0: off).' }),
+  MIN_DATA_RATE_GRACE: Duration({ default: '5s', description: 'How long a client that falls behind on its response may read slower than MIN_DATA_RATE.' }),
   HEADERS_TIMEOUT: Duration({ default: '10s', description: 'Time a client gets to send the whole request head; then 408 and the connection is closed (slowloris).' }),
   REQUEST_TIMEOUT: Duration({ default: '30s', description: 'Time a client gets to send the whole request, body included; then 408 and close (0: off).' }),
   KEEP_ALIVE_TIMEOUT: Duration({ default: '72s', description: 'How long an idle keep-alive connection stays open (longer than the load balancer\'s idle timeout).' }),
@@ -62,6 +64,8 @@ export interface GatewayEnv {
   maxHeaderSize: number
   maxHeaders: number
   allowUnderscoreHeaders: boolean
+  minDataRate: number
+  minDataRateGraceMs: number
   maxUrlLength: number
   headersTimeoutMs: number
   requestTimeoutMs: number
@@ -128,6 +132,8 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
     maxHeaderSize: toBytes(raw.MAX_HEADER_SIZE),
     maxHeaders: raw.MAX_HEADERS,
     allowUnderscoreHeaders: raw.ALLOW_UNDERSCORE_HEADERS,
+    minDataRate: toBytes(raw.MIN_DATA_RATE),
+    minDataRateGraceMs: toMs(raw.MIN_DATA_RATE_GRACE),
     maxUrlLength: toBytes(raw.MAX_URL_LENGTH),
     headersTimeoutMs: toMs(raw.HEADERS_TIMEOUT),
     requestTimeoutMs: toMs(raw.REQUEST_TIMEOUT),

@@ -1,0 +1,92 @@
+// Minimum data rates (Kestrel's MinResponseDataRate, nginx's send_timeout): a client that reads
+// its response slower than MIN_DATA_RATE, once MIN_DATA_RATE_GRACE has passed, is cut, so it
+// cannot hold an upstream slot (a response the client does not read holds its upstream request
+// open: the gateway stops reading the upstream while the client's socket is full).
+import type { Socket } from 'node:net'
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+
+export interface ClientRateOptions {
+  /** Bytes per second; 0 turns the check off. */
+  minDataRate: number
+  graceMs: number
+}
+
+/** How often watched responses are checked. */
+const SWEEP_MS = 1000
+
+interface Watched {
+  socket: Socket
+  /** When the client stopped keeping up, and the bytes written to its socket by then. */
+  since: number
+  bytes: number
+  cut: () => void
+}
+
+/**
+ * Bytes the kernel took. Node's bytesWritten also counts what still waits: in the socket's buffer
+ * (writableLength) and in libuv's write queue (the handle's writeQueueSize, not in Node's types).
+ */
+function sent (socket: Socket): number {
+  const handle = (socket as Socket & { _handle?: { writeQueueSize?: number } | null })._handle
+  return socket.bytesWritten - socket.writableLength - (handle?.writeQueueSize ?? 0)
+}
+
+export class ClientRate {
+  /** Clients cut, by the direction they were slow in. */
+  readonly slow = { request: 0, response: 0 }
+  readonly #watched = new Set<Watched>()
+  #timer: NodeJS.Timeout | undefined
+
+  constructor (readonly minDataRate: number, readonly graceMs: number) {}
+
+  /**
+   * A response write was refused: the client is not keeping up. From now until the returned
+   * function is called (at 'drain', or when the response ends), the client must read at least
+   * minDataRate bytes per second on average once graceMs have passed, or `cut` is called.
+   */
+  behind (socket: Socket, cut: () => void): () => void {
+    if (this.minDataRate === 0) return () => {}
+    const watched: Watched = { socket, since: Date.now(), bytes: sent(socket), cut }
+    this.#watched.add(watched)
+    this.#timer ??= setInterval(() => { this.#sweep() }, SWEEP_MS).unref()
+    return () => { this.#forget(watched) }
+  }
+
+  close (): void {
+    clearInterval(this.#timer)
+    this.#timer = undefined
+    this.#watched.clear()
+  }
+
+  #forget (watched: Watched): void {
+    this.#watched.delete(watched)
+    if (this.#watched.size === 0) this.close()
+  }
+
+  #sweep (): void {
+    const now = Date.now()
+    for (const w of this.#watched) {
+      const elapsed = now - w.since
+      if (elapsed < this.graceMs) continue
+      if ((sent(w.socket) - w.bytes) * 1000 / elapsed >= this.minDataRate) continue
+      this.#forget(w)
+      this.slow.response++
+      w.cut()
+    }
+  }
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    clientRate: ClientRate
+  }
+}
+
+async function clientRatePlugin (app: FastifyInstance, opts: ClientRateOptions): Promise<void> {
+  const rate = new ClientRate(opts.minDataRate, opts.graceMs)
+  app.decorate('clientRate', rate)
+  app.addHook('onClose', async () => { rate.close() })
+}
+
+export default fp(clientRatePlugin, { name: 'gatehouse-client-rate', fastify: '5.x' })

@@ -1,0 +1,111 @@
+// Slow clients must not hold upstream slots: a client that reads its response slower than
+// MIN_DATA_RATE is cut after MIN_DATA_RATE_GRACE, its upstream request is cancelled and its slot
+// freed. Real sockets that stop reading, a real upstream streaming a large body.
+import { strict as assert } from 'node:assert'
+import { once } from 'node:events'
+import net from 'node:net'
+import { test } from 'node:test'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { gateway, metric, send, until, upstream, within } from './helpers.js'
+
+// Far more than the loopback's socket buffers can hold: the gateway must wait for the client.
+const BIG = 24 * 1024 * 1024
+const CHUNK = Buffer.alloc(64 * 1024, 'x')
+
+test('slow read: clients that stop reading a large response are cut after the grace, their slots freed; normal requests then pass', async t => {
+  const origin = await bigUpstream(t)
+  const gw = await gateway(t, { 'svc.yaml': `targets:\n  - url: ${origin.url}\n    maxConnections: 2\nroutes:\n  - path: /svc\n` }, { MIN_DATA_RATE_GRACE: '1s' })
+
+  // Two clients that stop reading once their socket buffers are full. (Node cannot read a TCP
+  // socket 16 bytes at a time: each read refills its buffer from the kernel, 64 KB at once.)
+  const readers = [0, 1].map(() => {
+    const socket = net.connect(gw.port, '127.0.0.1')
+    socket.on('error', () => {})
+    t.after(() => socket.destroy())
+    socket.write('GET /svc/big HTTP/1.1\r\nHost: gw\r\n\r\n')
+    socket.pause()
+    return { socket, closed: once(socket, 'close') }
+  })
+  const state = { upstream: 'svc', target: origin.url }
+  await until('both readers hold a slot', async () => await metric(gw, 'upstream_active_connections', state) === 2)
+  assert.equal((await send(gw, '/svc/normal')).status, 503, 'both slots are held while the readers are in their grace')
+
+  // A paused socket notices no close: the gateway's figures say when it cut them.
+  const began = Date.now()
+  await until('both readers are cut', async () => await metric(gw, 'client_slow_total', { direction: 'response' }) === 2, 5000, 100)
+  const waited = Date.now() - began
+  assert.ok(waited < 4000, `cut ${waited} ms after the slots were full (grace 1 s, checked every second)`)
+  await until('the slots are free', async () => await metric(gw, 'upstream_active_connections', state) === 0)
+  // Reading again, each client finds its response cut short and its connection closed.
+  for (const r of readers) {
+    let received = 0
+    r.socket.on('data', (chunk: Buffer) => { received += chunk.length })
+    r.socket.resume()
+    await within(5000, 'the reader sees its connection closed', r.closed)
+    assert.ok(received < BIG, `${received} bytes of ${BIG}: cut short`)
+  }
+  assert.equal(await metric(gw, 'client_slow_total', { direction: 'response' }), 2)
+  for (let i = 0; i < 5; i++) assert.equal((await send(gw, '/svc/normal')).status, 200)
+  assert.equal(origin.requests.filter(r => r.url === '/svc/big').length, 2, 'each slow reader was one upstream request')
+
+  const cut = gw.logs.filter(l => l.code === 'GATEHOUSE_ERR_CLIENT_TOO_SLOW')
+  assert.equal(cut.length, 2, 'one access line each, with the reason')
+  assert.equal(cut[0]?.level, 30, 'an access line at info, not an error')
+  assert.match(String(cut[0]?.error), /read the response slower than 240 bytes\/s/)
+})
+
+/** An upstream that answers /svc/big with BIG bytes, written as fast as they are read, and anything else with ok. */
+async function bigUpstream (t: Parameters<typeof upstream>[0]) {
+  return await upstream(t, (req, res) => {
+    if (req.url !== '/svc/big') {
+      res.end('ok')
+      return
+    }
+    res.writeHead(200, { 'content-length': String(BIG) })
+    let left = BIG
+    const pump = (): void => {
+      while (left > 0) {
+        left -= CHUNK.length
+        if (!res.write(CHUNK)) { res.once('drain', pump); return }
+      }
+      res.end()
+    }
+    res.once('close', () => { left = 0 })
+    pump()
+  })
+}
+
+/** Reads the whole response on `socket` (paused), taking what is there every `everyMs`; the byte count. */
+async function readAll (socket: net.Socket, everyMs: number): Promise<number> {
+  let received = 0
+  while (!socket.readableEnded && !socket.destroyed) {
+    await sleep(everyMs)
+    for (let chunk = socket.read() as Buffer | null; chunk !== null; chunk = socket.read() as Buffer | null) received += chunk.length
+  }
+  return received
+}
+
+test('a client that keeps reading is not cut, however large the response; MIN_DATA_RATE=0 cuts nobody', async t => {
+  const origin = await bigUpstream(t)
+  const files = { 'svc.yaml': `targets:\n  - url: ${origin.url}\nroutes:\n  - path: /svc\n` }
+
+  // Polling every 20 ms reads megabytes a second: above a minimum of 64 KB/s.
+  const paced = await gateway(t, files, { MIN_DATA_RATE: '64kb', MIN_DATA_RATE_GRACE: '1s' })
+  const a = net.connect(paced.port, '127.0.0.1')
+  t.after(() => a.destroy())
+  a.write('GET /svc/big HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n')
+  a.pause()
+  assert.ok(await within(30_000, 'the paced read', readAll(a, 20)) > BIG, 'the whole response arrived')
+  assert.equal(await metric(paced, 'client_slow_total', { direction: 'response' }), 0)
+
+  // Off: a client that reads nothing for 3 s (three times the grace) keeps its connection.
+  const off = await gateway(t, files, { MIN_DATA_RATE: '0', MIN_DATA_RATE_GRACE: '1s' })
+  const b = net.connect(off.port, '127.0.0.1')
+  t.after(() => b.destroy())
+  b.write('GET /svc/big HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n')
+  b.pause()
+  await sleep(3000)
+  assert.equal(b.destroyed, false, 'still connected')
+  assert.ok(await within(30_000, 'the late read', readAll(b, 5)) > BIG, 'the whole response arrived')
+  assert.equal(await metric(off, 'client_slow_total', { direction: 'response' }), 0)
+})
