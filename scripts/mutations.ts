@@ -221,6 +221,24 @@ const MUTATIONS: Mutation[] = [
     tests: [{ file: 'proxy' }, { file: 'edge', pattern: '^a client cannot make Connection' }]
   },
   {
+    id: 'underscore-prefix-only',
+    rule: 'forwarding headers',
+    source: 'plugins/proxy/headers.ts',
+    line: "if (!rules.allowUnderscores && name.includes('_'))",
+    replace: "if (!rules.allowUnderscores && name.startsWith('_'))",
+    bug: 'a header name with an underscore inside (X_User_Id, Transfer_Encoding) reaches the upstream',
+    tests: [{ file: 'edge', pattern: '^header names with an underscore' }]
+  },
+  {
+    id: 'host-userinfo-ignored',
+    rule: 'request framing',
+    source: 'plugins/request-guard/index.ts',
+    line: 'if (hosts === 1 && !validHost(raw.headers.host)) {',
+    replace: "if (hosts === 1 && !validHost(raw.headers.host.split('@').pop())) {",
+    bug: 'a Host with userinfo (a@evil.example) passes into X-Forwarded-Host',
+    tests: [{ file: 'edge', pattern: '^framing' }]
+  },
+  {
     id: 'guard-te-contains-chunked',
     rule: 'request framing',
     source: 'plugins/request-guard/index.ts',

@@ -213,6 +213,8 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     if (this.phase !== Phase.Forwarding) return true
     const res = this.o.reply.raw
     if (res.write(chunk)) return true
+    // Already behind (a chunk undici had parsed before it paused): the watch and 'drain' are set.
+    if (this.stopWatch !== undefined) return false
     // Behind: the upstream waits for the client, which must keep reading at the minimum rate.
     const rate = this.o.clientRate
     const socket = this.o.request.raw.socket
