@@ -109,3 +109,30 @@ test('a client that keeps reading is not cut, however large the response; MIN_DA
   assert.ok(await within(30_000, 'the late read', readAll(b, 5)) > BIG, 'the whole response arrived')
   assert.equal(await metric(off, 'client_slow_total', { direction: 'response' }), 0)
 })
+
+test('slow body: a client that sends the body the gateway keeps in memory slower than MIN_DATA_RATE gets 408 after the grace; the upstream sees nothing', async t => {
+  const origin = await upstream(t)
+  const gw = await gateway(t, { 'svc.yaml': `targets:\n  - url: ${origin.url}\n    maxConnections: 2\nroutes:\n  - path: /svc\n` }, { MIN_DATA_RATE_GRACE: '1s' })
+  // 1,000 bytes declared (under retry.bufferBody: read whole before any target is asked), 10 a second.
+  const slow = net.connect(gw.port, '127.0.0.1')
+  t.after(() => slow.destroy())
+  let text = ''
+  slow.on('data', (chunk: Buffer) => { text += chunk.toString('latin1') })
+  slow.on('error', () => {})
+  const closed = once(slow, 'close')
+  slow.write('POST /svc/upload HTTP/1.1\r\nHost: gw\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n')
+  const trickle = setInterval(() => { if (!slow.destroyed) slow.write('x'.repeat(10)) }, 1000)
+  t.after(() => clearInterval(trickle))
+  const began = Date.now()
+  // Meanwhile the route serves: the slow upload holds no slot.
+  assert.equal((await send(gw, '/svc/normal')).status, 200)
+  await within(5000, 'the gateway answers and closes', closed)
+  clearInterval(trickle)
+  assert.ok(Date.now() - began < 4000, `answered ${Date.now() - began} ms after the head (grace 1 s)`)
+  assert.match(text, /^HTTP\/1\.1 408 /)
+  assert.match(text, /"code":"GATEHOUSE_ERR_CLIENT_TOO_SLOW"/)
+  assert.match(text, /sent its body slower than 240 bytes\/s/)
+  assert.deepEqual(origin.requests.map(r => r.url), ['/svc/normal'], 'the upload never reached the upstream')
+  assert.equal(await metric(gw, 'client_slow_total', { direction: 'request' }), 1)
+  assert.equal(await metric(gw, 'client_slow_total', { direction: 'response' }), 0)
+})

@@ -1,7 +1,8 @@
-// Minimum data rates (Kestrel's MinResponseDataRate, nginx's send_timeout): a client that reads
-// its response slower than MIN_DATA_RATE, once MIN_DATA_RATE_GRACE has passed, is cut, so it
-// cannot hold an upstream slot (a response the client does not read holds its upstream request
-// open: the gateway stops reading the upstream while the client's socket is full).
+// Minimum data rates (Kestrel's MinRequestBodyDataRate and MinResponseDataRate, nginx's
+// client_body_timeout and send_timeout): a client that sends the body the gateway is waiting for,
+// or reads its response, slower than MIN_DATA_RATE once MIN_DATA_RATE_GRACE has passed is cut,
+// so it cannot hold memory or an upstream slot (a response the client does not read holds its
+// upstream request open: the gateway reads the upstream only as fast as the client reads).
 import type { Socket } from 'node:net'
 import type { FastifyInstance } from 'fastify'
 import fp from 'fastify-plugin'
@@ -15,9 +16,12 @@ export interface ClientRateOptions {
 /** How often watched responses are checked. */
 const SWEEP_MS = 1000
 
+type Direction = 'request' | 'response'
+
 interface Watched {
   socket: Socket
-  /** When the client stopped keeping up, and the bytes written to its socket by then. */
+  direction: Direction
+  /** When the watch began, and the bytes moved on the socket in that direction by then. */
   since: number
   bytes: number
   cut: () => void
@@ -27,7 +31,8 @@ interface Watched {
  * Bytes the kernel took. Node's bytesWritten also counts what still waits: in the socket's buffer
  * (writableLength) and in libuv's write queue (the handle's writeQueueSize, not in Node's types).
  */
-function sent (socket: Socket): number {
+function moved (socket: Socket, direction: Direction): number {
+  if (direction === 'request') return socket.bytesRead
   const handle = (socket as Socket & { _handle?: { writeQueueSize?: number } | null })._handle
   return socket.bytesWritten - socket.writableLength - (handle?.writeQueueSize ?? 0)
 }
@@ -46,8 +51,22 @@ export class ClientRate {
    * minDataRate bytes per second on average once graceMs have passed, or `cut` is called.
    */
   behind (socket: Socket, cut: () => void): () => void {
+    return this.#watch(socket, 'response', cut)
+  }
+
+  /**
+   * The gateway waits for a request body it keeps in memory: until the returned function is
+   * called, the client must send at least minDataRate bytes per second on average once graceMs
+   * have passed, or `cut` is called. (Not for a body streamed upstream: an upstream that reads
+   * slowly would slow the client down through no fault of its own.)
+   */
+  receiving (socket: Socket, cut: () => void): () => void {
+    return this.#watch(socket, 'request', cut)
+  }
+
+  #watch (socket: Socket, direction: Direction, cut: () => void): () => void {
     if (this.minDataRate === 0) return () => {}
-    const watched: Watched = { socket, since: Date.now(), bytes: sent(socket), cut }
+    const watched: Watched = { socket, direction, since: Date.now(), bytes: moved(socket, direction), cut }
     this.#watched.add(watched)
     this.#timer ??= setInterval(() => { this.#sweep() }, SWEEP_MS).unref()
     return () => { this.#forget(watched) }
@@ -69,9 +88,9 @@ export class ClientRate {
     for (const w of this.#watched) {
       const elapsed = now - w.since
       if (elapsed < this.graceMs) continue
-      if ((sent(w.socket) - w.bytes) * 1000 / elapsed >= this.minDataRate) continue
+      if ((moved(w.socket, w.direction) - w.bytes) * 1000 / elapsed >= this.minDataRate) continue
       this.#forget(w)
-      this.slow.response++
+      this.slow[w.direction]++
       w.cut()
     }
   }

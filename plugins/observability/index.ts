@@ -165,7 +165,7 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
     [{ result: 'ok' }, app.authState.jwksFetches.ok],
     [{ result: 'error' }, app.authState.jwksFetches.error]
   ])
-  counter('client_slow_total', 'Clients cut for reading their response (or sending their body) slower than MIN_DATA_RATE, by direction.', ['direction'], () => [
+  counter('client_slow_total', 'Clients cut for sending a body the gateway keeps (request) or reading their response (response) slower than MIN_DATA_RATE.', ['direction'], () => [
     [{ direction: 'request' }, app.clientRate.slow.request],
     [{ direction: 'response' }, app.clientRate.slow.response]
   ])

@@ -6,7 +6,7 @@ import type { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { TrustProxy } from '../../src/config/env.js'
 import { HTTP_METHODS } from '../../src/config/route-file/index.js'
-import { BodyTooLargeError, ClientClosedError, RouteNotFoundError } from '../../src/errors.js'
+import { BodyTooLargeError, ClientClosedError, ClientTooSlowError, RouteNotFoundError } from '../../src/errors.js'
 import { onSocketClose } from '../../src/http/socket-close.js'
 import { selectTarget } from '../../src/upstream/select.js'
 import type { Target } from '../../src/upstream/target.js'
@@ -77,8 +77,12 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
     if (body === undefined) {
       call.start(undefined, true)
     } else if (declared !== undefined && Number(declared) <= upstream.retry.bufferBody && upstream.retry.attempts > 0) {
-      // Small enough to keep: a retry can send it again.
-      readAll(body).then(buffer => call.start(buffer, true), (err: Error) => call.fail(err))
+      // Small enough to keep: a retry can send it again. No slot is held while it arrives, but
+      // memory is: a client that sends it too slowly is cut with 408.
+      const reading = readAll(body)
+      const rate = app.clientRate
+      const unwatch = rate.receiving(socket, () => { reading.stop(new ClientTooSlowError('sent its body', rate.minDataRate)) })
+      reading.body.then(buffer => { unwatch(); call.start(buffer, true) }, (err: Error) => { unwatch(); call.fail(err) })
     } else {
       // Streamed: it cannot be sent twice, so it is never retried.
       call.start(body, false)

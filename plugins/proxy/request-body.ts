@@ -19,14 +19,26 @@ export function limitBody (limit: number, onExceeded: () => void): Transform {
   })
 }
 
-/** The whole body in memory; rejects if the client goes away before it ends. */
-export function readAll (stream: Readable): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
+/**
+ * The whole body in memory; rejects if the client goes away before it ends, or with `stop`'s
+ * reason when it is called (the connection stays open to answer).
+ */
+export function readAll (stream: Readable): { body: Promise<Buffer>, stop: (reason: Error) => void } {
+  let stop: (reason: Error) => void = () => {}
+  const body = new Promise<Buffer>((resolve, reject) => {
     const chunks: Buffer[] = []
-    stream.on('data', (chunk: Buffer) => chunks.push(chunk))
+    const onData = (chunk: Buffer): void => { chunks.push(chunk) }
+    stream.on('data', onData)
     stream.once('end', () => resolve(Buffer.concat(chunks)))
     stream.once('error', reject)
     // Destroyed without an error (the client went away): the body will never end.
     stream.once('close', () => reject(new ClientClosedError()))
+    stop = reason => {
+      stream.off('data', onData)
+      stream.pause()
+      chunks.length = 0
+      reject(reason)
+    }
   })
+  return { body, stop }
 }

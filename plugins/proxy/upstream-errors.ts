@@ -2,7 +2,7 @@
 // per cause, each naming the upstream and target.
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import {
-  BodyTooLargeError, ClientClosedError, UpstreamBadResponseError, UpstreamResetError, UpstreamSaturatedError, UpstreamTimeoutError,
+  BodyTooLargeError, ClientClosedError, ClientTooSlowError, UpstreamBadResponseError, UpstreamResetError, UpstreamSaturatedError, UpstreamTimeoutError,
   UpstreamTlsError, UpstreamUnavailableError, UpstreamUnreachableError
 } from '../../src/errors.js'
 import { malformedResponse, tlsFailure, type Target } from '../../src/upstream/target.js'
@@ -38,6 +38,11 @@ export function upstreamError (request: FastifyRequest, reply: FastifyReply, ups
     return new BodyTooLargeError(bodyLimitHit, { cause: error })
   }
   if (error instanceof ClientClosedError) return error
+  // The body was not read to its end: the connection cannot carry another request.
+  if (error instanceof ClientTooSlowError) {
+    reply.header('connection', 'close')
+    return error
+  }
   if (request.raw.socket.destroyed) return new ClientClosedError({ cause: error })
   // The call's own errors (no target left to retry on) are already ours.
   if (error instanceof UpstreamUnavailableError || error instanceof UpstreamSaturatedError) {
