@@ -108,7 +108,7 @@ const MUTATIONS: Mutation[] = [
     source: 'plugins/proxy/upstream-call.ts',
     line: 'if (this.tries > retry.attempts || !this.replayable || this.cancelled !== undefined)',
     replace: 'if (this.tries > retry.attempts || this.cancelled !== undefined)',
-    bug: 'replayable is ignored: a streamed (chunked or over bufferBody) body is retried after it was consumed',
+    bug: 'replayable is ignored: a streamed body (over requestBuffer) is retried after it was consumed',
     tests: [{ file: 'resilience' }, { file: 'proxy' }]
   },
   {

@@ -87,7 +87,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
   await app.register(requestGuardPlugin, { maxHeaders: env.maxHeaders, maxHeaderSize: env.maxHeaderSize, maxUrlLength: env.maxUrlLength })
   await app.register(routeTablePlugin, {
     routesDir: env.routesDir,
-    defaultBodyLimit: env.bodyLimit,
+    defaults: { bodyLimit: env.bodyLimit, requestBuffer: env.requestBufferSize },
     watch: env.watchRoutes,
     debounceMs: env.reloadDebounceMs
   })
@@ -106,7 +106,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     maxRssBytes: env.maxRssBytes
   })
 
-  await registerPipeline(app, { trustProxy: env.trustProxy, allowUnderscoreHeaders: env.allowUnderscoreHeaders })
+  await registerPipeline(app, { trustProxy: env.trustProxy, allowUnderscoreHeaders: env.allowUnderscoreHeaders, requestBufferMemory: env.requestBufferMemory })
   return app
 }
 

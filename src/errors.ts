@@ -60,6 +60,9 @@ export const UpstreamUnavailableError = createError<'GATEHOUSE_ERR_UPSTREAM_UNAV
 export const ClientClosedError = createError<'GATEHOUSE_ERR_CLIENT_CLOSED', 499, [ErrorOptions?]>(
   'GATEHOUSE_ERR_CLIENT_CLOSED', 'The client closed the connection before the response', 499)
 
+export const RequestBufferFullError = createError<'GATEHOUSE_ERR_REQUEST_BUFFER_FULL', 503, [ErrorOptions?]>(
+  'GATEHOUSE_ERR_REQUEST_BUFFER_FULL', 'The gateway holds as many request bodies as REQUEST_BUFFER_MEMORY allows; retry shortly', 503)
+
 // A client below MIN_DATA_RATE: cut so it cannot hold an upstream slot (Kestrel's minimum data rates).
 export const ClientTooSlowError = createError<'GATEHOUSE_ERR_CLIENT_TOO_SLOW', 408, [string, number, ErrorOptions?]>(
   'GATEHOUSE_ERR_CLIENT_TOO_SLOW', 'The client %s slower than %d bytes/s', 408)

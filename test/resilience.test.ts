@@ -325,7 +325,7 @@ for (const failure of ['503', 'reset'] as const) {
   })
 }
 
-test('a body that cannot be sent again is never retried: a chunked PUT and a PUT over bufferBody get the 503, and the other target sees neither; a PUT within bufferBody is retried whole', CASE, async t => {
+test('a body that cannot be sent again is never retried: PUTs over the buffer (retry.bufferBody), chunked or not, get the 503 and the other target sees neither; PUTs within it, chunked or not, are retried whole', CASE, async t => {
   const busy = await upstream(t, unavailable())
   const fine = await upstream(t)
   const gw = await gateway({
@@ -335,7 +335,7 @@ test('a body that cannot be sent again is never retried: a chunked PUT and a PUT
     })
   })
 
-  // Within bufferBody: kept, and sent whole to the other target after the 503.
+  // Within the buffer: kept, and sent whole to the other target after the 503.
   const small = 'k'.repeat(1024)
   const kept = await send(gw, '/replay/kept', { method: 'PUT', body: small })
   assert200(kept)
@@ -343,21 +343,28 @@ test('a body that cannot be sent again is never retried: a chunked PUT and a PUT
   assert.equal(kept.json.body, small)
   assert.equal(busy.requests.at(-1)?.body, small)
 
-  // Chunked: streamed to the first target, whose 503 is the answer.
-  const chunked = await send(gw, '/replay/chunked', { method: 'PUT', chunks: ['first,', 'second'] })
+  // Chunked and within the buffer: received whole, so it is kept and sent again too.
+  const keptChunked = await send(gw, '/replay/kept-chunked', { method: 'PUT', chunks: ['first,', 'second'] })
+  assert200(keptChunked)
+  assert.equal(keptChunked.json.port, fine.port)
+  assert.equal(keptChunked.json.body, 'first,second')
+
+  // Chunked and past the buffer: streamed to the first target, whose 503 is the answer.
+  const parts = ['c'.repeat(600), 'd'.repeat(600)]
+  const chunked = await send(gw, '/replay/chunked', { method: 'PUT', chunks: parts })
   assert.equal(chunked.status, 503, chunked.body)
   assert.equal(chunked.body, 'upstream busy')
-  assert.deepEqual([busy.requests.at(-1)?.url, busy.requests.at(-1)?.body], ['/replay/chunked', 'first,second'])
+  assert.deepEqual([busy.requests.at(-1)?.url, busy.requests.at(-1)?.body], ['/replay/chunked', parts.join('')])
 
-  // One byte over bufferBody, with Content-Length: streamed too.
+  // One byte over the buffer, with Content-Length: streamed too.
   const large = 'l'.repeat(1025)
   const big = await send(gw, '/replay/large', { method: 'PUT', body: large })
   assert.equal(big.status, 503, big.body)
   assert.equal(big.body, 'upstream busy')
   assert.deepEqual([busy.requests.at(-1)?.url, busy.requests.at(-1)?.body.length], ['/replay/large', 1025])
 
-  assert.deepEqual(fine.requests.map(r => r.url), ['/replay/kept'], 'only the kept body was sent again')
-  assert.equal(await metric(gw, 'upstream_retries_total', { upstream: 'replay' }), 1)
+  assert.deepEqual(fine.requests.map(r => r.url), ['/replay/kept', '/replay/kept-chunked'], 'only the kept bodies were sent again')
+  assert.equal(await metric(gw, 'upstream_retries_total', { upstream: 'replay' }), 2)
 })
 
 test('tries never exceed attempts + 1: every target answering 503 gets 3 requests in all with attempts 2, 1 with attempts 0', CASE, async t => {
@@ -562,7 +569,8 @@ test('a client abort while its request body streams: the upstream sees the reque
   // The body never ends, so the upstream never answers; it counts the request from its headers.
   const waiting = await upstream(t)
   const gw = await gateway({
-    'abortupload.json': upstreamFile('abortupload', [{ url: waiting.url }], { timeouts: { request: '10s', idle: '10s' } })
+    // requestBuffer 0: every body is streamed as it arrives.
+    'abortupload.json': JSON.stringify({ name: 'abortupload', targets: [{ url: waiting.url }], routes: [{ path: '/abortupload', requestBuffer: 0 }], timeouts: { request: '10s', idle: '10s' } })
   })
 
   const req = http.request({ host: '127.0.0.1', port: gw.port, path: '/abortupload/x', method: 'POST', agent: false, headers: { 'transfer-encoding': 'chunked' } })

@@ -110,29 +110,59 @@ test('a client that keeps reading is not cut, however large the response; MIN_DA
   assert.equal(await metric(off, 'client_slow_total', { direction: 'response' }), 0)
 })
 
-test('slow body: a client that sends the body the gateway keeps in memory slower than MIN_DATA_RATE gets 408 after the grace; the upstream sees nothing', async t => {
+/** A raw connection that sends `head`, then `bytes` bytes of body every second; what it received, and its close. */
+function trickle (t: { after: (fn: () => void) => void }, port: number, head: string, bytes: number) {
+  const socket = net.connect(port, '127.0.0.1')
+  t.after(() => socket.destroy())
+  let text = ''
+  socket.on('data', (chunk: Buffer) => { text += chunk.toString('latin1') })
+  socket.on('error', () => {})
+  const closed = once(socket, 'close')
+  socket.write(head)
+  const timer = setInterval(() => { if (!socket.destroyed) socket.write('x'.repeat(bytes)) }, 1000)
+  t.after(() => clearInterval(timer))
+  return { socket, text: () => text, closed: closed.then(() => clearInterval(timer)) }
+}
+
+test('slow body: four uploads of 500 KB at 10 bytes/s hold no slot (normal requests to maxConnections 2 all pass) and end with 408 after the grace; the upstream sees none', async t => {
   const origin = await upstream(t)
   const gw = await gateway(t, { 'svc.yaml': `targets:\n  - url: ${origin.url}\n    maxConnections: 2\nroutes:\n  - path: /svc\n` }, { MIN_DATA_RATE_GRACE: '1s' })
-  // 1,000 bytes declared (under retry.bufferBody: read whole before any target is asked), 10 a second.
-  const slow = net.connect(gw.port, '127.0.0.1')
-  t.after(() => slow.destroy())
-  let text = ''
-  slow.on('data', (chunk: Buffer) => { text += chunk.toString('latin1') })
-  slow.on('error', () => {})
-  const closed = once(slow, 'close')
-  slow.write('POST /svc/upload HTTP/1.1\r\nHost: gw\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n')
-  const trickle = setInterval(() => { if (!slow.destroyed) slow.write('x'.repeat(10)) }, 1000)
-  t.after(() => clearInterval(trickle))
+  const head = 'POST /svc/upload HTTP/1.1\r\nHost: gw\r\nContent-Type: text/plain\r\nContent-Length: 500000\r\n\r\n'
   const began = Date.now()
-  // Meanwhile the route serves: the slow upload holds no slot.
-  assert.equal((await send(gw, '/svc/normal')).status, 200)
-  await within(5000, 'the gateway answers and closes', closed)
-  clearInterval(trickle)
-  assert.ok(Date.now() - began < 4000, `answered ${Date.now() - began} ms after the head (grace 1 s)`)
-  assert.match(text, /^HTTP\/1\.1 408 /)
-  assert.match(text, /"code":"GATEHOUSE_ERR_CLIENT_TOO_SLOW"/)
-  assert.match(text, /sent its body slower than 240 bytes\/s/)
-  assert.deepEqual(origin.requests.map(r => r.url), ['/svc/normal'], 'the upload never reached the upstream')
-  assert.equal(await metric(gw, 'client_slow_total', { direction: 'request' }), 1)
+  const uploads = [0, 1, 2, 3].map(() => trickle(t, gw.port, head, 10))
+  const statuses: number[] = []
+  for (let i = 0; i < 10; i++) {
+    statuses.push((await send(gw, '/svc/normal')).status)
+    await sleep(100)
+  }
+  assert.deepEqual([...new Set(statuses)], [200], 'no normal request was refused while the uploads trickled')
+  await within(5000, 'every slow upload is answered and closed', Promise.all(uploads.map(u => u.closed)))
+  assert.ok(Date.now() - began < 4500, `answered ${Date.now() - began} ms after they began (grace 1 s)`)
+  for (const u of uploads) {
+    assert.match(u.text(), /^HTTP\/1\.1 408 /)
+    assert.match(u.text(), /"code":"GATEHOUSE_ERR_CLIENT_TOO_SLOW"/)
+    assert.match(u.text(), /sent its body slower than 240 bytes\/s/)
+  }
+  assert.deepEqual([...new Set(origin.requests.map(r => r.url))], ['/svc/normal'], 'the uploads never reached the upstream')
+  assert.equal(await metric(gw, 'client_slow_total', { direction: 'request' }), 4)
   assert.equal(await metric(gw, 'client_slow_total', { direction: 'response' }), 0)
+})
+
+test('request buffers share REQUEST_BUFFER_MEMORY: an upload that would pass it gets 503 with Retry-After, never streamed; memory comes back when an upload ends', async t => {
+  const origin = await upstream(t)
+  const gw = await gateway(t, { 'svc.yaml': `targets:\n  - url: ${origin.url}\nroutes:\n  - path: /svc\n` }, { REQUEST_BUFFER_MEMORY: '1mb', MIN_DATA_RATE: '0' })
+  const head = (n: number): string => `PUT /svc/up HTTP/1.1\r\nHost: gw\r\nContent-Length: ${n}\r\n\r\n`
+  // Two of 400 KB take 800 KB of the 1 MB while they trickle.
+  const held = [trickle(t, gw.port, head(400_000), 1000), trickle(t, gw.port, head(400_000), 1000)]
+  await sleep(300)
+  const refused = await send(gw, '/svc/up', { method: 'PUT', body: 'z'.repeat(300_000) })
+  assert.equal(refused.status, 503, refused.body)
+  assert.equal(refused.json.code, 'GATEHOUSE_ERR_REQUEST_BUFFER_FULL')
+  assert.equal(refused.headers['retry-after'], '1')
+  assert.equal((await send(gw, '/svc/up', { method: 'PUT', body: 'small' })).status, 200, 'a body that fits still passes')
+  assert.deepEqual(origin.requests.map(r => r.body.length), [5], 'the refused body was not streamed upstream')
+  // One upload gives up: its 400 KB come back.
+  held[0]?.socket.destroy()
+  await until('the memory is back', async () => (await send(gw, '/svc/up', { method: 'PUT', body: 'z'.repeat(300_000) })).status === 200, 3000, 50)
+  assert.equal(origin.requests.at(-1)?.body.length, 300_000)
 })

@@ -12,7 +12,7 @@ import { selectTarget } from '../../src/upstream/select.js'
 import type { Target } from '../../src/upstream/target.js'
 import type { RouteMatch } from '../route-table/index.js'
 import { compileForwardRules } from './headers.js'
-import { limitBody, readAll } from './request-body.js'
+import { BufferMemory, limitBody, receiveBody, type ReceivingBody } from './request-body.js'
 import { UpstreamCall } from './upstream-call.js'
 import { unavailable, upstreamError } from './upstream-errors.js'
 
@@ -20,6 +20,8 @@ export interface ProxyOptions {
   trustProxy: TrustProxy
   /** ALLOW_UNDERSCORE_HEADERS. */
   allowUnderscoreHeaders: boolean
+  /** REQUEST_BUFFER_MEMORY. */
+  requestBufferMemory: number
 }
 
 declare module 'fastify' {
@@ -36,6 +38,7 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
   app.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
 
   const rules = compileForwardRules(opts.trustProxy, opts.allowUnderscoreHeaders)
+  const memory = new BufferMemory(opts.requestBufferMemory)
 
   function proxy (request: FastifyRequest, reply: FastifyReply): void {
     const { route, forward } = request.match as RouteMatch
@@ -54,6 +57,7 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
 
     let body = request.body as Readable | undefined
     let bodyLimitHit: number | undefined
+    let receiving: ReceivingBody | undefined
     // Chunked: the size is known only while streaming.
     if (body !== undefined && declared === undefined) body = body.pipe(limitBody(route.bodyLimit, () => { bodyLimitHit = route.bodyLimit }))
 
@@ -70,19 +74,27 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
       fail: (error, target) => {
         if (!reply.sent) reply.send(upstreamError(request, reply, upstream, target, error, bodyLimitHit))
       },
-      done: () => { unwatch() }
+      done: () => {
+        unwatch()
+        if (receiving !== undefined) memory.give(receiving.held())
+      }
     })
     const unwatch = onSocketClose(socket, () => { if (!reply.raw.writableFinished) call.cancel(new ClientClosedError()) })
 
     if (body === undefined) {
       call.start(undefined, true)
-    } else if (declared !== undefined && Number(declared) <= upstream.retry.bufferBody && upstream.retry.attempts > 0) {
-      // Small enough to keep: a retry can send it again. No slot is held while it arrives, but
-      // memory is: a client that sends it too slowly is cut with 408.
-      const reading = readAll(body)
+    } else if (route.requestBuffer > 0 && (declared === undefined || Number(declared) <= route.requestBuffer)) {
+      // Received whole before a target is asked: the upload holds memory, not an upstream slot,
+      // and a retry can send it again. A client that sends it too slowly is answered 408.
+      receiving = receiveBody(body, route.requestBuffer, memory, declared === undefined ? undefined : Number(declared))
+      const { stop } = receiving
       const rate = app.clientRate
-      const unwatch = rate.receiving(socket, () => { reading.stop(new ClientTooSlowError('sent its body', rate.minDataRate)) })
-      reading.body.then(buffer => { unwatch(); call.start(buffer, true) }, (err: Error) => { unwatch(); call.fail(err) })
+      const stopWatch = rate.receiving(socket, () => { stop(new ClientTooSlowError('sent its body', rate.minDataRate)) })
+      receiving.body.then(whole => {
+        stopWatch()
+        // A chunked body that grew past the buffer comes back as a stream: sent once, never retried.
+        call.start(whole, Buffer.isBuffer(whole))
+      }, (err: Error) => { stopWatch(); call.fail(err) })
     } else {
       // Streamed: it cannot be sent twice, so it is never retried.
       call.start(body, false)

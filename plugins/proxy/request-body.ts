@@ -1,7 +1,9 @@
 // Request bodies on their way upstream: the route's size limit (declared or counted while
-// streaming), and the copy kept in memory so a retry can send the body again.
-import { Transform, type Readable, type TransformCallback } from 'node:stream'
-import { BodyTooLargeError, ClientClosedError } from '../../src/errors.js'
+// streaming), and request buffering: a body up to the route's requestBuffer is received whole
+// before a target is asked (a slow uploader holds memory, not an upstream slot), within one
+// memory budget for all of them, and is what a retry sends again.
+import { PassThrough, Transform, type Readable, type TransformCallback } from 'node:stream'
+import { BodyTooLargeError, ClientClosedError, RequestBufferFullError } from '../../src/errors.js'
 
 /** Passes a chunked body through, failing it (and calling `onExceeded`) past `limit` bytes. */
 export function limitBody (limit: number, onExceeded: () => void): Transform {
@@ -19,26 +21,84 @@ export function limitBody (limit: number, onExceeded: () => void): Transform {
   })
 }
 
+/** The memory that bodies being received whole may use together (REQUEST_BUFFER_MEMORY). */
+export class BufferMemory {
+  used = 0
+  constructor (readonly limit: number) {}
+
+  /** Takes `bytes` if they fit. */
+  take (bytes: number): boolean {
+    if (this.used + bytes > this.limit) return false
+    this.used += bytes
+    return true
+  }
+
+  give (bytes: number): void {
+    this.used -= bytes
+  }
+}
+
+export interface ReceivingBody {
+  /** The whole body; or, for a chunked body that grew past the buffer, a stream of all of it. */
+  body: Promise<Buffer | Readable>
+  /** Bytes taken from the memory budget, to give back when the request is over. */
+  held: () => number
+  /** Ends the wait with `reason`; the connection stays open to answer. */
+  stop: (reason: Error) => void
+}
+
 /**
- * The whole body in memory; rejects if the client goes away before it ends, or with `stop`'s
- * reason when it is called (the connection stays open to answer).
+ * Receives a body whole. A declared length is taken from `memory` at once; a chunked body chunk
+ * by chunk, and past `limit` it is streamed after all: what was read, then the rest. Fails with
+ * RequestBufferFullError when the memory is spent, never streams instead; with ClientClosedError
+ * if the client goes away before the end.
  */
-export function readAll (stream: Readable): { body: Promise<Buffer>, stop: (reason: Error) => void } {
+export function receiveBody (stream: Readable, limit: number, memory: BufferMemory, declared: number | undefined): ReceivingBody {
+  let held = 0
   let stop: (reason: Error) => void = () => {}
-  const body = new Promise<Buffer>((resolve, reject) => {
+  const body = new Promise<Buffer | Readable>((resolve, reject) => {
+    if (declared !== undefined) {
+      if (!memory.take(declared)) {
+        reject(new RequestBufferFullError())
+        return
+      }
+      held = declared
+    }
     const chunks: Buffer[] = []
-    const onData = (chunk: Buffer): void => { chunks.push(chunk) }
-    stream.on('data', onData)
-    stream.once('end', () => resolve(Buffer.concat(chunks)))
-    stream.once('error', reject)
-    // Destroyed without an error (the client went away): the body will never end.
-    stream.once('close', () => reject(new ClientClosedError()))
-    stop = reason => {
+    let size = 0
+    const end = (reason: Error | undefined): void => {
       stream.off('data', onData)
+      if (reason === undefined) return
       stream.pause()
       chunks.length = 0
       reject(reason)
     }
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length
+      if (declared === undefined && size <= limit && !memory.take(chunk.length)) {
+        end(new RequestBufferFullError())
+        return
+      }
+      if (declared === undefined && size <= limit) held += chunk.length
+      chunks.push(chunk)
+      if (size <= limit) return
+      // Larger than the buffer: stream it after all, from its first byte.
+      end(undefined)
+      memory.give(held)
+      held = 0
+      const all = new PassThrough()
+      for (const c of chunks) all.write(c)
+      chunks.length = 0
+      stream.once('error', err => all.destroy(err))
+      stream.pipe(all)
+      resolve(all)
+    }
+    stream.on('data', onData)
+    stream.once('end', () => resolve(Buffer.concat(chunks, size)))
+    stream.once('error', reject)
+    // Destroyed without an error (the client went away): the body will never end.
+    stream.once('close', () => reject(new ClientClosedError()))
+    stop = end
   })
-  return { body, stop }
+  return { body, held: () => held, stop }
 }

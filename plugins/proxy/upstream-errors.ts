@@ -2,7 +2,7 @@
 // per cause, each naming the upstream and target.
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import {
-  BodyTooLargeError, ClientClosedError, ClientTooSlowError, UpstreamBadResponseError, UpstreamResetError, UpstreamSaturatedError, UpstreamTimeoutError,
+  BodyTooLargeError, ClientClosedError, ClientTooSlowError, RequestBufferFullError, UpstreamBadResponseError, UpstreamResetError, UpstreamSaturatedError, UpstreamTimeoutError,
   UpstreamTlsError, UpstreamUnavailableError, UpstreamUnreachableError
 } from '../../src/errors.js'
 import { malformedResponse, tlsFailure, type Target } from '../../src/upstream/target.js'
@@ -41,6 +41,11 @@ export function upstreamError (request: FastifyRequest, reply: FastifyReply, ups
   // The body was not read to its end: the connection cannot carry another request.
   if (error instanceof ClientTooSlowError) {
     reply.header('connection', 'close')
+    return error
+  }
+  if (error instanceof RequestBufferFullError) {
+    reply.header('connection', 'close')
+    reply.header('retry-after', RETRY_AFTER_SATURATED)
     return error
   }
   if (request.raw.socket.destroyed) return new ClientClosedError({ cause: error })

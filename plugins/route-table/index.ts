@@ -8,14 +8,14 @@ import { loadRouteDirStrict, readRouteDir, resolveRouteFiles, type AcceptedFile 
 import { ROUTE_FILE_EXTENSIONS } from '../../src/config/route-file/index.js'
 import type { TargetTransitionListener } from '../../src/upstream/target.js'
 import { routeResolver, type RouteMatch } from './resolve.js'
-import { buildRouteTable, type RouteTable } from './route-table.js'
+import { buildRouteTable, type RouteDefaults, type RouteTable } from './route-table.js'
 
 export type { RouteMatch } from './resolve.js'
 
 export interface RouteTableOptions {
   routesDir: string
-  /** Body limit of routes that set none, in bytes. */
-  defaultBodyLimit: number
+  /** What routes that set none get: BODY_LIMIT, REQUEST_BUFFER_SIZE. */
+  defaults: RouteDefaults
   /** Reload on file changes in routesDir. */
   watch: boolean
   debounceMs: number
@@ -54,7 +54,7 @@ async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions):
     app.log[to === 'open' ? 'warn' : 'info']({ upstream: target.upstream, target: target.origin, from, to, cause }, 'circuit breaker state changed')
   }
   let accepted: Map<string, AcceptedFile> = await loadRouteDirStrict(opts.routesDir)
-  let table = buildRouteTable(configsOf(accepted), opts.defaultBodyLimit, undefined, onTransition).table
+  let table = buildRouteTable(configsOf(accepted), opts.defaults, undefined, onTransition).table
   const reloads = { success: 0, failure: 0 }
   app.log.info({ version: table.version, files: [...accepted.keys()] }, 'route table loaded')
   if (accepted.size === 0) app.log.warn({ routesDir: opts.routesDir }, 'no route files: every request will get 404')
@@ -68,7 +68,7 @@ async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions):
     const failures = [...read.failures, ...resolution.failures]
     const applied = [...resolution.accepted.keys()].filter(f => accepted.get(f) !== resolution.accepted.get(f))
     const removedFiles = [...accepted.keys()].filter(f => !resolution.accepted.has(f))
-    const built = buildRouteTable(configsOf(resolution.accepted), opts.defaultBodyLimit, table, onTransition)
+    const built = buildRouteTable(configsOf(resolution.accepted), opts.defaults, table, onTransition)
     // The swap: one assignment. A request reads `table` once, so it never sees half a reload.
     table = built.table
     accepted = resolution.accepted

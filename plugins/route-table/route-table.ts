@@ -41,6 +41,8 @@ export interface CompiledRoute {
   /** Undefined: forward the path unchanged. */
   readonly rewritePrefix: string | undefined
   readonly bodyLimit: number
+  /** Bodies up to this size are received whole before a target is chosen, and replayed by retries; 0: none. */
+  readonly requestBuffer: number
   /** %2F and %5C in the path are forwarded (encoded) instead of refused. */
   readonly allowEncodedSlashes: boolean
 }
@@ -68,11 +70,19 @@ export interface BuildResult {
   removed: Target[]
 }
 
+/** What routes get from the environment where their file sets nothing. */
+export interface RouteDefaults {
+  /** BODY_LIMIT. */
+  bodyLimit: number
+  /** REQUEST_BUFFER_SIZE. */
+  requestBuffer: number
+}
+
 /**
  * Compiles upstream configs into a radix router. Targets whose identity is unchanged since
  * `previous` are carried over with their pool and in-flight count.
  */
-export function buildRouteTable (configs: readonly UpstreamConfig[], defaultBodyLimit: number, previous?: RouteTable, onTransition?: TargetTransitionListener): BuildResult {
+export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: RouteDefaults, previous?: RouteTable, onTransition?: TargetTransitionListener): BuildResult {
   const router = FindMyWay({ caseSensitive: true, ignoreTrailingSlash: false, ignoreDuplicateSlashes: false })
   const targets = new Map<string, Target>()
   const upstreams: CompiledUpstream[] = []
@@ -112,7 +122,8 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaultBody
         rateLimit: limit === undefined ? undefined : Object.freeze({ ...limit, id, policy: `"${id}";q=${limit.max};w=${Math.ceil(limit.windowMs / 1000)}` }),
         prefixLength: route.path === '/' ? 0 : route.path.length,
         rewritePrefix: route.rewritePrefix,
-        bodyLimit: route.bodyLimit ?? defaultBodyLimit,
+        bodyLimit: route.bodyLimit ?? defaults.bodyLimit,
+        requestBuffer: route.requestBuffer ?? config.retry.bufferBody ?? defaults.requestBuffer,
         allowEncodedSlashes: route.allowEncodedSlashes
       })
       if (compiled.rateLimit !== undefined) limits.set(id, compiled.rateLimit)

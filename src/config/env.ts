@@ -24,6 +24,8 @@ export const EnvSchema = Type.Object({
   SHUTDOWN_DELAY: Duration({ default: 0, description: 'After SIGTERM, how long /ready answers 503 while requests are still served, before the listener closes (load balancers need a moment to notice).' }),
   SHUTDOWN_TIMEOUT: Duration({ default: '30s', description: 'How long SIGTERM waits for in-flight requests before closing connections.' }),
   BODY_LIMIT: Size({ default: '1mb', description: 'Largest request body, unless a route sets bodyLimit.' }),
+  REQUEST_BUFFER_SIZE: Size({ default: '1mb', description: 'Request bodies up to this size are received whole before a target is chosen, and are what a retry sends again; larger ones are streamed. Routes may set requestBuffer.' }),
+  REQUEST_BUFFER_MEMORY: Size({ default: '64mb', description: 'Memory all request bodies being received whole may use together; past it, a request that would need more is answered 503 with Retry-After.' }),
   MAX_HEADER_SIZE: Size({ default: '16kb', description: 'Largest request head (request line and headers) before 431.' }),
   ALLOW_UNDERSCORE_HEADERS: Type.Boolean({ default: false, description: 'Forward request header names that contain `_` (dropped by default: CGI-style upstreams read `X_User` as `X-User`).' }),
   MAX_HEADERS: Type.Integer({ minimum: 1, maximum: 1000, default: 100, description: 'Most request headers accepted; more get 431.' }),
@@ -62,6 +64,8 @@ export interface GatewayEnv {
   shutdownTimeoutMs: number
   bodyLimit: number
   maxHeaderSize: number
+  requestBufferSize: number
+  requestBufferMemory: number
   maxHeaders: number
   allowUnderscoreHeaders: boolean
   minDataRate: number
@@ -130,6 +134,8 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
     shutdownTimeoutMs: toMs(raw.SHUTDOWN_TIMEOUT),
     bodyLimit: toBytes(raw.BODY_LIMIT),
     maxHeaderSize: toBytes(raw.MAX_HEADER_SIZE),
+    requestBufferSize: toBytes(raw.REQUEST_BUFFER_SIZE),
+    requestBufferMemory: toBytes(raw.REQUEST_BUFFER_MEMORY),
     maxHeaders: raw.MAX_HEADERS,
     allowUnderscoreHeaders: raw.ALLOW_UNDERSCORE_HEADERS,
     minDataRate: toBytes(raw.MIN_DATA_RATE),

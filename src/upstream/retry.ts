@@ -15,8 +15,8 @@ export interface RetryOptions {
   on: ReadonlyArray<TryFailure | number>
   /** Retries may add at most this share of the upstream's active requests. Default 0.2. */
   budget: number
-  /** Largest request body kept in memory so a retry can send it again, bytes. Default 64 KiB. */
-  bufferBody: number
+  /** Deprecated: the default requestBuffer of the file's routes (bodies kept, and replayed by retries). */
+  bufferBody: number | undefined
 }
 
 // RFC 9110 §9.2.2: methods whose repetition has the same effect. POST and PATCH are not.

@@ -54,6 +54,7 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
       hosts: r.hosts?.map(h => h.toLowerCase()),
       rewritePrefix: r.rewritePrefix,
       bodyLimit: r.bodyLimit === undefined ? undefined : toBytes(r.bodyLimit),
+      requestBuffer: r.requestBuffer === undefined ? undefined : toBytes(r.requestBuffer),
       allowEncodedSlashes: r.allowEncodedSlashes,
       auth: r.auth === undefined ? undefined : jwtAuth(r.auth.jwt, env),
       rateLimit: r.rateLimit === undefined
@@ -74,7 +75,7 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
       maxBackoffMs: toMs(raw.retry!.maxBackoff),
       on: raw.retry!.on,
       budget: raw.retry!.budget,
-      bufferBody: toBytes(raw.retry!.bufferBody)
+      bufferBody: raw.retry!.bufferBody === undefined ? undefined : toBytes(raw.retry!.bufferBody)
     },
     breaker: breakerOptions(raw.circuitBreaker!)
   }

@@ -111,6 +111,9 @@ const Route = Type.Object({
     description: "Replaces the matched prefix before forwarding; '' strips it. Default: the path is forwarded unchanged."
   })),
   bodyLimit: Type.Optional(Size({ description: 'Largest request body on this route. Default: BODY_LIMIT.' })),
+  requestBuffer: Type.Optional(Size({
+    description: 'Request bodies up to this size are received whole before a target is chosen (a slow uploader holds memory, not an upstream slot) and are what a retry sends again; larger ones are streamed and never retried; 0 streams every body. Default: REQUEST_BUFFER_SIZE, or retry.bufferBody where the file sets it.'
+  })),
   allowEncodedSlashes: Type.Boolean({
     default: false,
     description: 'Forward paths with %2F or %5C (kept encoded) instead of refusing them with 400. Only for services that need them and do not decode them into separators. Default false.'
@@ -158,7 +161,7 @@ export const RouteFileSchema = Type.Object({
       uniqueItems: true, default: ['connect-failure', 'reset', 'timeout', 502, 503, 504], description: 'What is retried. Default [connect-failure, reset, timeout, 502, 503, 504].'
     }),
     budget: Type.Number({ minimum: 0, maximum: 1, default: 0.2, description: 'Retries in progress may be at most this share of requests in progress (at least 3). Default 0.2.' }),
-    bufferBody: Size({ default: '64kb', description: 'Request bodies up to this size are kept so a retry can send them again; larger or chunked bodies are never retried. Default 64kb.' })
+    bufferBody: Type.Optional(Size({ description: 'Deprecated, kept for older files: the requestBuffer of this file\'s routes that set none (bodies up to it are kept, and a retry sends them again).' }))
   }, { additionalProperties: false, default: {}, description: 'Retries: to another target where there is one. Connect failures are retried for any method; other failures only for GET, HEAD, OPTIONS, PUT, DELETE, TRACE.' })),
   circuitBreaker: Type.Optional(Type.Object({
     consecutiveFailures: Type.Integer({ minimum: 0, default: 5, description: 'Failures in a row that open a target\'s breaker; 0 turns this rule off. Default 5.' }),
@@ -190,6 +193,8 @@ export interface RouteConfig {
   hosts: string[] | undefined
   rewritePrefix: string | undefined
   bodyLimit: number | undefined
+  /** Undefined: the file's retry.bufferBody, else REQUEST_BUFFER_SIZE. */
+  requestBuffer: number | undefined
   allowEncodedSlashes: boolean
   auth: JwtAuthConfig | undefined
   rateLimit: RateLimitConfig | undefined
