@@ -3,6 +3,7 @@
 // freed. Real sockets that stop reading, a real upstream streaming a large body.
 import { strict as assert } from 'node:assert'
 import { once } from 'node:events'
+import { readFile } from 'node:fs/promises'
 import net from 'node:net'
 import { test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -165,4 +166,38 @@ test('request buffers share REQUEST_BUFFER_MEMORY: an upload that would pass it 
   held[0]?.socket.destroy()
   await until('the memory is back', async () => (await send(gw, '/svc/up', { method: 'PUT', body: 'z'.repeat(300_000) })).status === 200, 3000, 50)
   assert.equal(origin.requests.at(-1)?.body.length, 300_000)
+})
+
+test('memory: 200 uploads of 1 MB that stop one byte short stay within REQUEST_BUFFER_MEMORY (RSS), the rest get 503, and the gateway keeps serving', async t => {
+  const origin = await upstream(t)
+  const gw = await gateway(t, { 'svc.yaml': `targets:\n  - url: ${origin.url}\nroutes:\n  - path: /svc\n` }, { REQUEST_BUFFER_MEMORY: '16mb', MIN_DATA_RATE: '0' })
+  const rss = async (): Promise<number> => Number(/VmRSS:\s+(\d+) kB/.exec(await readFile(`/proc/${gw.proc.pid as number}/status`, 'utf8'))?.[1]) * 1024
+  assert.equal((await send(gw, '/svc/warm')).status, 200)
+  const before = await rss()
+  const size = 1024 * 1024
+  const body = Buffer.alloc(size - 1, 'u')
+  // A refused upload is answered 503 and closed while it still sends: its client may see the
+  // reset before the answer, so closes are counted, and the 503s that arrived are checked.
+  let refused = 0
+  let answered503 = 0
+  const uploads = Array.from({ length: 200 }, () => {
+    const socket = net.connect(gw.port, '127.0.0.1')
+    t.after(() => socket.destroy())
+    socket.on('error', () => {})
+    socket.on('close', () => { refused++ })
+    socket.on('data', (chunk: Buffer) => { if (/^HTTP\/1\.1 503 [^]*GATEHOUSE_ERR_REQUEST_BUFFER_FULL/.test(chunk.toString('latin1'))) answered503++ })
+    socket.write(`PUT /svc/up HTTP/1.1\r\nHost: gw\r\nContent-Length: ${size}\r\n\r\n`)
+    socket.write(body)
+    return socket
+  })
+  await until('every upload beyond the budget is refused', () => refused >= 200 - 16, 20_000, 50)
+  await sleep(1000)
+  const grown = (await rss()) - before
+  // Unbounded, the 200 bodies alone would be 200 MB; the 16 held, their sockets and the heap measured 28–44 MB.
+  assert.ok(grown < 96 * 1024 * 1024, `RSS grew by ${(grown / 2 ** 20).toFixed(1)} MB for 200 uploads of 1 MB (budget 16 MB)`)
+  assert.equal(refused, 200 - 16, 'exactly the budget is held: 16 bodies of 1 MB')
+  assert.ok(answered503 > 0, 'refused with 503 GATEHOUSE_ERR_REQUEST_BUFFER_FULL')
+  assert.equal((await send(gw, '/svc/normal')).status, 200, 'still serving')
+  assert.deepEqual(origin.requests.map(r => r.url), ['/svc/warm', '/svc/normal'], 'no upload reached the upstream')
+  for (const socket of uploads) socket.removeAllListeners('close').destroy()
 })
