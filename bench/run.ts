@@ -340,7 +340,11 @@ async function startGatehouse (spec: Spec, shared: Shared, role: 'cpu' | 'memory
 async function startInstance (spec: Spec, shared: Shared, role: 'cpu' | 'memory'): Promise<Instance> {
   const base = { HOST: '127.0.0.1', PORT: '0', UPSTREAM: shared.upstreamUrl, CONNECTIONS: String(POOL) }
   switch (spec.kind) {
-    case 'bare': return await startNode(`${spec.id} (${role})`, join(DIST, 'bench', 'bare-proxy.js'), { ...base, ...bareFeatureEnv(spec, shared) }, role === 'memory')
+    case 'bare': {
+      const env = bareFeatureEnv(spec, shared)
+      const instance = await startNode(`${spec.id} (${role})`, join(DIST, 'bench', 'bare-proxy.js'), { ...base, ...env }, role === 'memory')
+      return env.LOG_FILE === undefined ? instance : { ...instance, logFile: env.LOG_FILE }
+    }
     case 'fast-gateway': return await startNode('fast-gateway', join(DIST, 'bench', 'peer-fast-gateway.js'), { ...base, PEERS_DIR }, false)
     case 'http-proxy': return await startNode('http-proxy', join(DIST, 'bench', 'peer-http-proxy.js'), { ...base, PEERS_DIR }, false)
     case 'nginx': return await startNginx(shared)
@@ -646,10 +650,7 @@ async function checkBareFeature (s: Subject): Promise<void> {
     s.notes.push(`sink received ${fmt(c.spans, 0)} spans in ${c.exports} exports`)
     if (c.spans === 0) s.problems.push('no span reached the OTLP sink')
   }
-  if (feature === 'log') {
-    const size = (await stat(join(tempRoot as string, 'logs', `${s.spec.id}.log`))).size
-    if (size === 0) s.problems.push('its log file is empty')
-  }
+  if (feature === 'log' && s.cpu.logFile !== undefined && (await stat(s.cpu.logFile)).size === 0) s.problems.push('its log file is empty')
 }
 
 /** What each feature must show besides 2xx answers, and what Gatehouse logged at warn or above. */

@@ -73,14 +73,18 @@ export class ClientRate {
   }
 
   close (): void {
-    clearInterval(this.#timer)
-    this.#timer = undefined
     this.#watched.clear()
+    this.#stopSweeping()
   }
 
   #forget (watched: Watched): void {
     this.#watched.delete(watched)
-    if (this.#watched.size === 0) this.close()
+    if (this.#watched.size === 0) this.#stopSweeping()
+  }
+
+  #stopSweeping (): void {
+    clearInterval(this.#timer)
+    this.#timer = undefined
   }
 
   #sweep (): void {

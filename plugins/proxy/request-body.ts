@@ -75,11 +75,14 @@ export function receiveBody (stream: Readable, limit: number, memory: BufferMemo
     }
     const onData = (chunk: Buffer): void => {
       size += chunk.length
-      if (declared === undefined && size <= limit && !memory.take(chunk.length)) {
-        end(new RequestBufferFullError())
-        return
+      // A declared length was taken at once; a chunked body takes what it keeps, chunk by chunk.
+      if (declared === undefined && size <= limit) {
+        if (!memory.take(chunk.length)) {
+          end(new RequestBufferFullError())
+          return
+        }
+        held += chunk.length
       }
-      if (declared === undefined && size <= limit) held += chunk.length
       chunks.push(chunk)
       if (size <= limit) return
       // Larger than the buffer: stream it after all, from its first byte.

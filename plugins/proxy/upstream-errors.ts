@@ -39,13 +39,9 @@ export function upstreamError (request: FastifyRequest, reply: FastifyReply, ups
   }
   if (error instanceof ClientClosedError) return error
   // The body was not read to its end: the connection cannot carry another request.
-  if (error instanceof ClientTooSlowError) {
+  if (error instanceof ClientTooSlowError || error instanceof RequestBufferFullError) {
     reply.header('connection', 'close')
-    return error
-  }
-  if (error instanceof RequestBufferFullError) {
-    reply.header('connection', 'close')
-    reply.header('retry-after', RETRY_AFTER_SATURATED)
+    if (error instanceof RequestBufferFullError) reply.header('retry-after', RETRY_AFTER_SATURATED)
     return error
   }
   if (request.raw.socket.destroyed) return new ClientClosedError({ cause: error })
