@@ -8,6 +8,7 @@
 //   limit-memory  @fastify/rate-limit, its in-memory store (LIMIT_MAX per LIMIT_WINDOW_MS, by IP)
 //   limit-redis   @fastify/rate-limit, its Redis store on an ioredis client of REDIS_URL
 //   tracing       @fastify/otel in the OpenTelemetry Node SDK, configured by the OTEL_* variables
+//   post          request bodies of any type passed to reply-from as the raw stream (as @fastify/http-proxy does)
 import Fastify, { type FastifyPluginCallback } from 'fastify'
 import replyFrom from '@fastify/reply-from'
 import { serve } from './serve.js'
@@ -41,6 +42,7 @@ if (feature === 'limit-memory' || feature === 'limit-redis') {
     ...(redis === undefined ? {} : { redis })
   })
 }
+if (feature === 'post') app.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
 await app.register(replyFrom, {
   base: upstream,
   // Same pool size as the gateway's target in the bench, so only the proxy code differs.

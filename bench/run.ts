@@ -67,6 +67,8 @@ const LIMIT_MAX = 1_000_000
 const LIMIT_WINDOW = '1s'
 const LIMIT_WINDOW_MS = 1000
 const TRACE_SAMPLE_RATIO = '0.1'
+// The body of (h), (h2) and bare-post.
+const POST_BYTES = 64 * 1024
 // A sample taken while processes other than the bench's kept this many cores busy is flagged.
 const NOISY_CORES = 0.1
 // Redis limiter decisions that may fail (and be made in memory) before (e)'s figures are not Redis's.
@@ -79,7 +81,7 @@ const progress = (line: string): void => { process.stderr.write(line + '\n') }
 
 // ---- what can be measured ------------------------------------------------------------------
 
-type Feature = 'none' | 'log' | 'limit-memory' | 'limit-redis' | 'jwt' | 'tracing'
+type Feature = 'none' | 'log' | 'limit-memory' | 'limit-redis' | 'jwt' | 'tracing' | 'post' | 'post-streamed'
 
 interface Spec {
   id: string
@@ -113,6 +115,10 @@ const SPECS: Spec[] = [
   { id: 'gatehouse-limit-redis', letter: 'e', label: 'Gatehouse (e) (c) + rate limit, Redis', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'limit-redis' },
   { id: 'gatehouse-jwt', letter: 'f', label: 'Gatehouse (f) (c) + JWT, cached key', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'jwt' },
   { id: 'gatehouse-tracing', letter: 'g', label: 'Gatehouse (g) (c) + tracing, 10 % sampled', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'tracing' },
+  // A request body: (h) receives it whole before it asks a target (the default), (h2) streams it;
+  // (h) − (h2), round by round, is what request buffering costs.
+  { id: 'gatehouse-post', letter: 'h', label: 'Gatehouse (h) (c), POST of 64 KB received whole (default requestBuffer)', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'post' },
+  { id: 'gatehouse-post-streamed', letter: 'h2', label: 'Gatehouse (h2) (c), POST of 64 KB streamed (requestBuffer: 0)', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'post-streamed' },
   // The package behind each feature, alone on the bare proxy and set up as its documentation
   // does: the floor under what the same feature adds to Gatehouse.
   { id: 'bare-log', label: 'bare + Fastify\'s request log (info, to a file)', kind: 'bare', memory: false, quick: false, feature: 'log' },
@@ -120,7 +126,8 @@ const SPECS: Spec[] = [
   { id: 'bare-limit-redis', label: 'bare + @fastify/rate-limit, its Redis store', kind: 'bare', memory: false, quick: false, feature: 'limit-redis' },
   { id: 'bare-tracing', label: 'bare + @fastify/otel, 10 % sampled', kind: 'bare', memory: false, quick: false, feature: 'tracing' },
   // No package here: the bare proxy reads and forwards the same bearer token, unverified.
-  { id: 'bare-jwt', label: 'bare, sent (f)\'s bearer token (not verified)', kind: 'bare', memory: false, quick: false, feature: 'jwt' }
+  { id: 'bare-jwt', label: 'bare, sent (f)\'s bearer token (not verified)', kind: 'bare', memory: false, quick: false, feature: 'jwt' },
+  { id: 'bare-post', label: 'bare, sent (h)\'s POST of 64 KB (streamed, as @fastify/http-proxy does)', kind: 'bare', memory: false, quick: false, feature: 'post' }
 ]
 
 function usage (): string {
@@ -357,6 +364,7 @@ function routeFile (upstreamUrl: string, feature: Feature, jwt: BenchIssuer | un
   if (feature === 'limit-memory' || feature === 'limit-redis') {
     extra.push('    rateLimit:', `      max: ${LIMIT_MAX}`, `      window: ${LIMIT_WINDOW}`, '      key: ip', '      onStoreError: local')
   }
+  if (feature === 'post-streamed') extra.push('    requestBuffer: 0')
   if (feature === 'jwt' && jwt !== undefined) {
     extra.push('    auth:', '      jwt:', `        jwksUrl: ${jwt.jwksUrl}`, `        issuer: ${jwt.issuer}`, `        audience: ${JWT_AUDIENCE}`,
       `        algorithms: [${JWT_ALGORITHM}]`, '        forwardClaims:', '          sub: x-user-id')
@@ -397,7 +405,8 @@ async function ourMicros (): Promise<number> {
 const pause = (): Promise<void> => new Promise(resolve => setTimeout(resolve, PAUSE_MS))
 
 async function load (s: Subject, instance: Instance, durationS: number): Promise<WrkRun> {
-  return await runWrk(children, { url: `http://127.0.0.1:${instance.port}${PATH}`, durationS, connections: CONNECTIONS, script: wrkScript, ...(s.headers === undefined ? {} : { headers: s.headers }) })
+  const script = s.spec.feature === 'post' || s.spec.feature === 'post-streamed' ? wrkScripts.post : wrkScripts.get
+  return await runWrk(children, { url: `http://127.0.0.1:${instance.port}${PATH}`, durationS, connections: CONNECTIONS, script, ...(s.headers === undefined ? {} : { headers: s.headers }) })
 }
 
 async function cpuRound (s: Subject, round: number, redisPid: number | undefined): Promise<CpuSample> {
@@ -448,7 +457,7 @@ async function memoryRound (s: Subject, round: number): Promise<MemorySample> {
   }
 }
 
-let wrkScript = ''
+const wrkScripts = { get: '', post: '' }
 
 // ---- the run -------------------------------------------------------------------------------
 
@@ -538,7 +547,8 @@ async function main (): Promise<void> {
   tempRoot = await mkdtemp(join(os.tmpdir(), 'gatehouse-bench-'))
   const logsDir = join(tempRoot, 'logs')
   await mkdir(logsDir)
-  wrkScript = await writeWrkScript(tempRoot)
+  wrkScripts.get = await writeWrkScript(tempRoot)
+  wrkScripts.post = await writeWrkScript(tempRoot, POST_BYTES)
 
   const upstreamPort = await freePort()
   const upstream = children.spawn('upstream', process.execPath, [join(DIST, 'bench', 'upstream.js')], { env: cleanEnv({ HOST: '127.0.0.1', PORT: String(upstreamPort) }), cwd: tempRoot, stdout: 'pipe' })
@@ -798,6 +808,10 @@ function report ({ machine, commit, peers, skipped, subjects }: ReportInput): vo
     ...[...s.cpuSamples, ...s.memorySamples].filter(x => x.invalid).map(x => `${s.spec.id}: ${'cpuUsPerReq' in x ? 'CPU' : 'memory'} round ${x.round}: ${x.non2xx} non-2xx, ${x.socketErrors} socket errors (left out of the medians)`),
     ...s.problems.map(p => `${s.spec.id}: ${p}`)
   ])
+  // What receiving a body whole costs: (h) against (h2), round by round.
+  const posted = subjects.find(s => s.spec.id === 'gatehouse-post')
+  const streamed = subjects.find(s => s.spec.id === 'gatehouse-post-streamed')
+  const buffering = posted === undefined || streamed === undefined ? undefined : pairedCpu(posted, streamed, (a, b) => a - b)
   const samples = subjects.flatMap(s => s.cpuSamples)
   const noisy = samples.filter(x => x.otherCores >= NOISY_CORES).length
   const noise = { otherCoresMedian: medianOf(samples.map(x => x.otherCores)), otherCoresMax: samples.length === 0 ? null : Math.max(...samples.map(x => x.otherCores)), noisySamples: noisy, samples: samples.length }
@@ -823,6 +837,7 @@ function report ({ machine, commit, peers, skipped, subjects }: ReportInput): vo
         problems: s.problems
       })),
       floors: floorRows(subjects, bareSubject, warn).map(f => ({ feature: f.feature, alone: f.alone, gatehouse: f.gatehouse?.spec.id, adds: f.adds })),
+      requestBuffering: buffering,
       noise,
       invalid,
       valid: invalid.length === 0
@@ -860,6 +875,10 @@ function report ({ machine, commit, peers, skipped, subjects }: ReportInput): vo
         const access = floors.find(f => f.feature === 'log')
         if (access !== undefined) lines.push(`| ${ACCESS_LOG_ROW} | ${cell(access.adds)} | | ${cell(access.alone)} |`)
       }
+    }
+    if (buffering !== undefined) {
+      lines.push('')
+      lines.push(`Receiving a ${POST_BYTES / 1024} KB body whole before asking a target, (h) − (h2) round by round: ${buffering === null ? '–' : `${fmt(buffering.median, 1)} µs/req (middle half ${fmt(buffering.q1, 1)} to ${fmt(buffering.q3, 1)})`}.`)
     }
     lines.push('')
     lines.push(`Method: wrk -t1 -c${CONNECTIONS}, ${plural(ROUNDS, 'round')} of ${DURATION_S} s after a ${WARMUP_S} s warm-up per process, interleaved (each round runs every proxy once, the order rotated by one each round); medians; × bare = ratio to the bare Fastify + reply-from proxy of this run (CPU: the median of the per-round ratios, each of two samples taken seconds apart).`)

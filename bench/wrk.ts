@@ -60,9 +60,11 @@ export function wrkVersion (): { version: string } | { missing: string } {
   }
 }
 
-export async function writeWrkScript (dir: string): Promise<string> {
-  const file = join(dir, 'wrk-report.lua')
-  await writeFile(file, SCRIPT)
+/** The report script; with `postBytes`, every request is a POST of that many bytes (application/octet-stream). */
+export async function writeWrkScript (dir: string, postBytes?: number): Promise<string> {
+  const file = join(dir, postBytes === undefined ? 'wrk-report.lua' : `wrk-post-${postBytes}.lua`)
+  const post = postBytes === undefined ? '' : `wrk.method = "POST"\nwrk.body = string.rep("x", ${postBytes})\nwrk.headers["Content-Type"] = "application/octet-stream"\n`
+  await writeFile(file, post + SCRIPT)
   return file
 }
 

@@ -87,13 +87,13 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
   await app.register(requestGuardPlugin, { maxHeaders: env.maxHeaders, maxHeaderSize: env.maxHeaderSize, maxUrlLength: env.maxUrlLength })
   await app.register(routeTablePlugin, {
     routesDir: env.routesDir,
-    defaults: { bodyLimit: env.bodyLimit, requestBuffer: env.requestBufferSize },
+    defaults: { bodyLimit: env.bodyLimit, requestBuffer: env.requestBufferSize, responseBuffer: env.responseBufferSize },
     watch: env.watchRoutes,
     debounceMs: env.reloadDebounceMs
   })
   await app.register(authPlugin, { jwksCooldownMs: env.jwksCooldownMs })
   await app.register(rateLimitPlugin, { redis: env.redis, redisKeyPrefix: env.redisKeyPrefix, redisTimeoutMs: env.redisTimeoutMs })
-  await app.register(clientRatePlugin, { minDataRate: env.minDataRate, graceMs: env.minDataRateGraceMs })
+  await app.register(clientRatePlugin, { minDataRate: env.minDataRate, graceMs: env.minDataRateGraceMs, requestBufferMemory: env.requestBufferMemory, responseBufferMemory: env.responseBufferMemory })
   await app.register(observabilityPlugin, {
     adminPort: env.adminPort,
     adminHost: env.host,
@@ -106,7 +106,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     maxRssBytes: env.maxRssBytes
   })
 
-  await registerPipeline(app, { trustProxy: env.trustProxy, allowUnderscoreHeaders: env.allowUnderscoreHeaders, requestBufferMemory: env.requestBufferMemory })
+  await registerPipeline(app, { trustProxy: env.trustProxy, allowUnderscoreHeaders: env.allowUnderscoreHeaders })
   return app
 }
 

@@ -1,7 +1,9 @@
-// Slow clients must not hold upstream slots: a client that reads its response slower than
-// MIN_DATA_RATE is cut after MIN_DATA_RATE_GRACE, its upstream request is cancelled and its slot
-// freed. Real sockets that stop reading, a real upstream streaming a large body.
+// Slow clients must not hold upstream slots: a response up to the route's responseBuffer is read
+// ahead of a client that reads slowly, so the upstream request ends and frees its slot; a client
+// that reads slower than MIN_DATA_RATE is cut after MIN_DATA_RATE_GRACE, and a request it still
+// holds is cancelled. Real sockets that stop reading, a real upstream streaming a large body.
 import { strict as assert } from 'node:assert'
+import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { readFile } from 'node:fs/promises'
 import net from 'node:net'
@@ -9,11 +11,101 @@ import { test } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { gateway, metric, send, until, upstream, within } from './helpers.js'
 
-// Far more than the loopback's socket buffers can hold: the gateway must wait for the client.
 const BIG = 24 * 1024 * 1024
+// On loopback the kernel's socket buffers take 2–4 MB of a response from the gateway by
+// themselves, however slowly the client reads: a slow reader of 8 MB leaves the gateway holding
+// the rest (with the route's responseBuffer at 8 MB), a slow reader of 24 MB makes the upstream wait.
+const EIGHT_MB = 8 * 1024 * 1024
 const CHUNK = Buffer.alloc(64 * 1024, 'x')
 
-test('slow read: clients that stop reading a large response are cut after the grace, their slots freed; normal requests then pass', async t => {
+/**
+ * A client that reads 16 bytes every 2 s with a receive buffer of about 1 KB (slowhttptest -X
+ * does the same; Node cannot shrink a TCP socket's receive buffer). Resolves with the bytes it
+ * read and how it ended ('reset', 'eof', or 'gave up' after `maxMs`).
+ */
+function slowReader (t: { after: (fn: () => void) => void }, port: number, path: string, maxMs: number): { done: Promise<{ bytes: number, end: string }> } {
+  const script = [
+    'import socket, sys, time',
+    's = socket.socket()',
+    's.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)',
+    `s.connect(("127.0.0.1", ${port}))`,
+    `s.sendall(b"GET ${path} HTTP/1.1\\r\\nHost: gw\\r\\n\\r\\n")`,
+    `stop = time.time() + ${maxMs / 1000}`,
+    'n, end = 0, "gave up"',
+    'while time.time() < stop:',
+    '    try:',
+    '        b = s.recv(16)',
+    '    except ConnectionResetError:',
+    '        end = "reset"; break',
+    '    if not b:',
+    '        end = "eof"; break',
+    '    n += len(b)',
+    // Linux hands queued bytes out before a reset's error; SO_ERROR tells of the reset at once.
+    '    if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 104:',
+    '        end = "reset"; break',
+    '    time.sleep(2)',
+    'print(n, end)'
+  ].join('\n')
+  const child = spawn('python3', ['-c', script], { stdio: ['ignore', 'pipe', 'inherit'] })
+  t.after(() => child.kill())
+  let out = ''
+  child.stdout.on('data', (chunk: Buffer) => { out += chunk.toString() })
+  const done = once(child, 'exit').then(() => {
+    const [bytes, end] = out.trim().split(' ')
+    return { bytes: Number(bytes), end: end ?? '' }
+  })
+  return { done }
+}
+
+test('slow read: two clients reading an 8 MB response 16 bytes every 2 s hold no slot of maxConnections 2 (the response is read ahead), normal requests all pass, and the readers are cut after the grace', async t => {
+  const origin = await bigUpstream(t)
+  const gw = await gateway(t, { 'svc.yaml': `targets:\n  - url: ${origin.url}\n    maxConnections: 2\nroutes:\n  - path: /svc\n    responseBuffer: 8mb\n` }, { MIN_DATA_RATE_GRACE: '2s' })
+  const began = Date.now()
+  const readers = [0, 1].map(() => slowReader(t, gw.port, '/svc/8mb', 15_000))
+  await until('the upstream sent both responses', () => origin.requests.filter(r => r.url === '/svc/8mb').length === 2)
+  const state = { upstream: 'svc', target: origin.url }
+  await until('both responses are read ahead: no slot held', async () => await metric(gw, 'upstream_active_connections', state) === 0)
+  const held = await metric(gw, 'client_buffer_bytes', { direction: 'response' }) ?? 0
+  assert.ok(held > 0 && held <= 2 * EIGHT_MB, `${held} bytes read ahead for the two readers (the kernel holds the rest)`)
+  // Normal requests, every 100 ms while the readers are in their grace and until they are cut.
+  const statuses: number[] = []
+  while (await metric(gw, 'client_slow_total', { direction: 'response' }) !== 2) {
+    assert.ok(Date.now() - began < 8000, 'both readers are cut within the grace (2 s) and a few seconds')
+    statuses.push((await send(gw, '/svc/normal')).status)
+    await sleep(100)
+  }
+  assert.ok(statuses.length >= 10, `${statuses.length} normal requests while the readers were connected`)
+  assert.deepEqual([...new Set(statuses)], [200], 'no normal request was refused')
+  for (const r of readers) {
+    const { bytes, end } = await within(10_000, 'the reader sees its connection end', r.done)
+    assert.equal(end, 'reset', 'the connection was reset, not left to the kernel to deliver')
+    assert.ok(bytes < EIGHT_MB, `${bytes} bytes of ${EIGHT_MB}: cut short`)
+  }
+  assert.equal(origin.requests.filter(r => r.url === '/svc/8mb').length, 2, 'each reader was one upstream request')
+  assert.equal(await metric(gw, 'client_buffer_bytes', { direction: 'response' }), 0, 'the memory read ahead is given back')
+  const cut = gw.logs.filter(l => l.code === 'GATEHOUSE_ERR_CLIENT_TOO_SLOW')
+  assert.equal(cut.length, 2, 'one access line each, with the reason')
+  assert.equal(cut[0]?.level, 30)
+})
+
+test('read-ahead has bounds: a route with responseBuffer 0, or RESPONSE_BUFFER_MEMORY spent, makes the upstream wait for the client (the slot is held until the reader is cut)', async t => {
+  const origin = await bigUpstream(t)
+  const state = { upstream: 'svc', target: origin.url }
+  for (const [route, env] of [['    responseBuffer: 0\n', {}], ['', { RESPONSE_BUFFER_MEMORY: '1mb' }]] as const) {
+    const gw = await gateway(t, { 'svc.yaml': `targets:\n  - url: ${origin.url}\n    maxConnections: 1\nroutes:\n  - path: /svc\n${route}` }, { MIN_DATA_RATE_GRACE: '2s', ...env })
+    const reader = slowReader(t, gw.port, '/svc/big', 15_000)
+    await until('the reader holds the slot', async () => await metric(gw, 'upstream_active_connections', state) === 1)
+    await sleep(500)
+    assert.equal(await metric(gw, 'upstream_active_connections', state), 1, `still held (${route.trim() || JSON.stringify(env)})`)
+    assert.equal((await send(gw, '/svc/normal')).status, 503)
+    await until('the reader is cut', async () => await metric(gw, 'client_slow_total', { direction: 'response' }) === 1, 8000, 100)
+    await until('the slot is free', async () => await metric(gw, 'upstream_active_connections', state) === 0)
+    assert.equal((await send(gw, '/svc/normal')).status, 200)
+    assert.equal((await within(10_000, 'the reader ends', reader.done)).end, 'reset')
+  }
+})
+
+test('slow read past the read-ahead: clients that stop reading a 24 MB response hold their slots through the grace, then are cut, their slots freed; normal requests then pass', async t => {
   const origin = await bigUpstream(t)
   const gw = await gateway(t, { 'svc.yaml': `targets:\n  - url: ${origin.url}\n    maxConnections: 2\nroutes:\n  - path: /svc\n` }, { MIN_DATA_RATE_GRACE: '1s' })
 
@@ -55,15 +147,16 @@ test('slow read: clients that stop reading a large response are cut after the gr
   assert.match(String(cut[0]?.error), /read the response slower than 240 bytes\/s/)
 })
 
-/** An upstream that answers /svc/big with BIG bytes, written as fast as they are read, and anything else with ok. */
+/** An upstream that answers /svc/big with BIG bytes and /svc/8mb with EIGHT_MB, written as fast as they are read, and anything else with ok. */
 async function bigUpstream (t: Parameters<typeof upstream>[0]) {
   return await upstream(t, (req, res) => {
-    if (req.url !== '/svc/big') {
+    const size = req.url === '/svc/big' ? BIG : req.url === '/svc/8mb' ? EIGHT_MB : 0
+    if (size === 0) {
       res.end('ok')
       return
     }
-    res.writeHead(200, { 'content-length': String(BIG) })
-    let left = BIG
+    res.writeHead(200, { 'content-length': String(size) })
+    let left = size
     const pump = (): void => {
       while (left > 0) {
         left -= CHUNK.length

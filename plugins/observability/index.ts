@@ -169,6 +169,15 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
     [{ direction: 'request' }, app.clientRate.slow.request],
     [{ direction: 'response' }, app.clientRate.slow.response]
   ])
+  new client.Gauge({
+    name: 'client_buffer_bytes',
+    help: 'Memory holding what slow clients have not sent or read: request bodies being received whole (request, within REQUEST_BUFFER_MEMORY) and responses read ahead of their clients (response, within RESPONSE_BUFFER_MEMORY).',
+    labelNames: ['direction'],
+    collect () {
+      this.set({ direction: 'request' }, app.clientRate.memory.request.used)
+      this.set({ direction: 'response' }, app.clientRate.memory.response.used)
+    }
+  })
   counter('config_reloads_total', 'Route reloads; failure: at least one file was rejected (its last good version kept serving).', ['result'], () => [
     [{ result: 'success' }, app.routeTable.reloads.success],
     [{ result: 'failure' }, app.routeTable.reloads.failure]

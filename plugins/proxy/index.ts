@@ -12,7 +12,7 @@ import { selectTarget } from '../../src/upstream/select.js'
 import type { Target } from '../../src/upstream/target.js'
 import type { RouteMatch } from '../route-table/index.js'
 import { compileForwardRules } from './headers.js'
-import { BufferMemory, limitBody, receiveBody, type ReceivingBody } from './request-body.js'
+import { limitBody, receiveBody, type ReceivingBody } from './request-body.js'
 import { UpstreamCall } from './upstream-call.js'
 import { unavailable, upstreamError } from './upstream-errors.js'
 
@@ -20,8 +20,6 @@ export interface ProxyOptions {
   trustProxy: TrustProxy
   /** ALLOW_UNDERSCORE_HEADERS. */
   allowUnderscoreHeaders: boolean
-  /** REQUEST_BUFFER_MEMORY. */
-  requestBufferMemory: number
 }
 
 declare module 'fastify' {
@@ -38,7 +36,7 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
   app.addContentTypeParser('*', (_request, payload, done) => { done(null, payload) })
 
   const rules = compileForwardRules(opts.trustProxy, opts.allowUnderscoreHeaders)
-  const memory = new BufferMemory(opts.requestBufferMemory)
+  const memory = app.clientRate.memory
 
   function proxy (request: FastifyRequest, reply: FastifyReply): void {
     const { route, forward } = request.match as RouteMatch
@@ -71,12 +69,13 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
       path: forward,
       rules,
       clientRate: app.clientRate,
+      readAhead: { limit: route.responseBuffer, memory: memory.response },
       fail: (error, target) => {
         if (!reply.sent) reply.send(upstreamError(request, reply, upstream, target, error, bodyLimitHit))
       },
       done: () => {
         unwatch()
-        if (receiving !== undefined) memory.give(receiving.held())
+        if (receiving !== undefined) memory.request.give(receiving.held())
       }
     })
     const unwatch = onSocketClose(socket, () => { if (!reply.raw.writableFinished) call.cancel(new ClientClosedError()) })
@@ -86,7 +85,7 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
     } else if (route.requestBuffer > 0 && (declared === undefined || Number(declared) <= route.requestBuffer)) {
       // Received whole before a target is asked: the upload holds memory, not an upstream slot,
       // and a retry can send it again. A client that sends it too slowly is answered 408.
-      receiving = receiveBody(body, route.requestBuffer, memory, declared === undefined ? undefined : Number(declared))
+      receiving = receiveBody(body, route.requestBuffer, memory.request, declared === undefined ? undefined : Number(declared))
       const { stop } = receiving
       const rate = app.clientRate
       const stopWatch = rate.receiving(socket, () => { stop(new ClientTooSlowError('sent its body', rate.minDataRate)) })

@@ -4,6 +4,7 @@
 // memory budget for all of them, and is what a retry sends again.
 import { PassThrough, Transform, type Readable, type TransformCallback } from 'node:stream'
 import { BodyTooLargeError, ClientClosedError, RequestBufferFullError } from '../../src/errors.js'
+import type { BufferMemory } from '../client-rate/index.js'
 
 /** Passes a chunked body through, failing it (and calling `onExceeded`) past `limit` bytes. */
 export function limitBody (limit: number, onExceeded: () => void): Transform {
@@ -19,23 +20,6 @@ export function limitBody (limit: number, onExceeded: () => void): Transform {
       }
     }
   })
-}
-
-/** The memory that bodies being received whole may use together (REQUEST_BUFFER_MEMORY). */
-export class BufferMemory {
-  used = 0
-  constructor (readonly limit: number) {}
-
-  /** Takes `bytes` if they fit. */
-  take (bytes: number): boolean {
-    if (this.used + bytes > this.limit) return false
-    this.used += bytes
-    return true
-  }
-
-  give (bytes: number): void {
-    this.used -= bytes
-  }
 }
 
 export interface ReceivingBody {

@@ -3,6 +3,7 @@
 // undici dispatch handler: every try is `target.pool.dispatch(options, this)`, so the request's
 // state travels with the dispatch (as in undici's own interceptors, lib/interceptor/retry.js),
 // and the final response is written to the client as undici reads it, with no stream in between.
+import type { ServerResponse } from 'node:http'
 import type { Readable } from 'node:stream'
 import type { Span } from '@opentelemetry/api'
 import type { FastifyReply, FastifyRequest } from 'fastify'
@@ -11,7 +12,7 @@ import { ClientTooSlowError, UpstreamUnavailableError } from '../../src/errors.j
 import { backoffMs, retryable, retryAfterMs, type TryFailure } from '../../src/upstream/retry.js'
 import { selectTarget } from '../../src/upstream/select.js'
 import { tlsFailure, type Target } from '../../src/upstream/target.js'
-import type { ClientRate } from '../client-rate/index.js'
+import type { BufferMemory, ClientRate } from '../client-rate/index.js'
 import type { CompiledUpstream } from '../route-table/route-table.js'
 import { endTry, startTry } from '../tracing/spans.js'
 import { clientResponseHeaders, upstreamRequestHeaders, type ForwardRules } from './headers.js'
@@ -40,6 +41,8 @@ export interface CallOptions {
   path: string
   rules: ForwardRules
   clientRate: ClientRate
+  /** How far the response may be read ahead of a client that is behind: the route's responseBuffer, within RESPONSE_BUFFER_MEMORY. */
+  readAhead: { limit: number, memory: BufferMemory }
   /** The call failed for good, before any response was written: answer the client with it. */
   fail: (error: Error, target: Target | undefined) => void
   /** The call is over, whatever its outcome. */
@@ -82,6 +85,10 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
   private resumeUpstream: (() => void) | undefined
   /** While the client is behind on the response: stops watching its read rate. */
   private stopWatch: (() => void) | undefined
+  /** Response bytes read ahead of the client since it fell behind, taken from readAhead.memory. */
+  private readAhead = 0
+  /** The upstream waits for the client to drain. */
+  private paused = false
 
   constructor (private readonly o: CallOptions) {
     o.upstream.budget.active++
@@ -213,22 +220,47 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     if (this.phase !== Phase.Forwarding) return true
     const res = this.o.reply.raw
     if (res.write(chunk)) return true
-    // Already behind (a chunk undici had parsed before it paused): the watch and 'drain' are set.
-    if (this.stopWatch !== undefined) return false
-    // Behind: the upstream waits for the client, which must keep reading at the minimum rate.
+    if (this.stopWatch === undefined) this.behind(res)
+    // Read ahead of the client into memory, so the upstream can finish and free its slot; past
+    // the route's responseBuffer or RESPONSE_BUFFER_MEMORY, the upstream waits for the client.
+    const { limit, memory } = this.o.readAhead
+    if (this.readAhead + chunk.length <= limit && memory.take(chunk.length)) {
+      this.readAhead += chunk.length
+      return true
+    }
+    this.paused = true
+    return false
+  }
+
+  /**
+   * The client is not keeping up: until it drains what was written (or the response closes) it
+   * must read at the minimum rate, and whatever was read ahead for it stays in memory.
+   */
+  private behind (res: ServerResponse): void {
     const rate = this.o.clientRate
     const socket = this.o.request.raw.socket
     this.stopWatch = rate.behind(socket, () => {
       const err = new ClientTooSlowError('read the response', rate.minDataRate)
       this.o.request.failure = { code: err.code, message: err.message }
-      socket.destroy()
+      // A reset, not a FIN: the kernel would otherwise keep trying to deliver what it holds.
+      socket.resetAndDestroy()
     })
-    res.once('drain', () => {
+    const caughtUp = (): void => {
+      res.off('drain', caughtUp)
+      res.off('close', caughtUp)
       this.stopWatch?.()
       this.stopWatch = undefined
-      this.resumeUpstream?.()
-    })
-    return false
+      this.o.readAhead.memory.give(this.readAhead)
+      this.readAhead = 0
+      // After 'close' the try is over or being cancelled: nothing to resume.
+      if (this.paused && !res.destroyed) {
+        this.paused = false
+        this.resumeUpstream?.()
+      }
+    }
+    // 'drain' is not emitted once the response has ended; 'close' always is.
+    res.on('drain', caughtUp)
+    res.on('close', caughtUp)
   }
 
   onComplete (): void {
@@ -354,7 +386,6 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
   private finish (): void {
     if (this.done) return
     this.done = true
-    this.stopWatch?.()
     this.o.upstream.budget.active--
     this.o.done()
   }

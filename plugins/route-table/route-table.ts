@@ -43,6 +43,8 @@ export interface CompiledRoute {
   readonly bodyLimit: number
   /** Bodies up to this size are received whole before a target is chosen, and replayed by retries; 0: none. */
   readonly requestBuffer: number
+  /** Response bytes read ahead of a client that is behind, so the upstream can finish; 0: none. */
+  readonly responseBuffer: number
   /** %2F and %5C in the path are forwarded (encoded) instead of refused. */
   readonly allowEncodedSlashes: boolean
 }
@@ -76,6 +78,8 @@ export interface RouteDefaults {
   bodyLimit: number
   /** REQUEST_BUFFER_SIZE. */
   requestBuffer: number
+  /** RESPONSE_BUFFER_SIZE. */
+  responseBuffer: number
 }
 
 /**
@@ -124,6 +128,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
         rewritePrefix: route.rewritePrefix,
         bodyLimit: route.bodyLimit ?? defaults.bodyLimit,
         requestBuffer: route.requestBuffer ?? config.retry.bufferBody ?? defaults.requestBuffer,
+        responseBuffer: route.responseBuffer ?? defaults.responseBuffer,
         allowEncodedSlashes: route.allowEncodedSlashes
       })
       if (compiled.rateLimit !== undefined) limits.set(id, compiled.rateLimit)

@@ -26,6 +26,8 @@ export const EnvSchema = Type.Object({
   BODY_LIMIT: Size({ default: '1mb', description: 'Largest request body, unless a route sets bodyLimit.' }),
   REQUEST_BUFFER_SIZE: Size({ default: '1mb', description: 'Request bodies up to this size are received whole before a target is chosen, and are what a retry sends again; larger ones are streamed. Routes may set requestBuffer.' }),
   REQUEST_BUFFER_MEMORY: Size({ default: '64mb', description: 'Memory all request bodies being received whole may use together; past it, a request that would need more is answered 503 with Retry-After.' }),
+  RESPONSE_BUFFER_SIZE: Size({ default: '2mb', description: 'Response bytes the gateway may read ahead of a client that reads slower than the upstream sends, so the upstream request ends and frees its slot. Routes may set responseBuffer.' }),
+  RESPONSE_BUFFER_MEMORY: Size({ default: '64mb', description: 'Memory all responses read ahead of their clients may use together; past it, an upstream waits for its client.' }),
   MAX_HEADER_SIZE: Size({ default: '16kb', description: 'Largest request head (request line and headers) before 431.' }),
   ALLOW_UNDERSCORE_HEADERS: Type.Boolean({ default: false, description: 'Forward request header names that contain `_` (dropped by default: CGI-style upstreams read `X_User` as `X-User`).' }),
   MAX_HEADERS: Type.Integer({ minimum: 1, maximum: 1000, default: 100, description: 'Most request headers accepted; more get 431.' }),
@@ -66,6 +68,8 @@ export interface GatewayEnv {
   maxHeaderSize: number
   requestBufferSize: number
   requestBufferMemory: number
+  responseBufferSize: number
+  responseBufferMemory: number
   maxHeaders: number
   allowUnderscoreHeaders: boolean
   minDataRate: number
@@ -136,6 +140,8 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
     maxHeaderSize: toBytes(raw.MAX_HEADER_SIZE),
     requestBufferSize: toBytes(raw.REQUEST_BUFFER_SIZE),
     requestBufferMemory: toBytes(raw.REQUEST_BUFFER_MEMORY),
+    responseBufferSize: toBytes(raw.RESPONSE_BUFFER_SIZE),
+    responseBufferMemory: toBytes(raw.RESPONSE_BUFFER_MEMORY),
     maxHeaders: raw.MAX_HEADERS,
     allowUnderscoreHeaders: raw.ALLOW_UNDERSCORE_HEADERS,
     minDataRate: toBytes(raw.MIN_DATA_RATE),

@@ -55,6 +55,7 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
       rewritePrefix: r.rewritePrefix,
       bodyLimit: r.bodyLimit === undefined ? undefined : toBytes(r.bodyLimit),
       requestBuffer: r.requestBuffer === undefined ? undefined : toBytes(r.requestBuffer),
+      responseBuffer: r.responseBuffer === undefined ? undefined : toBytes(r.responseBuffer),
       allowEncodedSlashes: r.allowEncodedSlashes,
       auth: r.auth === undefined ? undefined : jwtAuth(r.auth.jwt, env),
       rateLimit: r.rateLimit === undefined

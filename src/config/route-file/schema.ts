@@ -114,6 +114,9 @@ const Route = Type.Object({
   requestBuffer: Type.Optional(Size({
     description: 'Request bodies up to this size are received whole before a target is chosen (a slow uploader holds memory, not an upstream slot) and are what a retry sends again; larger ones are streamed and never retried; 0 streams every body. Default: REQUEST_BUFFER_SIZE, or retry.bufferBody where the file sets it.'
   })),
+  responseBuffer: Type.Optional(Size({
+    description: 'Response bytes the gateway may read ahead of a client that reads slower than the upstream sends, so the upstream request ends and frees its slot; past it the upstream waits for the client. 0: never read ahead. Default: RESPONSE_BUFFER_SIZE.'
+  })),
   allowEncodedSlashes: Type.Boolean({
     default: false,
     description: 'Forward paths with %2F or %5C (kept encoded) instead of refusing them with 400. Only for services that need them and do not decode them into separators. Default false.'
@@ -195,6 +198,8 @@ export interface RouteConfig {
   bodyLimit: number | undefined
   /** Undefined: the file's retry.bufferBody, else REQUEST_BUFFER_SIZE. */
   requestBuffer: number | undefined
+  /** Undefined: RESPONSE_BUFFER_SIZE. */
+  responseBuffer: number | undefined
   allowEncodedSlashes: boolean
   auth: JwtAuthConfig | undefined
   rateLimit: RateLimitConfig | undefined
