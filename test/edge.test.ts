@@ -215,3 +215,81 @@ test('slowloris: 300 connections trickling their heads do not slow normal traffi
   const closedAt = slow.map(s => s.ms).sort((a, b) => a - b)
   t.diagnostic(`normal: ${normal.length} requests, p50 ${normal[Math.floor(normal.length / 2)]} ms, max ${normal.at(-1)} ms; tricklers closed after ${closedAt[0]}–${closedAt.at(-1)} ms`)
 })
+
+/**
+ * The Transfer-Encoding mutations of a request-smuggling scanner (defparam/smuggler's exhaustive
+ * set): the header hidden behind prefixes, separators, quotes, case, and every control and high
+ * byte before, inside and after it. Each comes right after the request line, as the scanner sends it.
+ */
+function smugglingMutations (): Array<[string, string]> {
+  const named: Array<[string, string]> = [
+    ['nameprefix1', ' Transfer-Encoding: chunked'], ['tabprefix1', 'Transfer-Encoding:\tchunked'],
+    ['tabprefix2', 'Transfer-Encoding\t:\tchunked'], ['spacejoin1', 'Transfer Encoding: chunked'],
+    ['underjoin1', 'Transfer_Encoding: chunked'], ['smashed', 'Transfer Encoding:chunked'],
+    ['space1', 'Transfer-Encoding : chunked'], ['valueprefix1', 'Transfer-Encoding:  chunked'],
+    ['vertprefix1', 'Transfer-Encoding:\u000Bchunked'], ['commaCow', 'Transfer-Encoding: chunked, cow'],
+    ['cowComma', 'Transfer-Encoding: cow, chunked'], ['contentEnc', 'Content-Encoding: chunked'],
+    ['linewrapped1', 'Transfer-Encoding:\n chunked'], ['quoted', 'Transfer-Encoding: "chunked"'],
+    ['aposed', "Transfer-Encoding: 'chunked'"], ['lazygrep', 'Transfer-Encoding: chunk'],
+    ['sarcasm', 'TrAnSFer-EnCODinG: cHuNkeD'], ['yelling', 'TRANSFER-ENCODING: CHUNKED'],
+    ['0dsuffix', 'Transfer-Encoding: chunked\r'], ['tabsuffix', 'Transfer-Encoding: chunked\t'],
+    ['revdualchunk', 'Transfer-Encoding: cow\r\nTransfer-Encoding: chunked'], ['0dspam', 'Transfer\r-Encoding: chunked'],
+    ['nested', 'Transfer-Encoding: cow chunked bar'], ['spaceFF', 'Transfer-Encoding:\xFFchunked'],
+    ['accentCH', 'Transfer-Encoding: ch\x96nked'], ['accentTE', 'Transf\x82r-Encoding: chunked'],
+    ['x-rout', 'X:X\rTransfer-Encoding: chunked'], ['x-nout', 'X:X\nTransfer-Encoding: chunked']
+  ]
+  const bytes = [...Array.from({ length: 0x1f }, (_, i) => i + 1), ...Array.from({ length: 0x81 }, (_, i) => i + 0x7f)]
+  for (const b of bytes) {
+    const c = String.fromCharCode(b)
+    const hex = b.toString(16).padStart(2, '0')
+    named.push([`midspace-${hex}`, `Transfer-Encoding:${c}chunked`], [`postspace-${hex}`, `Transfer-Encoding${c}: chunked`],
+      [`prespace-${hex}`, `${c}Transfer-Encoding: chunked`], [`endspace-${hex}`, `Transfer-Encoding: chunked${c}`])
+  }
+  return named
+}
+
+test('request smuggling: every Transfer-Encoding mutation of a smuggling scanner, as a CL.TE and a TE.CL probe with a request pipelined behind: refused with 400, or the upstream sees exactly the probe and then the pipelined request, never a request made of the probe\'s leftovers', async t => {
+  const origin = await upstream(t)
+  const gw = await gateway(t, { 'app.yaml': `targets:\n  - url: ${origin.url}\nroutes:\n  - path: /s\n` })
+  // The scanner's two probes: CL.TE (Content-Length covers part of a chunked body) and TE.CL (a
+  // chunked body ends before Content-Length does): a desync leaves "Z…" or "X" to start the next request.
+  const probes = [['CL.TE', 4, '1\r\nZ\r\n0\r\n\r\n'], ['TE.CL', 6, '0\r\n\r\nX']] as const
+  const cases = smugglingMutations().flatMap(([name, gadget]) => probes.map(([probe, cl, body]) => ({ name: `${name} ${probe}`, gadget, cl, body })))
+  const outcomes = { refused: 0, proxied: 0 }
+  for (let at = 0; at < cases.length; at += 40) {
+    await Promise.all(cases.slice(at, at + 40).map(async (c, k) => {
+      const id = at + k
+      const raw = `POST /s/p${id} HTTP/1.1\r\n${c.gadget}\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: ${c.cl}\r\n\r\n${c.body}` +
+        `GET /s/n${id} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n`
+      const r = await exchange(gw.port, raw, { waitMs: 5000 })
+      assert.ok(r.closed, `${c.name}: the connection ends (${r.text.slice(0, 100)})`)
+      if (r.statuses[0] === 400) outcomes.refused++
+      else outcomes.proxied++
+      assert.ok(r.statuses.every(s => s === 200 || s === 400), `${c.name}: answered ${r.statuses.join(', ')}`)
+    }))
+  }
+  // Every request the upstream parsed is a probe or a pipelined request, whole: nothing that
+  // starts with a probe's leftover bytes, no probe twice.
+  for (const seen of origin.requests) {
+    assert.match(`${seen.method} ${seen.url}`, /^(POST \/s\/p\d+|GET \/s\/n\d+)$/, `the upstream parsed ${seen.method} ${seen.url}`)
+  }
+  const urls = origin.requests.map(r => r.url)
+  assert.equal(new Set(urls).size, urls.length, 'no request reached the upstream twice')
+  for (const seen of origin.requests.filter(r => r.method === 'GET')) assert.equal(seen.body, '', `${seen.url} carries no body`)
+  t.diagnostic(`${cases.length} probes: ${outcomes.refused} refused with 400, ${outcomes.proxied} proxied; ${origin.requests.length} upstream requests, all whole`)
+  assert.ok(outcomes.refused > 0 && outcomes.proxied > 0, 'both outcomes occur (the check is not vacuous)')
+})
+
+test('a Range header with 1300 ranges (slowhttptest -R, the Apache range attack) is passed on unchanged, once, and the upstream's answer relayed: the gateway never expands ranges itself', async t => {
+  const ranges = 'bytes=0-,' + Array.from({ length: 1300 }, (_, i) => `5-${i}`).join(',')
+  const origin = await upstream(t, (req, res) => {
+    res.writeHead(416, { 'content-range': 'bytes */10', 'content-length': '0' })
+    res.end()
+  })
+  const gw = await gateway(t, { 'app.yaml': `targets:\n  - url: ${origin.url}\nroutes:\n  - path: /r\n` })
+  const r = await exchange(gw.port, `GET /r/file HTTP/1.1\r\nHost: x\r\nRange: ${ranges}\r\nConnection: close\r\n\r\n`)
+  assert.deepEqual(r.statuses, [416])
+  assert.match(r.text, /content-range: bytes \*\/10/i)
+  assert.equal(origin.requests.length, 1)
+  assert.equal(origin.requests[0]?.headers.range, ranges)
+})

@@ -50,8 +50,12 @@ export function receiveBody (stream: Readable, limit: number, memory: BufferMemo
     }
     const chunks: Buffer[] = []
     let size = 0
+    // Destroyed without an error (the client went away): the body will never end. An error made
+    // only when it happens: a stack trace per request costs more than receiving the body.
+    const onClose = (): void => { reject(new ClientClosedError()) }
     const end = (reason: Error | undefined): void => {
       stream.off('data', onData)
+      stream.off('close', onClose)
       if (reason === undefined) return
       stream.pause()
       chunks.length = 0
@@ -81,10 +85,12 @@ export function receiveBody (stream: Readable, limit: number, memory: BufferMemo
       resolve(all)
     }
     stream.on('data', onData)
-    stream.once('end', () => resolve(Buffer.concat(chunks, size)))
+    stream.once('end', () => {
+      stream.off('close', onClose)
+      resolve(chunks.length === 1 ? chunks[0] as Buffer : Buffer.concat(chunks, size))
+    })
     stream.once('error', reject)
-    // Destroyed without an error (the client went away): the body will never end.
-    stream.once('close', () => reject(new ClientClosedError()))
+    stream.once('close', onClose)
     stop = end
   })
   return { body, held: () => held, stop }
