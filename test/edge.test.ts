@@ -280,7 +280,7 @@ test('request smuggling: every Transfer-Encoding mutation of a smuggling scanner
   assert.ok(outcomes.refused > 0 && outcomes.proxied > 0, 'both outcomes occur (the check is not vacuous)')
 })
 
-test('a Range header with 1300 ranges (slowhttptest -R, the Apache range attack) is passed on unchanged, once, and the upstream's answer relayed: the gateway never expands ranges itself', async t => {
+test('a Range header with 1300 ranges (slowhttptest -R, the Apache range attack) is passed on unchanged, once, and the upstream\'s answer relayed: the gateway never expands ranges itself', async t => {
   const ranges = 'bytes=0-,' + Array.from({ length: 1300 }, (_, i) => `5-${i}`).join(',')
   const origin = await upstream(t, (req, res) => {
     res.writeHead(416, { 'content-range': 'bytes */10', 'content-length': '0' })
