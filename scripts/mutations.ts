@@ -1,5 +1,6 @@
 // Mutation check of the rules that protect users: selection, breaker probes, retry eligibility,
-// limiter admission, path normalisation, auth key rotation, and a few header and framing rules.
+// limiter admission, path normalisation, auth key rotation, a few header and framing rules, and
+// the bounds on slow clients.
 // Each mutation is a one-line bug put into a temporary copy of the build; the tests that guard
 // its rule must then fail ("killed"). A mutation every test passes ("SURVIVED") is a rule no
 // test guards. A mutation whose line is gone from the build fails the run too: update it here.
@@ -21,7 +22,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { repoRoot } from './repo-root.js'
 
-type Rule = 'selection' | 'breaker probes' | 'retry eligibility' | 'limiter admission' | 'path normalisation' | 'auth' | 'forwarding headers' | 'request framing'
+type Rule = 'selection' | 'breaker probes' | 'retry eligibility' | 'limiter admission' | 'path normalisation' | 'auth' | 'forwarding headers' | 'request framing' | 'slow clients'
 
 /** One `node --test` run: a test file of test/, optionally only the tests whose names match. */
 interface TestRun {
@@ -255,6 +256,24 @@ const MUTATIONS: Mutation[] = [
     replace: 'if (hosts === 0 && raw.httpVersionMinor === 1) {',
     bug: 'a request with two Host headers is forwarded',
     tests: [{ file: 'edge', pattern: '^framing' }, { file: 'fuzz' }]
+  },
+  {
+    id: 'read-ahead-unbounded',
+    rule: 'slow clients',
+    source: 'plugins/proxy/upstream-call.ts',
+    line: 'if (this.readAhead + chunk.length <= limit && memory.take(chunk.length)) {',
+    replace: 'if (memory.take(chunk.length) || true) {',
+    bug: 'a response is read ahead of a slow client whatever its size and the memory left',
+    tests: [{ file: 'slow-clients', pattern: '^(slow read past|read-ahead has bounds)' }]
+  },
+  {
+    id: 'rate-since-behind',
+    rule: 'slow clients',
+    source: 'plugins/client-rate/index.ts',
+    line: 'while (now - samples[1].at >= this.graceMs && samples.length > 2)',
+    replace: 'while (false)',
+    bug: 'the read rate is averaged since the client fell behind: a burst at first buys a silent reader minutes',
+    tests: [{ file: 'slow-clients', pattern: '^slow read' }]
   }
 ]
 
