@@ -117,7 +117,8 @@ test('slow read past the read-ahead: clients that stop reading a 24 MB response 
     t.after(() => socket.destroy())
     socket.write('GET /svc/big HTTP/1.1\r\nHost: gw\r\n\r\n')
     socket.pause()
-    return { socket, closed: once(socket, 'close') }
+    // Not events.once: it rejects on the 'error' (ECONNRESET) that comes before the close.
+    return { socket, closed: new Promise<void>(resolve => socket.once('close', () => { resolve() })) }
   })
   const state = { upstream: 'svc', target: origin.url }
   await until('both readers hold a slot', async () => await metric(gw, 'upstream_active_connections', state) === 2)
@@ -211,7 +212,7 @@ function trickle (t: { after: (fn: () => void) => void }, port: number, head: st
   let text = ''
   socket.on('data', (chunk: Buffer) => { text += chunk.toString('latin1') })
   socket.on('error', () => {})
-  const closed = once(socket, 'close')
+  const closed = new Promise<void>(resolve => socket.once('close', () => { resolve() }))
   socket.write(head)
   const timer = setInterval(() => { if (!socket.destroyed) socket.write('x'.repeat(bytes)) }, 1000)
   t.after(() => clearInterval(timer))
