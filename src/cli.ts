@@ -10,9 +10,11 @@ const USAGE = `Usage:
 
 async function check (dir: string): Promise<number> {
   const { loadRouteDirStrict } = await import('./config/route-dir.js')
+  const { routeFileWarnings } = await import('./config/route-file/index.js')
   try {
     const accepted = await loadRouteDirStrict(dir)
     const routes = [...accepted.values()].reduce((n, a) => n + a.config.routes.length, 0)
+    for (const [file, { text }] of accepted) for (const warning of routeFileWarnings(file, text)) console.error(`warning: ${warning}`)
     console.log(`${dir}: ok: ${accepted.size} route file(s), ${routes} route(s)`)
     return 0
   } catch (err) {

@@ -47,8 +47,8 @@ export const UpstreamTlsError = createError<'GATEHOUSE_ERR_UPSTREAM_TLS', 502, [
 export const UpstreamBadResponseError = createError<'GATEHOUSE_ERR_UPSTREAM_BAD_RESPONSE', 502, [string, string, ErrorOptions?]>(
   'GATEHOUSE_ERR_UPSTREAM_BAD_RESPONSE', 'Upstream %s sent a malformed response: %s', 502)
 
-export const UpstreamTimeoutError = createError<'GATEHOUSE_ERR_UPSTREAM_TIMEOUT', 504, [string, ErrorOptions?]>(
-  'GATEHOUSE_ERR_UPSTREAM_TIMEOUT', 'Upstream %s did not answer in time', 504)
+export const UpstreamTimeoutError = createError<'GATEHOUSE_ERR_UPSTREAM_TIMEOUT', 504, [string, string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_UPSTREAM_TIMEOUT', 'Upstream %s sent no response headers within %s (timeouts.request of its route file)', 504)
 
 export const UpstreamSaturatedError = createError<'GATEHOUSE_ERR_UPSTREAM_SATURATED', 503, [string, ErrorOptions?]>(
   'GATEHOUSE_ERR_UPSTREAM_SATURATED', 'Every target of upstream %s is at its connection limit', 503)

@@ -105,3 +105,23 @@ test('start with a missing ROUTES_DIR: exit 1, stderr names the folder', async (
   assert.match(stderr, /\/nonexistent\/gatehouse-routes: cannot be read/)
   assert.doesNotMatch(stdout, /Server listening/)
 })
+
+test('check on a target url with a port out of range: exit 1, one line naming file and field', async t => {
+  const dir = await tempDir(t, { 'orders.yaml': routeFile(['http://127.0.0.1:99999'], ['/api/orders']) })
+  const { code, stderr } = await runCli(['check', dir])
+  assert.equal(code, 1)
+  assert.equal(stderr, 'Invalid route files:\norders.yaml: /targets/0/url: http://127.0.0.1:99999 is not a valid URL: the port 99999 is out of range (1-65535); e.g. http://10.0.0.5:9001\n')
+})
+
+test('check warns about durations under 100 written without a unit (milliseconds), and still passes', async t => {
+  const dir = await tempDir(t, {
+    'orders.yaml': `targets:\n  - url: ${T1}\nroutes:\n  - path: /api/orders\n    rateLimit: { max: 5, window: 60 }\ntimeouts:\n  request: 30\n  idle: 30000\n  connect: 2s\n`
+  })
+  const { code, stdout, stderr } = await runCli(['check', dir])
+  assert.equal(code, 0, stderr)
+  assert.match(stdout, /ok: 1 route file\(s\), 1 route\(s\)/)
+  assert.deepEqual(stderr.trim().split('\n').sort(), [
+    'warning: orders.yaml: /routes/0/rateLimit/window: 60 is 60 ms (a number without a unit is milliseconds); write 60ms to keep it, or 60s if seconds were meant',
+    'warning: orders.yaml: /timeouts/request: 30 is 30 ms (a number without a unit is milliseconds); write 30ms to keep it, or 30s if seconds were meant'
+  ])
+})

@@ -480,7 +480,8 @@ test('gateway with default settings', { timeout: 60_000 }, async t => {
   })
 
   await t.test('upstream that never answers, with timeouts.request 300ms: GET tried twice (default retry.attempts 1), then 504 GATEHOUSE_ERR_UPSTREAM_TIMEOUT; POST tried once', SUBTEST, async () => {
-    assertError(await send(gw, '/hang/x'), 504, 'GATEHOUSE_ERR_UPSTREAM_TIMEOUT')
+    const timedOut = assertError(await send(gw, '/hang/x'), 504, 'GATEHOUSE_ERR_UPSTREAM_TIMEOUT')
+    assert.match(timedOut.message, /^Upstream hang \(http:\/\/127\.0\.0\.1:\d+\) sent no response headers within 300ms \(timeouts\.request of its route file\)$/, 'the limit that was hit')
     // One try and one retry on the only target, each timed out: no more.
     assert.deepEqual(hang.requests.map(r => `${r.method} ${r.url}`), ['GET /hang/x', 'GET /hang/x'])
     // A timed-out POST may have reached the upstream: not idempotent, so never sent twice.

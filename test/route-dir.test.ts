@@ -220,3 +220,13 @@ test('reload: an unchanged file is not read again, nor its TLS files; a changed 
   const third = await resolveDir(dir, second.accepted)
   assert.deepEqual(serves(third)['a.yaml'], { paths: ['/a', '/a2'], targets: [T1] })
 })
+
+test('reload: a file whose target url cannot be parsed fails alone, named; a valid new file next to it is served', async t => {
+  const dir = await tempDir(t, { 'a.yaml': routeFile([T1], ['/a']) })
+  const first = await resolveDir(dir)
+  await writeRoutes(dir, { 'a.yaml': routeFile(['http://127.0.0.1:99999'], ['/a']), 'c.yaml': routeFile([T2], ['/c']) })
+  const second = await resolveDir(dir, first.accepted)
+  assert.deepEqual(serves(second), { 'a.yaml': { paths: ['/a'], targets: [T1] }, 'c.yaml': { paths: ['/c'], targets: [T2] } })
+  assert.deepEqual(second.failures.map(f => f.file), ['a.yaml'])
+  assert.match(failureLines(second)[0] ?? '', /^a\.yaml: \/targets\/0\/url: http:\/\/127\.0\.0\.1:99999 is not a valid URL: the port 99999 is out of range/)
+})

@@ -435,3 +435,24 @@ test('auth.jwt refused: no key source or two, a missing or short secret, a priva
   assert.deepEqual(authProblems('jwksUrl: "https://i/j", forwardClaims: { sub: x-user, uid: x-user }'), [`${at('/forwardClaims/uid')}: x-user already carries sub`])
   assert.deepEqual(refused('orders.yaml', yaml({ route: '    rateLimit: { max: 1, key: "claim:sub" }\n' })).problems, ['/routes/0/rateLimit/key: claim keys need auth on the route (the claim comes from the verified token)'])
 })
+
+test('target urls the pattern lets through are refused naming the field: a port out of range, a space or a bad character in the host, credentials, port 0', () => {
+  const cases: Array<[string, RegExp]> = [
+    ['http://127.0.0.1:99999', /^\/targets\/0\/url: http:\/\/127\.0\.0\.1:99999 is not a valid URL: the port 99999 is out of range \(1-65535\); e\.g\. http:\/\/10\.0\.0\.5:9001$/],
+    ['"http://a b:9001"', /^\/targets\/0\/url: http:\/\/a b:9001 is not a valid URL: the host is not a host name or IP address/],
+    ['http://a<b:9001', /^\/targets\/0\/url: http:\/\/a<b:9001 is not a valid URL: the host/],
+    ['http://user:pw@10.0.0.5:9001', /^\/targets\/0\/url: credentials \(user:password@\) are not allowed in a target URL/],
+    ['http://user@10.0.0.5:9001', /^\/targets\/0\/url: credentials/],
+    ['http://10.0.0.5:0', /^\/targets\/0\/url: port 0 is not a port an upstream listens on/]
+  ]
+  for (const [url, expected] of cases) {
+    const err = refused('svc.yaml', yaml({ url }))
+    assert.equal(err.problems.length, 1, `${url}: ${err.message}`)
+    assert.match(err.problems[0] ?? '', expected, url)
+  }
+})
+
+test('YAML that parses but cannot be read (an alias before its anchor, found by the loader fuzz): not valid YAML, naming the file', () => {
+  const err = refused('svc.yaml', 'targets:\n  - url: *a\nroutes:\n  - path: &a /x\n')
+  assert.match(err.problems[0] ?? '', /^not valid YAML: Unresolved alias/)
+})

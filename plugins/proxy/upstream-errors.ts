@@ -5,6 +5,7 @@ import {
   BodyTooLargeError, ClientClosedError, ClientTooSlowError, RequestBufferFullError, UpstreamBadResponseError, UpstreamResetError, UpstreamSaturatedError, UpstreamTimeoutError,
   UpstreamTlsError, UpstreamUnavailableError, UpstreamUnreachableError
 } from '../../src/errors.js'
+import { formatMs } from '../../src/config/units.js'
 import { malformedResponse, tlsFailure, type Target } from '../../src/upstream/target.js'
 import type { CompiledUpstream } from '../route-table/route-table.js'
 
@@ -57,6 +58,6 @@ export function upstreamError (request: FastifyRequest, reply: FastifyReply, ups
   if (tls !== undefined) return new UpstreamTlsError(where, tls, { cause: error })
   const malformed = malformedResponse(error)
   if (malformed !== undefined) return new UpstreamBadResponseError(where, malformed, { cause: error })
-  if (TIMEOUT.has(code)) return new UpstreamTimeoutError(where, { cause: error })
+  if (TIMEOUT.has(code)) return new UpstreamTimeoutError(where, formatMs(upstream.requestTimeoutMs), { cause: error })
   return new UpstreamResetError(where, { cause: error })
 }

@@ -50,8 +50,8 @@ export function resolveRouteFiles (files: RouteFileText[], previous: ReadonlyMap
     try {
       changed.push([file, { text, config: parseRouteFile(file, text) }])
     } catch (err) {
-      if (!(err instanceof RouteFileError)) throw err
-      failures.push(err)
+      // An input no check foresaw still fails only its own file, with the file named.
+      failures.push(err instanceof RouteFileError ? err : new RouteFileError(file, [`could not be loaded: ${(err as Error).message}`]))
       if (before !== undefined) unchanged.push([file, before])
     }
   }

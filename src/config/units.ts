@@ -29,6 +29,13 @@ export function toMs (value: number | string): number {
   return Math.round(Number(m[1]) * (DURATION_FACTOR[m[2] as string] as number))
 }
 
+/** A duration as the docs write it: 30s, 1m, 250ms. */
+export function formatMs (ms: number): string {
+  if (ms >= 60_000 && ms % 60_000 === 0) return `${ms / 60_000}m`
+  if (ms >= 1000 && ms % 1000 === 0) return `${ms / 1000}s`
+  return `${ms}ms`
+}
+
 /** Bytes from a value already checked against `Size`. */
 export function toBytes (value: number | string): number {
   if (typeof value === 'number') return value

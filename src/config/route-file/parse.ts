@@ -2,7 +2,7 @@
 // about the file as a whole, and compiles it into an UpstreamConfig.
 import Value from 'typebox/value'
 import YAML from 'yaml'
-import { toBytes, toMs } from '../units.js'
+import { DURATION_EXPECTED, toBytes, toMs } from '../units.js'
 import { schemaErrors } from '../validate.js'
 import { checkJwt, jwtAuth } from './jwt.js'
 import {
@@ -33,7 +33,12 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
     if (doc.errors.length > 0) {
       throw new RouteFileError(file, doc.errors.map(e => `not valid YAML: ${e.message.split('\n')[0]}`))
     }
-    data = doc.toJS()
+    try {
+      data = doc.toJS()
+    } catch (err) {
+      // An alias whose anchor comes later (or never) parses, and fails only here.
+      throw new RouteFileError(file, [`not valid YAML: ${(err as Error).message}`])
+    }
   }
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
     throw new RouteFileError(file, ['/: must be a mapping with targets and routes'])
@@ -43,11 +48,11 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
   const problems = schemaErrors(RouteFileSchema, value)
   if (problems.length > 0) throw new RouteFileError(file, problems)
   const raw = value as RawRouteFile
-  const tlsProblems: string[] = []
+  const targetProblems: string[] = []
   const upstream: UpstreamConfig = {
     name: raw.name ?? defaultName(file),
     file,
-    targets: raw.targets.map((t, i) => targetConfig(t, i, tlsProblems)),
+    targets: raw.targets.map((t, i) => targetConfig(t, i, targetProblems)),
     routes: raw.routes.map(r => ({
       path: r.path,
       methods: r.methods,
@@ -80,7 +85,7 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
     },
     breaker: breakerOptions(raw.circuitBreaker!)
   }
-  const semantic = [...checkUpstream(upstream, raw), ...tlsProblems]
+  const semantic = [...checkUpstream(upstream, raw), ...targetProblems]
   if (semantic.length > 0) throw new RouteFileError(file, semantic)
   return deepFreeze(upstream)
 }
@@ -117,9 +122,34 @@ function checkUpstream (upstream: UpstreamConfig, raw: RawRouteFile): string[] {
 
 type RawTarget = RawRouteFile['targets'][number]
 
+/** The origin of a target's url, or undefined with the problem named (the schema's pattern lets these through). */
+function targetOrigin (url: string, at: string, problems: string[]): string | undefined {
+  let parsed: URL
+  try {
+    parsed = new URL(url)
+  } catch {
+    const port = /:(\d+)\/?$/.exec(url)?.[1]
+    const why = port !== undefined && Number(port) > 65535
+      ? `the port ${port} is out of range (1-65535)`
+      : 'the host is not a host name or IP address'
+    problems.push(`${at}: ${url} is not a valid URL: ${why}; e.g. http://10.0.0.5:9001`)
+    return undefined
+  }
+  if (parsed.username !== '' || parsed.password !== '') {
+    problems.push(`${at}: credentials (user:password@) are not allowed in a target URL: route files are shared and reloaded as plain text; give the upstream its credentials another way`)
+    return undefined
+  }
+  if (parsed.port === '0') {
+    problems.push(`${at}: port 0 is not a port an upstream listens on; e.g. http://10.0.0.5:9001`)
+    return undefined
+  }
+  return parsed.origin
+}
+
 function targetConfig (raw: RawTarget, i: number, problems: string[]): TargetConfig {
   const { tls, ...rest } = raw
-  const target: TargetConfig = { ...rest, origin: new URL(raw.url).origin }
+  // An unusable url is reported with the file's other problems; the origin is only a placeholder then.
+  const target: TargetConfig = { ...rest, origin: targetOrigin(raw.url, `/targets/${i}/url`, problems) ?? raw.url }
   if (tls === undefined) return target
   if (!raw.url.startsWith('https://')) {
     problems.push(`/targets/${i}/tls: only for https:// targets (${raw.url} is plain HTTP)`)
@@ -169,4 +199,40 @@ function deepFreeze<T> (value: T): T {
     Object.freeze(value)
   }
   return value
+}
+
+/** Shortest duration a bare number may plausibly mean as milliseconds; below it, `check` asks. */
+const BARE_DURATION_WARN_BELOW = 100
+
+interface SchemaNode { type?: string, properties?: Record<string, SchemaNode>, items?: SchemaNode, anyOf?: SchemaNode[], errorMessage?: string }
+
+/**
+ * Warnings for a file that loads: durations written as a bare number under 100, which the loader
+ * reads as milliseconds (`timeouts.request: 30` is 30 ms, not 30 s).
+ */
+export function routeFileWarnings (file: string, text: string): string[] {
+  let data: unknown
+  try {
+    data = file.endsWith('.json') ? JSON.parse(text) : YAML.parse(text)
+  } catch {
+    return []
+  }
+  const warnings: string[] = []
+  const walk = (schema: SchemaNode, value: unknown, at: string): void => {
+    if (schema.errorMessage === DURATION_EXPECTED) {
+      if (typeof value === 'number' && value > 0 && value < BARE_DURATION_WARN_BELOW) {
+        warnings.push(`${file}: ${at}: ${value} is ${value} ms (a number without a unit is milliseconds); write ${value}ms to keep it, or ${value}s if seconds were meant`)
+      }
+      return
+    }
+    if (schema.properties !== undefined && value !== null && typeof value === 'object' && !Array.isArray(value)) {
+      for (const [key, child] of Object.entries(schema.properties)) walk(child, (value as Record<string, unknown>)[key], `${at}/${key}`)
+    } else if (schema.items !== undefined && Array.isArray(value)) {
+      value.forEach((item, i) => walk(schema.items as SchemaNode, item, `${at}/${i}`))
+    } else if (schema.anyOf !== undefined) {
+      for (const option of schema.anyOf) walk(option, value, at)
+    }
+  }
+  walk(RouteFileSchema as SchemaNode, data, '')
+  return warnings
 }
