@@ -226,28 +226,36 @@ test('path rules: trailing slash, //, . and .., :param, * and no leading slash r
   }
 })
 
-test('YAML syntax error: not valid YAML, with the line', () => {
-  const err = refused('users.yaml', 'targets:\n  - url: http://127.0.0.1:9001\n routes: [\n')
-  assert.ok(err.problems.length >= 1)
-  for (const p of err.problems) assert.match(p, /^not valid YAML: .* at line \d+, column \d+/)
+test('YAML syntax error: not valid YAML at line and column, the message whole (no dangling colon), and the line quoted', () => {
+  const err = refused('users.yaml', 'targets:\n  - url: http://127.0.0.1:9001\n routes:\n  - path: /b\n')
+  assert.deepEqual(err.problems, ['not valid YAML at line 3, column 1: All mapping items must start at the same column (line 3: " routes:")'])
+  const open = refused('users.yaml', 'targets:\n  - url: http://127.0.0.1:9001\n routes: [\n')
+  for (const p of open.problems) assert.match(p, /^not valid YAML at line \d+, column \d+: [^\n]*[^:]$/)
 })
 
 test('duplicate YAML key: not valid YAML, keys must be unique', () => {
   const err = refused('users.yaml', yaml() + 'routes:\n  - path: /other\n')
   assert.equal(err.problems.length, 1)
-  assert.match(err.problems[0] ?? '', /^not valid YAML: Map keys must be unique at line 5/)
+  assert.match(err.problems[0] ?? '', /^not valid YAML at line 5, column 1: Map keys must be unique/)
 })
 
-test('JSON syntax error: not valid JSON', () => {
-  const err = refused('users.json', '{"targets": [}')
-  assert.equal(err.problems.length, 1)
-  assert.match(err.problems[0] ?? '', /^not valid JSON: /)
+test('JSON syntax error: not valid JSON at the line and column of the first bad character, the line quoted', () => {
+  assert.deepEqual(refused('users.json', '{"targets": [}').problems.map(p => p.replace(/: .*\(line/, ': … (line')), ['not valid JSON at line 1, column 14: … (line 1: "{\\"targets\\": [}")'])
+  const trailing = refused('users.json', '{"targets": [{"url": "http://127.0.0.1:9001"}],\n "routes": [{"path": "/c"},]}\n')
+  assert.match(trailing.problems[0] ?? '', /^not valid JSON at line 2, column 28: /)
+  const unclosed = refused('users.json', '{"targets": [{"url": "http://127.0.0.1:9001"}],\n "routes": [{"path": "/c\n')
+  assert.match(unclosed.problems[0] ?? '', /^not valid JSON at line 2, column 25: Bad control character/)
+})
+
+test('a value of the wrong type says what was expected, with an example, and what was given', () => {
+  assert.deepEqual(refused('users.yaml', yaml({ route: '    methods: GET\n' })).problems, ['/routes/0/methods: must be a list, e.g. [GET, POST] (got GET)'])
+  assert.deepEqual(refused('users.yaml', 'targets: http://127.0.0.1:9001\nroutes:\n  - path: /a\n').problems, ['/targets: must be a list, e.g. [{ url: http://10.0.0.5:9001 }] (got http://127.0.0.1:9001)'])
 })
 
 test('YAML inside a .json file: refused as not valid JSON', () => {
   const err = rejection('users.json', yaml())
   assert.equal(err.problems.length, 1)
-  assert.match(err.problems[0] ?? '', /^not valid JSON: /)
+  assert.match(err.problems[0] ?? '', /^not valid JSON at line 1, column 1: /)
 })
 
 test('YAML inside a .json file: the JSON error is one line prefixed with the file name', () => {

@@ -9,6 +9,7 @@ import {
   HTTP_METHODS, RESERVED_PATHS, RouteFileSchema,
   type RateLimitKey, type RawRouteFile, type RouteConfig, type TargetConfig, type UpstreamConfig
 } from './schema.js'
+import { jsonProblem, yamlProblem } from './syntax.js'
 import { loadTls } from './tls.js'
 
 /** A route file that cannot be used, with one line per problem. */
@@ -26,12 +27,12 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
     try {
       data = JSON.parse(text)
     } catch (err) {
-      throw new RouteFileError(file, [`not valid JSON: ${(err as Error).message.replace(/\s*\n\s*/g, ' ')}`])
+      throw new RouteFileError(file, [jsonProblem(err as Error, text)])
     }
   } else {
     const doc = YAML.parseDocument(text, { prettyErrors: true, uniqueKeys: true })
     if (doc.errors.length > 0) {
-      throw new RouteFileError(file, doc.errors.map(e => `not valid YAML: ${e.message.split('\n')[0]}`))
+      throw new RouteFileError(file, doc.errors.map(e => yamlProblem(e, text)))
     }
     try {
       data = doc.toJS()

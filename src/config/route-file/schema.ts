@@ -78,7 +78,7 @@ const Auth = Type.Object({
     })),
     clockTolerance: Duration({ default: '30s', description: 'Leeway for exp, nbf and iat against clock skew. Default 30s.' }),
     requiredScopes: Type.Optional(Type.Array(Type.String({ pattern: '^\\S+$' }), {
-      minItems: 1, uniqueItems: true, description: 'Scopes the token must carry (in `scope`, space-separated, or `scp`); otherwise 403.'
+      minItems: 1, uniqueItems: true, examples: [['orders:write']], description: 'Scopes the token must carry (in `scope`, space-separated, or `scp`); otherwise 403.'
     })),
     forwardClaims: Type.Optional(Type.Record(Type.String({ minLength: 1 }), Type.String({ pattern: HEADER_NAME, errorMessage: 'must be a header name' }), {
       description: 'Claim → request header sent upstream. The client\'s own values of these headers are always removed first.'
@@ -99,12 +99,12 @@ const Route = Type.Object({
     description: 'Path prefix: matches the path itself and everything below it (/api/users, /api/users/42), never /api/usersX.'
   }),
   methods: Type.Optional(Type.Array(Type.Union(HTTP_METHODS.map(m => Type.Literal(m)), { errorMessage: `must be a method in capitals among ${HTTP_METHODS.join(', ')}` }), {
-    minItems: 1, uniqueItems: true, description: 'Methods this route serves. Default: all.'
+    minItems: 1, uniqueItems: true, examples: [['GET', 'POST']], description: 'Methods this route serves. Default: all.'
   })),
   hosts: Type.Optional(Type.Array(Type.String({
     pattern: '^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$',
     errorMessage: 'must be a host name such as api.example.com (no port, no scheme)'
-  }), { minItems: 1, uniqueItems: true, description: 'Host header values this route serves (port ignored). Default: any host.' })),
+  }), { minItems: 1, uniqueItems: true, examples: [['api.example.com']], description: 'Host header values this route serves (port ignored). Default: any host.' })),
   rewritePrefix: Type.Optional(Type.String({
     pattern: "^(/[A-Za-z0-9\\-._~!$&'+,;=@%:]*)*$",
     errorMessage: "must be '' or a path starting with /",
@@ -147,8 +147,8 @@ export const RouteFileSchema = Type.Object({
     errorMessage: 'must be lowercase letters, digits, - or _ (at most 63), starting with a letter or digit',
     description: 'Upstream name used in logs and metrics. Default: the file name without extension. Unique.'
   })),
-  targets: Type.Array(Target, { minItems: 1, description: 'Instances of the service; each request goes to the least saturated one.' }),
-  routes: Type.Array(Route, { minItems: 1, description: 'Path rules that send requests to this upstream.' }),
+  targets: Type.Array(Target, { minItems: 1, examples: [[{ url: 'http://10.0.0.5:9001' }]], description: 'Instances of the service; each request goes to the least saturated one.' }),
+  routes: Type.Array(Route, { minItems: 1, examples: [[{ path: '/api/users' }]], description: 'Path rules that send requests to this upstream.' }),
   timeouts: Type.Optional(Type.Object({
     connect: Duration({ default: '2s', description: 'TCP/TLS connect timeout. Default 2s.' }),
     request: Duration({ default: '30s', description: 'Per try: time for the upstream to answer with its headers. Default 30s.' }),
@@ -161,7 +161,7 @@ export const RouteFileSchema = Type.Object({
     on: Type.Array(Type.Union([
       Type.Literal('connect-failure'), Type.Literal('reset'), Type.Literal('timeout'), Type.Integer({ minimum: 500, maximum: 599 })
     ], { errorMessage: 'must be connect-failure, reset, timeout or a status from 500 to 599' }), {
-      uniqueItems: true, default: ['connect-failure', 'reset', 'timeout', 502, 503, 504], description: 'What is retried. Default [connect-failure, reset, timeout, 502, 503, 504].'
+      uniqueItems: true, default: ['connect-failure', 'reset', 'timeout', 502, 503, 504], examples: [['connect-failure', 'reset', 503]], description: 'What is retried. Default [connect-failure, reset, timeout, 502, 503, 504].'
     }),
     budget: Type.Number({ minimum: 0, maximum: 1, default: 0.2, description: 'Retries in progress may be at most this share of requests in progress (at least 3). Default 0.2.' }),
     bufferBody: Type.Optional(Size({ description: 'Deprecated, kept for older files: the requestBuffer of this file\'s routes that set none (bodies up to it are kept, and a retry sends them again).' }))
@@ -176,7 +176,7 @@ export const RouteFileSchema = Type.Object({
     halfOpenProbes: Type.Integer({ minimum: 1, default: 1, description: 'Concurrent trial requests while half-open. Default 1.' }),
     closeAfter: Type.Integer({ minimum: 1, default: 2, description: 'Successful probes that close the breaker. Default 2.' }),
     failureStatuses: Type.Array(Type.Integer({ minimum: 500, maximum: 599 }), {
-      uniqueItems: true, default: [502, 503, 504], description: 'Upstream statuses that count as failures (connect errors, resets and timeouts always do). Default [502, 503, 504].'
+      uniqueItems: true, default: [502, 503, 504], examples: [[502, 503]], description: 'Upstream statuses that count as failures (connect errors, resets and timeouts always do). Default [502, 503, 504].'
     })
   }, { additionalProperties: false, default: {}, description: 'One breaker per target: an open target gets no traffic.' }))
 }, {
