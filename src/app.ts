@@ -15,6 +15,7 @@ import routeTablePlugin from '../plugins/route-table/index.js'
 import tracingPlugin from '../plugins/tracing/index.js'
 import type { GatewayEnv } from './config/env.js'
 import { BadPathError, BadRequestError, HeadersTooLargeError, RequestTimeoutError, UriTooLongError } from './errors.js'
+import { answerInFlight } from './http/parser-answer.js'
 import { createLogger, GatewayLogController, requestLoggerFactory, type GatewayLogger } from './logger.js'
 import type { Tracing } from './tracing.js'
 
@@ -65,6 +66,8 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     // Fastify answers these without running onRequest hooks, so the request guard never saw the
     // request: close the connection rather than trust its framing for the next one.
     frameworkErrors: (error, request, reply) => {
+      // Answered before the onRequest hooks: its access line is not yet arranged.
+      app.observeRequest?.(request as FastifyRequest, reply as FastifyReply)
       app.closeConnection(request as FastifyRequest, reply as FastifyReply)
       ;(reply as FastifyReply).send(error.code === 'FST_ERR_BAD_URL' ? new BadPathError('malformed percent-encoding', { cause: error }) : error)
     }
@@ -166,7 +169,7 @@ const clientError = (maxUrlLength: number) => function clientError (this: Fastif
   // client would read it as the answer to that request (bytes pipelined behind it land here).
   // A request whose own body broke off or timed out is the one answered.
   // (GET, HEAD and TRACE are forwarded without waiting for a body, so theirs never counts.)
-  const current = (socket as Socket & { _httpMessage?: { headersSent: boolean, req?: { complete: boolean, method?: string } } | null })._httpMessage
+  const current = (socket as Socket & { _httpMessage?: { headersSent: boolean, req?: IncomingMessage } | null })._httpMessage
   const busy = current != null && (current.headersSent || current.req?.complete !== false || BODILESS.has(current.req.method ?? ''))
   if (socket.writable && !busy) {
     const error = err.code === 'HPE_HEADER_OVERFLOW'
@@ -176,8 +179,10 @@ const clientError = (maxUrlLength: number) => function clientError (this: Fastif
     const reason = STATUS_CODES[error.statusCode] as string
     const body = JSON.stringify({ statusCode: error.statusCode, code: error.code, error: reason, message: error.message })
     socket.write(`HTTP/1.1 ${error.statusCode} ${reason}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
-    // Its access line: there is no request object (no id, method or URL Node would vouch for).
-    this.log.info({ statusCode: error.statusCode, code: error.code, error: error.message, remoteAddress: socket.remoteAddress }, 'request completed')
+    // The answer to a request in flight goes in that request's access line; otherwise this is the
+    // access line, with no request object (no id, method or URL Node would vouch for).
+    if (current?.req !== undefined) answerInFlight(current.req, { statusCode: error.statusCode, code: error.code, message: error.message })
+    else this.log.info({ statusCode: error.statusCode, code: error.code, error: error.message, remoteAddress: socket.remoteAddress }, 'request completed')
   }
   socket.destroy()
 }

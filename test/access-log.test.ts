@@ -4,11 +4,12 @@
 // a pipeline that refuses to boot without the plugins it needs.
 import { strict as assert } from 'node:assert'
 import http from 'node:http'
+import net from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'node:test'
 import Fastify from 'fastify'
 import { registerPipeline } from '../src/app.js'
-import { closedPort, gateway, routeFile, send, upstream, type GatewayProcess } from './helpers.js'
+import { closedPort, exchange, gateway, routeFile, send, upstream, type GatewayProcess } from './helpers.js'
 
 type Line = Record<string, unknown>
 
@@ -107,4 +108,50 @@ test('the proxied pipeline refuses to boot without the plugins whose hooks it li
   app.decorate('guardRequest', (_request: unknown, _reply: unknown, done: () => void) => done())
   await assert.rejects(registerPipeline(app, { trustProxy: false, allowUnderscoreHeaders: false }), /the proxied pipeline needs resolveRoute, authenticate, checkRateLimit/)
   await app.close()
+})
+
+test('one access line for outcomes answered outside the proxy: a body broken off by a reset (499), by a FIN (400), or timed out (408), malformed percent-encoding (400), HTTP/2.0 (505)', async t => {
+  const ok = await upstream(t)
+  const gw = await gateway(t, { 'ok.yaml': routeFile([ok.url], ['/ok']) }, { REQUEST_TIMEOUT: '1s', HEADERS_TIMEOUT: '1s' })
+  const head = (id: string): string => `POST /ok/up HTTP/1.1\r\nHost: x\r\nX-Request-Id: ${id}\r\nContent-Length: 100\r\n\r\nabc`
+  const reset = net.connect(gw.port, '127.0.0.1')
+  reset.on('error', () => {})
+  reset.write(head('reset'))
+  const fin = net.connect(gw.port, '127.0.0.1')
+  fin.on('error', () => {})
+  fin.write(head('fin'))
+  const slow = net.connect(gw.port, '127.0.0.1')
+  slow.on('error', () => {})
+  slow.write(head('timeout'))
+  await sleep(200)
+  reset.resetAndDestroy()
+  fin.end()
+  await exchange(gw.port, 'GET /ok/%zz HTTP/1.1\r\nHost: x\r\nX-Request-Id: percent\r\n\r\n')
+  await exchange(gw.port, 'GET /ok HTTP/2.0\r\nHost: x\r\n\r\n')
+  const expected: Record<string, [number, string]> = {
+    reset: [499, 'GATEHOUSE_ERR_CLIENT_CLOSED'],
+    fin: [400, 'GATEHOUSE_ERR_BAD_REQUEST'],
+    timeout: [408, 'GATEHOUSE_ERR_REQUEST_TIMEOUT'],
+    percent: [400, 'GATEHOUSE_ERR_BAD_PATH']
+  }
+  for (const id of Object.keys(expected)) await gw.waitForLog(l => l.reqId === id && l.msg === 'request completed', 5000)
+  await sleep(300)
+  for (const [id, [status, code]] of Object.entries(expected)) {
+    const lines = accessLines(gw, id)
+    assert.equal(lines.length, 1, `${id}: one access line, got ${JSON.stringify(lines)}`)
+    assert.equal(lines[0]?.statusCode, status, id)
+    assert.equal(lines[0]?.code, code, id)
+    assert.equal(lines[0]?.level, 30, id)
+  }
+  // Refused by Node's parser before any request object: one line, without a request id.
+  const versions = gw.logs.filter(l => l.msg === 'request completed' && l.statusCode === 505)
+  assert.equal(versions.length, 1, JSON.stringify(versions))
+  assert.equal(versions[0]?.level, 30)
+  // No line of any of them at error level, none with a stack; no unattributed 400 or 408 beside the requests' own lines.
+  for (const l of gw.logs) {
+    assert.ok((l.level as number) < 50 && !JSON.stringify(l).includes('"stack"'), JSON.stringify(l))
+  }
+  assert.equal(gw.logs.filter(l => l.msg === 'request completed' && l.reqId === undefined && l.statusCode !== 505).length, 0)
+  assert.equal(ok.requests.length, 0, 'no broken body reached the upstream')
+  slow.destroy()
 })

@@ -9,6 +9,7 @@ import fastifyMetrics from 'fastify-metrics'
 import fp from 'fastify-plugin'
 import type { Metric, Registry } from 'prom-client'
 import type { Target } from '../../src/upstream/target.js'
+import { answeredInFlight } from '../../src/http/parser-answer.js'
 import { DURATION_BUCKETS, DurationHistogram } from '../../src/stats/duration-histogram.js'
 import { AccessLog, type AccessLogOptions } from './access-log.js'
 
@@ -57,18 +58,24 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
     const res = reply.raw
     let statusCode = res.statusCode
     let failure = request.failure
-    // Not finished: the client left (499), unless the gateway cut the response (failure says why).
+    // Not finished: the client left (499), unless the gateway cut the response (failure says why)
+    // or answered the request's broken-off body itself (the client-error handler).
     if (!res.writableFinished && failure === null) {
-      statusCode = 499
-      failure = CLIENT_CLOSED
+      const answer = answeredInFlight(request.raw)
+      statusCode = answer?.statusCode ?? 499
+      failure = answer ?? CLIENT_CLOSED
     }
     durations.observe(request.target?.upstream ?? '', request.method, statusCode, reply.elapsedTime / 1000)
     accessLog?.write(request, reply, statusCode, failure)
   }
-  app.addHook('onRequest', (request, reply, done) => {
+  const observe = (request: FastifyRequest, reply: FastifyReply): void => {
     active++
     reply.header('x-request-id', request.id)
     reply.raw.once('close', () => ended(request, reply))
+  }
+  app.decorate('observeRequest', observe)
+  app.addHook('onRequest', (request, reply, done) => {
+    observe(request, reply)
     done()
   })
   new client.Gauge({
@@ -279,6 +286,13 @@ class ScrapedHistogram {
       values.push({ metricName: `${this.name}_count`, labels, value: h.count })
     }
     return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values }
+  }
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** Gives a request its id header, access line and observation: the onRequest hook does, and so must whatever answers before the hooks run (Fastify's framework errors). */
+    observeRequest?: (request: FastifyRequest, reply: FastifyReply) => void
   }
 }
 
