@@ -41,7 +41,8 @@ let tableVersion = 1
 
 before(async () => {
   // Reloads only when told (SIGUSR1), so each case knows which table version carries its file.
-  shared = await startGateway(await routeDir(), { WATCH_ROUTES: 'false' })
+  // Breaker transitions between open and half-open are logged at debug: these cases read every one.
+  shared = await startGateway(await routeDir(), { WATCH_ROUTES: 'false', LOG_LEVEL: 'debug' })
 })
 
 after(async () => {
@@ -693,4 +694,37 @@ test('metrics of tries: upstream_requests_total by outcome, upstream_retries_tot
   assert.equal(buckets.at(-1)?.count, 4)
   const sum = await metric(gw, 'upstream_request_duration_seconds_sum', { upstream: 'counted', target: fine.url, status_class: '2xx' })
   assert.ok(sum !== undefined && sum > 0 && sum < 4, `sum ${sum}`)
+})
+
+test('a dead target logs its breaker opening once and its recovery once, at info: the probes in between are at debug and counted in the recovery line', CASE, async t => {
+  const port = await closedPort()
+  const back = `http://127.0.0.1:${port}`
+  // A gateway of its own at info: what an operator reads.
+  const dir = await routeDir({ 'flap.yaml': `targets:\n  - url: ${back}\nroutes:\n  - path: /flap\nretry:\n  attempts: 0\ncircuitBreaker:\n  consecutiveFailures: 1\n  openFor: 100ms\n  maxOpenFor: 100ms\n` })
+  t.after(async () => { await removeDir(dir) })
+  const gw = await startGateway(dir, { WATCH_ROUTES: 'false' })
+  t.after(async () => { await gw.stop() })
+  // Down for about 1.5 s: each request after openFor is a probe that fails and re-opens.
+  const deadline = Date.now() + 1500
+  while (Date.now() < deadline) {
+    await send(gw, '/flap/x')
+    await sleep(50)
+  }
+  const reopened = await metric(gw, 'circuit_breaker_transitions_total', { upstream: 'flap', target: back, to: 'open' }) ?? 0
+  assert.ok(reopened >= 5, `${reopened} openings counted`)
+  const lines = () => gw.logs.filter(l => l.msg === 'circuit breaker state changed')
+  assert.deepEqual(lines().map(l => `${String(l.from)} → ${String(l.to)} @${String(l.level)}`), ['closed → open @40'], 'one line while it was down')
+  // It comes back: the next probe closes it, with one line that says how long and how many probes failed.
+  const revived = await upstream(t, undefined, port)
+  // closeAfter (2) successful probes close it.
+  for (let i = 0; i < 100 && await metric(gw, 'circuit_breaker_state', { upstream: 'flap', target: back }) !== 0; i++) {
+    await send(gw, '/flap/x')
+    await sleep(20)
+  }
+  await gw.waitForLog(l => l.msg === 'circuit breaker state changed' && l.to === 'closed')
+  assert.deepEqual(lines().map(l => `${String(l.from)} → ${String(l.to)} @${String(l.level)}`), ['closed → open @40', 'half-open → closed @30'])
+  const closed = lines()[1] as Record<string, unknown>
+  assert.ok((closed.downMs as number) >= 1500, `downMs ${String(closed.downMs)}`)
+  assert.equal(closed.probesFailed, reopened - 1, 'every re-opening after the first was a failed probe')
+  assert.ok(revived.requests.length >= 1)
 })

@@ -6,7 +6,7 @@ import type { FastifyInstance, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import { loadRouteDirStrict, readRouteDir, resolveRouteFiles, type AcceptedFile } from '../../src/config/route-dir.js'
 import { ROUTE_FILE_EXTENSIONS } from '../../src/config/route-file/index.js'
-import type { TargetTransitionListener } from '../../src/upstream/target.js'
+import type { Target, TargetTransitionListener } from '../../src/upstream/target.js'
 import { routeResolver, type RouteMatch } from './resolve.js'
 import { buildRouteTable, type RouteDefaults, type RouteTable } from './route-table.js'
 
@@ -50,8 +50,23 @@ declare module 'fastify' {
 }
 
 async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions): Promise<void> {
+  // A dead target is logged when it goes down and when it is back, not at every probe between
+  // (open → half-open → open every openFor): those are at debug, and counted in the closing line.
+  const down = new WeakMap<Target, { since: number, probesFailed: number }>()
   const onTransition: TargetTransitionListener = (target, from, to, cause) => {
-    app.log[to === 'open' ? 'warn' : 'info']({ upstream: target.upstream, target: target.origin, from, to, cause }, 'circuit breaker state changed')
+    const fields = { upstream: target.upstream, target: target.origin, from, to, cause }
+    if (from === 'closed') {
+      down.set(target, { since: Date.now(), probesFailed: 0 })
+      app.log.warn(fields, 'circuit breaker state changed')
+    } else if (to === 'closed') {
+      const was = down.get(target)
+      down.delete(target)
+      app.log.info({ ...fields, downMs: was === undefined ? undefined : Date.now() - was.since, probesFailed: was?.probesFailed }, 'circuit breaker state changed')
+    } else {
+      const was = down.get(target)
+      if (was !== undefined && to === 'open') was.probesFailed++
+      app.log.debug(fields, 'circuit breaker state changed')
+    }
   }
   let accepted: Map<string, AcceptedFile> = await loadRouteDirStrict(opts.routesDir)
   let table = buildRouteTable(configsOf(accepted), opts.defaults, undefined, onTransition).table
