@@ -366,12 +366,17 @@ test('a gateway that starts while its Redis is down serves on the fallback, and 
   const local: number[] = []
   for (let i = 0; i < 4; i++) local.push((await send(gw, '/late', { headers: { 'x-api-key': 'early' } })).status)
   assert.deepEqual(local, [200, 200, 200, 429], 'the local limit, same max')
-  assert.equal(gw.logs.filter(l => l.msg === FALLBACK_MSG).length, 1, 'logged once')
+  const fallback = gw.logs.filter(l => l.msg === FALLBACK_MSG)
+  assert.equal(fallback.length, 1, 'logged once')
+  assert.match(String(fallback[0]?.error), /^Rate-limit store failed: redis connect failed: connection refused \(connect ECONNREFUSED 127\.0\.0\.1:\d+\)$/, 'the cause, not a timeout')
+  assert.ok(!JSON.stringify(fallback[0]).includes('"stack"'), 'no stack')
+  assert.match(String((await send(gw, '/ready')).json.rateLimitStoreError), /^connection refused/)
 
   // Redis comes up on that port: the gateway connects by itself.
   const redis = await startRedis(port)
   t.after(() => redis.stop())
   await backOnRedis(gw, '/late', 10_000)
+  assert.equal((await send(gw, '/ready')).json.rateLimitStoreError, undefined, 'no cause once Redis answers')
 
   // Now counted in Redis: another replica on it finds the budget this one spent.
   const spent: number[] = []
@@ -426,4 +431,23 @@ test('Redis Sentinel (redis+sentinel://…/master-name): the gateway finds the m
   assert.equal(await readyStore(direct), 'redis')
   assertRefused(await send(direct, '/sentinel'), 2, '60s', 60)
   assert.equal(origin.requests.length, 2)
+})
+
+test('a wrong Redis password: the fallback line and /ready say authentication failed, and the gateway does not retry it in a tight loop', { timeout: 30_000 }, async t => {
+  const redis = await startRedis(undefined, ['--requirepass', 'right-password'])
+  t.after(() => redis.stop())
+  const origin = await upstream(t)
+  const files = { 'auth.yaml': limitedFile(origin.url, [['/auth', 'max: 3\nwindow: 10s']]) }
+  const connections = async (): Promise<number> => Number(/total_connections_received:(\d+)/.exec(await redisCli(redis.port, '-a', 'right-password', '--no-auth-warning', 'INFO', 'stats'))?.[1])
+  const gw = await gateway(t, files, { REDIS_URL: `redis://:wrong-password@127.0.0.1:${redis.port}`, ...PATIENT })
+  assert.equal(await readyStore(gw), 'fallback')
+  const fallback = gw.logs.filter(l => l.msg === FALLBACK_MSG)
+  assert.equal(fallback.length, 1)
+  assert.match(String(fallback[0]?.error), /authentication failed \(WRONGPASS[^)]*\): check the user and password of REDIS_URL/)
+  assert.match(String((await send(gw, '/ready')).json.rateLimitStoreError), /^authentication failed/)
+  assert.equal((await send(gw, '/auth')).status, 200, 'served on the local fallback')
+  const before = await connections()
+  await sleep(3000)
+  const attempts = (await connections()) - before - 1
+  assert.ok(attempts <= 1, `${attempts} connection attempts in 3 s with a wrong password`)
 })

@@ -38,7 +38,8 @@ async function healthPlugin (app: FastifyInstance, opts: HealthOptions): Promise
       reply.header('retry-after', '5')
       throw new NotReadyError('draining for shutdown')
     }
-    return { status: 'ready', routeTableVersion: app.routeTable.table.version, rateLimitStore: app.rateLimitState.store }
+    const cause = app.rateLimitState.storeCause()
+    return { status: 'ready', routeTableVersion: app.routeTable.table.version, rateLimitStore: app.rateLimitState.store, ...(cause === undefined ? {} : { rateLimitStoreError: cause }) }
   })
 }
 

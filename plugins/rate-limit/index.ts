@@ -33,6 +33,8 @@ export interface RateLimitState {
   latency: DurationHistogram
   /** Live gateway replicas last counted in Redis (1 without Redis): the local fallback divides max by it. */
   replicas: number
+  /** Why Redis is not usable right now (connection refused, authentication failed, ...); undefined when it is, or without Redis. */
+  storeCause: () => string | undefined
 }
 
 declare module 'fastify' {
@@ -53,7 +55,7 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
   const redis = opts.redis === undefined ? undefined : new RedisLimitStore(opts.redis, { keyPrefix: opts.redisKeyPrefix, commandTimeoutMs: opts.redisTimeoutMs })
   // The store without Redis; with Redis, the per-route fallback (onStoreError: local).
   const memory = new MemoryLimitStore()
-  const state: RateLimitState = { store: redis === undefined ? 'memory' : 'redis', storeErrors: 0, rejected: new Map(), latency: new DurationHistogram(), replicas: 1 }
+  const state: RateLimitState = { store: redis === undefined ? 'memory' : 'redis', storeErrors: 0, rejected: new Map(), latency: new DurationHistogram(), replicas: 1, storeCause: () => redis?.cause }
   app.decorate('rateLimitState', state)
 
   // The switch to and from the fallback is logged once, not per request.
@@ -61,7 +63,8 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
     state.storeErrors++
     if (state.store !== 'fallback') {
       state.store = 'fallback'
-      app.log.error({ err }, 'rate-limit store failed: routes fall back to their onStoreError policy')
+      // The cause, once: a stack would say only where ioredis noticed.
+      app.log.error({ error: (err as Error).message }, 'rate-limit store failed: routes fall back to their onStoreError policy')
     }
   }
   const recovered = (): void => {

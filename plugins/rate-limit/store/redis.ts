@@ -61,8 +61,28 @@ interface ScriptCommands {
   gatehouseRlHeartbeat: (replicas: string, id: string, ttlMs: number) => Promise<number>
 }
 
+/**
+ * What a Redis client error means, for an operator: ioredis reports a refused connection, a wrong
+ * password and a Cluster without quorum in its own words, and a command sent while it is not
+ * connected fails only with "Stream isn't writeable".
+ */
+export function redisCause (err: Error & { code?: string }): string {
+  const message = err.message
+  if (err.code === 'ECONNREFUSED') return `connection refused (${message})`
+  if (/WRONGPASS|NOAUTH|invalid (username-)?password/i.test(message)) return `authentication failed (${message}): check the user and password of REDIS_URL`
+  if (err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN') return `host not found (${message})`
+  if (err.code === 'ETIMEDOUT' || /timed? ?out/i.test(message)) return `timeout (${message})`
+  if (/CLUSTERDOWN|Failed to refresh slots cache/i.test(message)) return `cluster down (${message})`
+  return message
+}
+
+/** A wrong password is not retried in a tight loop: ioredis would reconnect at once, forever. */
+const AUTH_RETRY_MS = 5000
+
 export class RedisLimitStore implements LimitStore {
   readonly #client: (Redis | Cluster) & ScriptCommands
+  /** Why the client last failed to connect or authenticate; undefined once it is ready. */
+  #cause: string | undefined
   readonly #owned: boolean
   readonly #prefix: string
   readonly #timeoutMs: number
@@ -90,7 +110,8 @@ export class RedisLimitStore implements LimitStore {
       if (hit.settled) return
       hit.settled = true
       if (reply === undefined) {
-        const message = err instanceof Error ? err.message : String(err)
+        // Not connected: the connection's own error says why, not "Stream isn't writeable".
+        const message = this.#client.status !== 'ready' && this.#cause !== undefined ? this.#cause : err instanceof Error ? err.message : String(err)
         hit.reject(new LimitStoreError(`redis ${hit.algorithm} failed: ${message}`, { cause: err }))
         return
       }
@@ -145,6 +166,14 @@ export class RedisLimitStore implements LimitStore {
     redis.defineCommand('gatehouseRlSlidingWindow', { numberOfKeys: 2, lua: window })
     redis.defineCommand('gatehouseRlHeartbeat', { numberOfKeys: 1, lua: heartbeat })
     this.#client = redis as (Redis | Cluster) & ScriptCommands
+    // Failures reach callers through hit() and ready(), with their cause kept from here.
+    redis.on('error', (err: Error) => { this.#cause = redisCause(err) })
+    redis.on('ready', () => { this.#cause = undefined })
+  }
+
+  /** Why Redis is not usable right now, as far as the client knows (for /ready and the logs). */
+  get cause (): string | undefined {
+    return this.#client.status === 'ready' ? undefined : this.#cause
   }
 
   /** Resolves once the client is connected (a created client connects in the background). */
@@ -160,6 +189,10 @@ export class RedisLimitStore implements LimitStore {
         client.once('ready', onReady)
         client.once('end', onEnd)
       }), timeoutMs, 'connect')
+    } catch (err) {
+      // A timeout says little when the client knows why it could not connect.
+      if (this.#cause !== undefined) throw new LimitStoreError(`redis connect failed: ${this.#cause}`, { cause: err })
+      throw err
     } finally {
       client.off('ready', onReady)
       client.off('end', onEnd)
@@ -263,8 +296,12 @@ function connect (connection: RedisConnection, timeoutMs: number): Redis | Clust
       ...(tls ? { tls: {}, sentinelTLS: {}, enableTLSForSentinelMode: true } : {})
     })
   }
-  // Failures reach the caller through hit(); without a listener ioredis prints every
-  // reconnect error to stderr.
-  client.on('error', () => {})
+  // Reconnects back off (ioredis: 50 ms more per attempt, at most 2 s), and after a refused
+  // password wait AUTH_RETRY_MS: the password will not have changed a few milliseconds later.
+  let authFailed = false
+  client.on('error', (err: Error) => { authFailed = /WRONGPASS|NOAUTH|invalid (username-)?password/i.test(err.message) })
+  const retryStrategy = (times: number): number => authFailed ? AUTH_RETRY_MS : Math.min(times * 50, 2000)
+  if (client instanceof Cluster) client.options.clusterRetryStrategy = retryStrategy
+  else client.options.retryStrategy = retryStrategy
   return client
 }
