@@ -209,7 +209,7 @@ test('REDIS_KEY_PREFIX: gateways with another prefix on the same Redis keep budg
   // The staging budget is spent; production's is whole, and shared by both of its gateways.
   assert.deepEqual(await statuses(production as GatewayProcess, 1), [200])
   assert.deepEqual(await statuses(production2 as GatewayProcess, 2), [200, 429])
-  // Every key is under one of the two prefixes (key names hold a newline: count them in Redis).
+  // Every key is under one of the two prefixes.
   const count = async (pattern: string): Promise<number> => Number(await redisCli(redis.port, 'EVAL', "return #redis.call('KEYS', ARGV[1])", '0', pattern))
   const [all, ofStaging, ofProduction] = await Promise.all([count('*'), count('staging:*'), count('production:*')])
   assert.ok(ofStaging > 0 && ofProduction > 0)
@@ -450,4 +450,21 @@ test('a wrong Redis password: the fallback line and /ready say authentication fa
   await sleep(3000)
   const attempts = (await connections()) - before - 1
   assert.ok(attempts <= 1, `${attempts} connection attempts in 3 s with a wrong password`)
+})
+
+test('Redis keys are readable: no control characters, a client value\'s tab and % percent-encoded, and redis-cli can find and delete them', async t => {
+  const redis = await startRedis()
+  t.after(() => redis.stop())
+  const origin = await upstream(t)
+  const files = { 'keys.yaml': limitedFile(origin.url, [['/k', 'max: 1\nwindow: 60s\nkey: header:x-api-key'], ['/i', 'max: 5\nwindow: 60s']]) }
+  const gw = await gateway(t, files, { REDIS_URL: redis.url, REDIS_KEY_PREFIX: 'readable:', ...PATIENT })
+  assert.equal((await send(gw, '/k', { headers: { 'x-api-key': 'a\tb%c' } })).status, 200)
+  assert.equal((await send(gw, '/k', { headers: { 'x-api-key': 'a\tb%c' } })).status, 429)
+  assert.equal((await send(gw, '/k', { headers: { 'x-api-key': 'a%09b%25c' } })).status, 200, 'the escaped spelling is another client')
+  assert.equal((await send(gw, '/i')).status, 200)
+  const keys = (await redisCli(redis.port, '--scan', '--pattern', 'readable:{*')).trim().split('\n').sort()
+  assert.deepEqual(keys, ['a%09b%25c', 'a%2509b%2525c'].flatMap(k => [`readable:{keys-0:h:${k}}:log`, `readable:{keys-0:h:${k}}:seq`]).concat(['readable:{keys-1:127.0.0.1}:log', 'readable:{keys-1:127.0.0.1}:seq']))
+  // Deleting a client's keys by name gives that client its budget back.
+  assert.equal((await redisCli(redis.port, 'DEL', 'readable:{keys-0:h:a%09b%25c}:log', 'readable:{keys-0:h:a%09b%25c}:seq')).trim(), '2')
+  assert.equal((await send(gw, '/k', { headers: { 'x-api-key': 'a\tb%c' } })).status, 200)
 })

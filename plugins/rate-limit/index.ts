@@ -51,6 +51,16 @@ const STARTUP_WAIT_MS = 2000
 
 type IncrCallback = (err: Error | null, result?: { current: number, ttl: number }) => void
 
+/**
+ * A client's header or claim value as it goes into a Redis key: control characters (a header
+ * value may hold a tab, a claim anything) and `%` percent-encoded, so an operator can read and
+ * delete the key with redis-cli, and two values never share one key.
+ */
+function printable (value: string): string {
+  // eslint-disable-next-line no-control-regex -- the control characters are what is escaped
+  return /[\x00-\x1f\x7f%]/.test(value) ? value.replace(/[\x00-\x1f\x7f%]/g, c => `%${c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0')}`) : value
+}
+
 async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): Promise<void> {
   const redis = opts.redis === undefined ? undefined : new RedisLimitStore(opts.redis, { keyPrefix: opts.redisKeyPrefix, commandTimeoutMs: opts.redisTimeoutMs })
   // The store without Redis; with Redis, the per-route fallback (onStoreError: local).
@@ -77,12 +87,12 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
   /**
    * The store @fastify/rate-limit calls: `incr(key, callback, timeWindow, max)` (its index.js,
    * applyRateLimit), with max and timeWindow from the functions below. Its key is
-   * `<limit id>\n<client key>`. The plugin passes a store nothing else of the request, so the
+   * `<limit id>:<client key>` (limit ids have no colon). The plugin passes a store nothing else of the request, so the
    * algorithm and the onStoreError policy are read from the live route table by the limit's id.
    */
   class GatewayStore {
     incr (key: string, callback: IncrCallback, timeWindow: number, max: number): void {
-      const limit = app.routeTable.table.limits.get(key.slice(0, key.indexOf('\n')))
+      const limit = app.routeTable.table.limits.get(key.slice(0, key.indexOf(':')))
       // A limit a reload removed while this request waited: its max and window still apply.
       const algorithm = limit?.algorithm ?? 'sliding-log'
       const onStoreError = limit?.onStoreError ?? 'local'
@@ -135,10 +145,10 @@ async function rateLimitPlugin (app: FastifyInstance, opts: RateLimitOptions): P
   const keyGenerator = (request: FastifyRequest): string => {
     const limit = limitOf(request)
     const key = limit.key
-    if (key.kind === 'ip') return `${limit.id}\n${request.ip}`
+    if (key.kind === 'ip') return `${limit.id}:${request.ip}`
     // A missing header or claim is a key of its own (shared by all requests without one).
     const value = key.kind === 'header' ? request.headers[key.name] : request.identity?.claims[key.name]
-    return `${limit.id}\n${key.kind[0] as string}:${typeof value === 'string' ? value : value === undefined ? '' : JSON.stringify(value)}`
+    return `${limit.id}:${key.kind[0] as string}:${printable(typeof value === 'string' ? value : value === undefined ? '' : JSON.stringify(value))}`
   }
   // One check per compiled limit, made when a request first meets it, with max and timeWindow as
   // numbers: the plugin awaits a function option on every request, a number it reads
