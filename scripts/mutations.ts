@@ -20,7 +20,7 @@ import { existsSync } from 'node:fs'
 import { cp, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { repoRoot } from './repo-root.js'
+import { repoRoot } from '../src/repo-root.js'
 
 type Rule = 'selection' | 'breaker probes' | 'retry eligibility' | 'limiter admission' | 'path normalisation' | 'auth' | 'forwarding headers' | 'request framing' | 'slow clients'
 

@@ -7,7 +7,7 @@ import { mkdir, writeFile } from 'node:fs/promises'
 import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { RouteFileSchema } from '../src/config/route-file/index.js'
-import { repoRoot } from './repo-root.js'
+import { repoRoot } from '../src/repo-root.js'
 
 type JsonObject = { [key: string]: unknown }
 

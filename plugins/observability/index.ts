@@ -2,6 +2,7 @@
 // the request path does no metric bookkeeping of its own beyond the request histogram.
 /* eslint-disable no-new -- prom-client metrics register themselves when constructed */
 import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { createServer } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
@@ -10,11 +11,13 @@ import fp from 'fastify-plugin'
 import type { Metric, Registry } from 'prom-client'
 import type { Target } from '../../src/upstream/target.js'
 import { answeredInFlight } from '../../src/http/parser-answer.js'
+import { repoRoot } from '../../src/repo-root.js'
 import { DURATION_BUCKETS, DurationHistogram } from '../../src/stats/duration-histogram.js'
 import { AccessLog, type AccessLogOptions } from './access-log.js'
 
-// The version of package.json, read once (the package is not imported as JSON to keep dist/ flat).
-const GATEHOUSE_VERSION = (JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string }).version
+// The version of package.json, read once (the package is not imported as JSON to keep dist/ flat;
+// found by walking up, so it is the same from dist/ and from the sources under tsx).
+const GATEHOUSE_VERSION = (JSON.parse(readFileSync(join(repoRoot(import.meta.url), 'package.json'), 'utf8')) as { version: string }).version
 
 export interface ObservabilityOptions {
   /** Serve /metrics on this port of `adminHost` instead of the main port; undefined: main port. */

@@ -1,4 +1,4 @@
-// The repository root, for scripts that run from dist/ or under tsx alike.
+// The repository root (the folder holding package.json), from dist/ or under tsx alike.
 import { existsSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
