@@ -6,9 +6,11 @@ import type { JwtAuthConfig } from '../../src/config/route-file/index.js'
 import { JwksUnavailableError } from './jwks.js'
 
 /** Why a request was refused: bounded, so it can label a metric. */
-export type AuthFailureReason =
-  | 'missing_token' | 'malformed' | 'bad_algorithm' | 'bad_signature' | 'unknown_key' | 'expired' | 'not_yet_valid'
-  | 'wrong_issuer' | 'wrong_audience' | 'missing_claim' | 'bad_claim' | 'insufficient_scope' | 'keys_unavailable'
+export const AUTH_FAILURE_REASONS = [
+  'missing_token', 'malformed', 'bad_algorithm', 'bad_signature', 'unknown_key', 'expired', 'not_yet_valid',
+  'wrong_issuer', 'wrong_audience', 'missing_claim', 'bad_claim', 'insufficient_scope', 'keys_unavailable'
+] as const
+export type AuthFailureReason = typeof AUTH_FAILURE_REASONS[number]
 
 // What a client is told (RFC 6750 error_description): fixed texts, never a part of the token.
 const DESCRIPTIONS: Record<AuthFailureReason, string> = {

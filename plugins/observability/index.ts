@@ -13,6 +13,7 @@ import type { Target } from '../../src/upstream/target.js'
 import { answeredInFlight } from '../../src/http/parser-answer.js'
 import { repoRoot } from '../../src/repo-root.js'
 import { DURATION_BUCKETS, DurationHistogram } from '../../src/stats/duration-histogram.js'
+import { AUTH_FAILURE_REASONS } from '../auth/verifier.js'
 import { AccessLog, type AccessLogOptions } from './access-log.js'
 
 // The version of package.json, read once (the package is not imported as JSON to keep dist/ flat;
@@ -45,7 +46,8 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
   if (opts.adminPort !== undefined) serveAdmin(app, client.register, opts.adminPort, opts.adminHost)
   // prom-client's totals of these gauges end in _total, which Prometheus reserves for counters
   // (promtool refuses them); the same figures stay available per type, and summed in PromQL.
-  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total']) {
+  // nodejs_active_requests (libuv requests by type) is empty whenever none is pending: no series.
+  for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total', 'nodejs_active_requests']) {
     client.register.removeSingleMetric(name)
   }
 
@@ -130,7 +132,10 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
   })
   counter('upstream_retries_total', 'Retries sent, by what the try before them ran into.', ['upstream', 'reason'], function * () {
     for (const u of upstreams()) {
-      for (const [reason, n] of Object.entries(u.budget.retries)) yield [{ upstream: u.name, reason }, n]
+      const retries = u.budget.retries
+      // What the upstream retries on (retry.on) is known: those series start at 0.
+      for (const reason of u.retry.on) if (!(String(reason) in retries)) yield [{ upstream: u.name, reason: String(reason) }, 0]
+      for (const [reason, n] of Object.entries(retries)) yield [{ upstream: u.name, reason }, n]
     }
   })
   counter('upstream_requests_total', 'Tries sent to each target, by outcome: ok, bad-status (a breaker failure status), connect-failure, reset, timeout, aborted (the client left).', ['upstream', 'target', 'outcome'], function * () {
@@ -152,8 +157,12 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
     yield [{}, limiter().latency]
   }))
 
+  // Every limited and every authenticated route of the table has its series from the start (at 0),
+  // so rate() works from the first scrape; a route a reload removed keeps its count.
   counter('rate_limiter_rejected_total', 'Requests refused with 429, by route limit (<upstream>-<route index>); never by client key.', ['route'], function * () {
-    for (const [route, n] of limiter().rejected) yield [{ route }, n]
+    const rejected = limiter().rejected
+    for (const route of app.routeTable.table.limits.keys()) if (!rejected.has(route)) yield [{ route }, 0]
+    for (const [route, n] of rejected) yield [{ route }, n]
   })
   counter('rate_limiter_store_errors_total', 'Rate-limit store (Redis) calls that failed or timed out.', [], () => [[{}, limiter().storeErrors]])
   new client.Gauge({
@@ -167,7 +176,12 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
     collect () { this.set(limiter().store === 'fallback' ? 1 : 0) }
   })
   counter('auth_failures_total', 'Requests refused by edge authentication, by route (<upstream>-<route index>) and reason.', ['route', 'reason'], function * () {
-    for (const [route, byReason] of app.authState.failures) {
+    const failures = app.authState.failures
+    for (const route of app.routeTable.table.authenticated) {
+      const byReason = failures.get(route)
+      for (const reason of AUTH_FAILURE_REASONS) if (byReason?.has(reason) !== true) yield [{ route, reason }, 0]
+    }
+    for (const [route, byReason] of failures) {
       for (const [reason, n] of byReason) yield [{ route, reason }, n]
     }
   })

@@ -56,6 +56,8 @@ export class RouteTable {
     readonly targets: ReadonlyMap<string, Target>,
     /** Rate limits by id, for the limiter's store (it sees a key, not the request). */
     readonly limits: ReadonlyMap<string, CompiledLimit>,
+    /** Ids of the routes with authentication (their refusal counters start at 0). */
+    readonly authenticated: readonly string[],
     private readonly router: Instance<HTTPVersion.V1>
   ) {}
 
@@ -91,6 +93,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
   const targets = new Map<string, Target>()
   const upstreams: CompiledUpstream[] = []
   const limits = new Map<string, CompiledLimit>()
+  const authenticated: string[] = []
   for (const config of configs) {
     const upstreamTargets = config.targets.map(t => {
       const options = { upstream: config.name, origin: t.origin, maxConnections: t.maxConnections, weight: t.weight, connectTimeoutMs: config.timeouts.connectMs, breaker: config.breaker, tls: t.tls }
@@ -132,6 +135,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
         allowEncodedSlashes: route.allowEncodedSlashes
       })
       if (compiled.rateLimit !== undefined) limits.set(id, compiled.rateLimit)
+      if (compiled.auth !== undefined) authenticated.push(id)
       const methods = (route.methods ?? HTTP_METHODS) as Array<'GET'>
       // A prefix matches itself and everything below it, never a longer sibling (/api/usersX).
       const paths = route.path === '/' ? ['/', '/*'] : [route.path, route.path + '/*']
@@ -142,7 +146,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
     }
   }
   const removed = previous === undefined ? [] : [...previous.targets].filter(([key]) => !targets.has(key)).map(([, t]) => t)
-  return { table: new RouteTable((previous?.version ?? 0) + 1, upstreams, targets, limits, router), removed }
+  return { table: new RouteTable((previous?.version ?? 0) + 1, upstreams, targets, limits, authenticated, router), removed }
 }
 
 function budgetOf (previous: RouteTable | undefined, config: UpstreamConfig): RetryBudget {
