@@ -44,5 +44,12 @@ test('every exported metric is in the README\'s table and has a series; every ro
   }
   // They count from there.
   assert.equal((await send(gw, '/secured')).status, 401)
-  assert.match((await send(gw, '/metrics')).body, /^auth_failures_total\{route="secured-0",reason="missing_token"\} 1$/m)
+  const after = (await send(gw, '/metrics')).body
+  assert.match(after, /^auth_failures_total\{route="secured-0",reason="missing_token"\} 1$/m)
+  // Requests are counted by the route that matched and its upstream, refusals included; no route, no labels.
+  assert.equal((await send(gw, '/nowhere')).status, 404)
+  const labelled = (await send(gw, '/metrics')).body
+  assert.match(labelled, /^http_request_duration_seconds_count\{method="GET",route="secured-0",status_code="401",upstream="secured"\} 1$/m)
+  assert.match(labelled, /^http_request_duration_seconds_count\{method="GET",route="limited-1",status_code="200",upstream="limited"\} 1$/m)
+  assert.match(labelled, /^http_request_duration_seconds_count\{method="GET",route="",status_code="404",upstream=""\} 1$/m)
 })

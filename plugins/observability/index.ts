@@ -70,7 +70,9 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
       statusCode = answer?.statusCode ?? 499
       failure = answer ?? CLIENT_CLOSED
     }
-    durations.observe(request.target?.upstream ?? '', request.method, statusCode, reply.elapsedTime / 1000)
+    // The route that matched, refused requests included (401, 403, 429, a saturated 503).
+    const route = request.match?.route
+    durations.observe(route?.id ?? '', route?.upstream.name ?? '', request.method, statusCode, reply.elapsedTime / 1000)
     accessLog?.write(request, reply, statusCode, failure)
   }
   const observe = (request: FastifyRequest, reply: FastifyReply): void => {
@@ -152,7 +154,7 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
       }
     }
   }))
-  histogram(new ScrapedHistogram('http_request_duration_seconds', 'Requests by method, status code and upstream (empty: answered by the gateway before choosing one); route is always /*, the proxied scope.', () => durations.series()))
+  histogram(new ScrapedHistogram('http_request_duration_seconds', 'Requests by method, status code, route (<upstream>-<route index>) and its upstream, requests the gateway refused on a route included; both empty when no route matched.', () => durations.series()))
   histogram(new ScrapedHistogram('rate_limiter_duration_seconds', 'Time of one rate-limit decision by the store (Redis or memory; fallbacks included).', function * () {
     yield [{}, limiter().latency]
   }))
@@ -255,12 +257,14 @@ function serveAdmin (app: FastifyInstance, registry: Registry, port: number, hos
 
 /** Request durations by upstream, method and status, counted without building a key string per request. */
 class RequestDurations {
-  private readonly byUpstream = new Map<string, Map<number, { method: string, status: number, h: DurationHistogram }>>()
+  /** By route id ('' when no route matched), with the route's upstream. */
+  private readonly byRoute = new Map<string, { upstream: string, byKey: Map<number, { method: string, status: number, h: DurationHistogram }> }>()
   private readonly methods = new Map<string, number>()
 
-  observe (upstream: string, method: string, status: number, seconds: number): void {
-    let byKey = this.byUpstream.get(upstream)
-    if (byKey === undefined) this.byUpstream.set(upstream, byKey = new Map())
+  observe (route: string, upstream: string, method: string, status: number, seconds: number): void {
+    let ofRoute = this.byRoute.get(route)
+    if (ofRoute === undefined) this.byRoute.set(route, ofRoute = { upstream, byKey: new Map() })
+    const byKey = ofRoute.byKey
     let m = this.methods.get(method)
     if (m === undefined) this.methods.set(method, m = this.methods.size)
     const key = status * 64 + m
@@ -270,8 +274,8 @@ class RequestDurations {
   }
 
   * series (): Iterable<[Record<string, string>, DurationHistogram]> {
-    for (const [upstream, byKey] of this.byUpstream) {
-      for (const { method, status, h } of byKey.values()) yield [{ method, route: '/*', status_code: String(status), upstream }, h]
+    for (const [route, { upstream, byKey }] of this.byRoute) {
+      for (const { method, status, h } of byKey.values()) yield [{ method, route, status_code: String(status), upstream }, h]
     }
   }
 }
