@@ -127,3 +127,37 @@ export function clientResponseHeaders (raw: Buffer[], reply: FastifyReply): stri
   }
   return out
 }
+
+/** A route's rewritePrefix turned back: the upstream's path prefix, and the route's path for it ('' for /). */
+export interface RedirectRewrite {
+  upstreamPrefix: string
+  publicPrefix: string
+}
+
+/**
+ * Location and Content-Location in the upstream's own path space made public again (nginx's
+ * proxy_redirect default): a path under the upstream prefix, or a URL of the target itself, gets
+ * the route's path instead. Anything else (another host, a relative reference) is left alone.
+ */
+export function rewriteLocations (headers: string[], rewrite: RedirectRewrite, origin: string): void {
+  for (let i = 0; i < headers.length; i += 2) {
+    const name = (headers[i] as string).toLowerCase()
+    if (name === 'location' || name === 'content-location') headers[i + 1] = publicLocation(headers[i + 1] as string, rewrite, origin)
+  }
+}
+
+function publicLocation (value: string, { upstreamPrefix, publicPrefix }: RedirectRewrite, origin: string): string {
+  let path = value
+  if (value.toLowerCase().startsWith(origin.toLowerCase()) && (value.length === origin.length || '/?#'.includes(value[origin.length] as string))) {
+    path = value.slice(origin.length)
+    if (path === '' || path[0] !== '/') path = '/' + path
+  } else if (value[0] !== '/' || value[1] === '/') {
+    return value
+  }
+  if (upstreamPrefix === '') return publicPrefix + path
+  if (path === upstreamPrefix || (path.startsWith(upstreamPrefix) && '/?#'.includes(path[upstreamPrefix.length] as string))) {
+    const local = publicPrefix + path.slice(upstreamPrefix.length)
+    return local === '' ? '/' : local
+  }
+  return value
+}

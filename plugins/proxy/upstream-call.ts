@@ -15,7 +15,7 @@ import { tlsFailure, type Target } from '../../src/upstream/target.js'
 import type { BufferMemory, ClientRate } from '../client-rate/index.js'
 import type { CompiledUpstream } from '../route-table/route-table.js'
 import { endTry, startTry } from '../tracing/spans.js'
-import { clientResponseHeaders, upstreamRequestHeaders, type ForwardRules } from './headers.js'
+import { clientResponseHeaders, rewriteLocations, upstreamRequestHeaders, type ForwardRules, type RedirectRewrite } from './headers.js'
 import { CONNECT_FAILURE } from './upstream-errors.js'
 
 const PRECISE_BELOW_MS = 2000
@@ -40,6 +40,8 @@ export interface CallOptions {
   /** Normalised, rewritten path with the query string. */
   path: string
   rules: ForwardRules
+  /** The route's rewritePrefix, to turn back in Location headers; undefined: none. */
+  redirects: RedirectRewrite | undefined
   clientRate: ClientRate
   /** How far the response may be read ahead of a client that is behind: the route's responseBuffer, within RESPONSE_BUFFER_MEMORY. */
   readAhead: { limit: number, memory: BufferMemory }
@@ -201,7 +203,10 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     }
     const reply = this.o.reply
     try {
-      reply.raw.writeHead(statusCode, clientResponseHeaders(rawHeaders, reply))
+      const headers = clientResponseHeaders(rawHeaders, reply)
+      const redirects = this.o.redirects
+      if (redirects !== undefined) rewriteLocations(headers, redirects, target.origin)
+      reply.raw.writeHead(statusCode, headers)
     } catch (err) {
       // A header Node will not send (an invalid name or value): read the response out, answer 502.
       this.phase = Phase.Discarding

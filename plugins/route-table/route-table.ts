@@ -1,4 +1,5 @@
 // The compiled route table: built once per load or reload, never changed after, swapped whole.
+import type { RedirectRewrite } from '../proxy/headers.js'
 import FindMyWay, { type HTTPVersion, type Instance } from 'find-my-way'
 import { HTTP_METHODS, type JwtAuthConfig, type RateLimitConfig, type UpstreamConfig } from '../../src/config/route-file/index.js'
 import { RetryBudget, type RetryOptions } from '../../src/upstream/retry.js'
@@ -40,6 +41,8 @@ export interface CompiledRoute {
   readonly prefixLength: number
   /** Undefined: forward the path unchanged. */
   readonly rewritePrefix: string | undefined
+  /** Locations in the upstream's path space and what they become; undefined without rewritePrefix or with rewriteRedirects: false. */
+  readonly redirects: RedirectRewrite | undefined
   readonly bodyLimit: number
   /** Bodies up to this size are received whole before a target is chosen, and replayed by retries; 0: none. */
   readonly requestBuffer: number
@@ -129,6 +132,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
         rateLimit: limit === undefined ? undefined : Object.freeze({ ...limit, id, policy: `"${id}";q=${limit.max};w=${Math.ceil(limit.windowMs / 1000)}` }),
         prefixLength: route.path === '/' ? 0 : route.path.length,
         rewritePrefix: route.rewritePrefix,
+        redirects: route.rewritePrefix === undefined || !route.rewriteRedirects ? undefined : { upstreamPrefix: route.rewritePrefix, publicPrefix: route.path === '/' ? '' : route.path },
         bodyLimit: route.bodyLimit ?? defaults.bodyLimit,
         requestBuffer: route.requestBuffer ?? config.retry.bufferBody ?? defaults.requestBuffer,
         responseBuffer: route.responseBuffer ?? defaults.responseBuffer,

@@ -59,6 +59,7 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
       methods: r.methods,
       hosts: r.hosts?.map(h => h.toLowerCase()),
       rewritePrefix: r.rewritePrefix,
+      rewriteRedirects: r.rewriteRedirects,
       bodyLimit: r.bodyLimit === undefined ? undefined : toBytes(r.bodyLimit),
       requestBuffer: r.requestBuffer === undefined ? undefined : toBytes(r.requestBuffer),
       responseBuffer: r.responseBuffer === undefined ? undefined : toBytes(r.responseBuffer),

@@ -110,6 +110,10 @@ const Route = Type.Object({
     errorMessage: "must be '' or a path starting with /",
     description: "Replaces the matched prefix before forwarding; '' strips it. Default: the path is forwarded unchanged."
   })),
+  rewriteRedirects: Type.Boolean({
+    default: true,
+    description: 'With rewritePrefix: a Location or Content-Location the upstream sends in its own path space (a path under rewritePrefix, or a URL of the target itself) is rewritten to the route\'s path, as nginx\'s proxy_redirect default does. Default true.'
+  }),
   bodyLimit: Type.Optional(Size({ description: 'Largest request body on this route. Default: BODY_LIMIT.' })),
   requestBuffer: Type.Optional(Size({
     description: 'Request bodies up to this size are received whole before a target is chosen (a slow uploader holds memory, not an upstream slot) and are what a retry sends again; larger ones are streamed and never retried; 0 streams every body. Default: REQUEST_BUFFER_SIZE, or retry.bufferBody where the file sets it.'
@@ -195,6 +199,7 @@ export interface RouteConfig {
   /** Lowercase; undefined: every host. */
   hosts: string[] | undefined
   rewritePrefix: string | undefined
+  rewriteRedirects: boolean
   bodyLimit: number | undefined
   /** Undefined: the file's retry.bufferBody, else REQUEST_BUFFER_SIZE. */
   requestBuffer: number | undefined
