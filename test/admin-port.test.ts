@@ -19,7 +19,7 @@ test('ADMIN_PORT: /metrics answers there (with the request histogram), the main 
   assert.equal(scrape.status, 200)
   assert.match(String(scrape.headers.get('content-type')), /^text\/plain/)
   const text = await scrape.text()
-  assert.match(text, /^http_request_duration_seconds_count\{method="GET",route="\/\*",status_code="200",upstream="app"\} 1$/m)
+  assert.match(text, /^http_request_duration_seconds_count\{method="GET",route="app-0",status_code="200",upstream="app"\} 1$/m)
   assert.match(text, /^upstream_requests_total\{upstream="app",target="[^"]+",outcome="ok"\} 1$/m)
   assert.equal((await fetch(`${admin}/other`)).status, 404)
 })
