@@ -61,6 +61,9 @@ interface ScriptCommands {
   gatehouseRlHeartbeat: (replicas: string, id: string, ttlMs: number) => Promise<number>
 }
 
+/** Redis's answers to a wrong user or password. */
+const AUTH_FAILED = /WRONGPASS|NOAUTH|invalid (username-)?password/i
+
 /**
  * What a Redis client error means, for an operator: ioredis reports a refused connection, a wrong
  * password and a Cluster without quorum in its own words, and a command sent while it is not
@@ -69,7 +72,7 @@ interface ScriptCommands {
 export function redisCause (err: Error & { code?: string }): string {
   const message = err.message
   if (err.code === 'ECONNREFUSED') return `connection refused (${message})`
-  if (/WRONGPASS|NOAUTH|invalid (username-)?password/i.test(message)) return `authentication failed (${message}): check the user and password of REDIS_URL`
+  if (AUTH_FAILED.test(message)) return `authentication failed (${message}): check the user and password of REDIS_URL`
   if (err.code === 'ENOTFOUND' || err.code === 'EAI_AGAIN') return `host not found (${message})`
   if (err.code === 'ETIMEDOUT' || /timed? ?out/i.test(message)) return `timeout (${message})`
   if (/CLUSTERDOWN|Failed to refresh slots cache/i.test(message)) return `cluster down (${message})`
@@ -299,7 +302,7 @@ function connect (connection: RedisConnection, timeoutMs: number): Redis | Clust
   // Reconnects back off (ioredis: 50 ms more per attempt, at most 2 s), and after a refused
   // password wait AUTH_RETRY_MS: the password will not have changed a few milliseconds later.
   let authFailed = false
-  client.on('error', (err: Error) => { authFailed = /WRONGPASS|NOAUTH|invalid (username-)?password/i.test(err.message) })
+  client.on('error', (err: Error) => { authFailed = AUTH_FAILED.test(err.message) })
   const retryStrategy = (times: number): number => authFailed ? AUTH_RETRY_MS : Math.min(times * 50, 2000)
   if (client instanceof Cluster) client.options.clusterRetryStrategy = retryStrategy
   else client.options.retryStrategy = retryStrategy
