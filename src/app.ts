@@ -34,7 +34,7 @@ export interface AppOptions {
 }
 
 export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Promise<FastifyInstance> {
-  const log = options.logger === undefined ? options.log ?? createLogger(env.logLevel) : undefined
+  const log = options.logger === undefined ? options.log ?? createLogger(env.logLevel, env.logFormat) : undefined
   const app: FastifyInstance = Fastify({
     ...(log === undefined ? { logger: options.logger } : { loggerInstance: log.logger as FastifyBaseLogger }),
     childLoggerFactory: requestLoggerFactory,

@@ -44,7 +44,7 @@ export async function start (): Promise<void> {
     process.exit(1)
   }
   // Lines are written asynchronously in batches: whatever is still buffered is written before any exit.
-  const log: GatewayLogger = createLogger(env.logLevel)
+  const log: GatewayLogger = createLogger(env.logLevel, env.logFormat)
   const exit = (code: number): never => {
     log.flush()
     process.exit(code)

@@ -20,6 +20,9 @@ export const EnvSchema = Type.Object({
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), {
     default: 'info', errorMessage: 'must be one of fatal, error, warn, info, debug, trace, silent', description: 'pino log level.'
   }),
+  LOG_FORMAT: Type.Optional(Type.Union([Type.Literal('json'), Type.Literal('pretty')], {
+    errorMessage: 'must be json or pretty', description: 'json: one JSON object per line (for log collectors); pretty: coloured lines for people (pino-pretty); unset: pretty when stdout is a terminal, json otherwise.'
+  })),
   TRUST_PROXY: Type.String({ default: 'false', description: 'Peers whose X-Forwarded-* headers are believed: false, a hop count, or a comma-separated list of IPs/CIDRs.' }),
   SHUTDOWN_DELAY: Duration({ default: 0, description: 'After SIGTERM, how long /ready answers 503 while requests are still served, before the listener closes (load balancers need a moment to notice).' }),
   SHUTDOWN_TIMEOUT: Duration({ default: '30s', description: 'How long SIGTERM waits for in-flight requests before closing connections.' }),
@@ -48,6 +51,8 @@ export const EnvSchema = Type.Object({
 
 type RawEnv = Static<typeof EnvSchema>
 
+export type LogFormat = 'json' | 'pretty'
+
 /** Trust for X-Forwarded-*: nobody, the nearest N hops, or these addresses. */
 export type TrustProxy = false | number | string[]
 
@@ -61,6 +66,7 @@ export interface GatewayEnv {
   redisTimeoutMs: number
   jwksCooldownMs: number
   logLevel: string
+  logFormat: LogFormat
   trustProxy: TrustProxy
   shutdownDelayMs: number
   shutdownTimeoutMs: number
@@ -133,6 +139,7 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
     redisTimeoutMs: toMs(raw.REDIS_TIMEOUT),
     jwksCooldownMs: toMs(raw.JWKS_COOLDOWN),
     logLevel: raw.LOG_LEVEL,
+    logFormat: raw.LOG_FORMAT ?? (process.stdout.isTTY ? 'pretty' : 'json'),
     trustProxy: trust as TrustProxy,
     shutdownDelayMs: toMs(raw.SHUTDOWN_DELAY),
     shutdownTimeoutMs: toMs(raw.SHUTDOWN_TIMEOUT),
