@@ -1,13 +1,16 @@
 // npm run demo: three demo upstreams (routes.d/echo.yaml and routes.d/slow.yaml point at them),
 // the development token issuer of routes.d/me.yaml, and the gateway in front, then copy-paste
-// commands to try it. Ctrl-C stops everything.
+// commands to try it. Ctrl-C stops everything. Runs under tsx: the ports are checked before
+// anything is built, and the build runs only when a source changed (demo/build.ts).
 import { spawn, type ChildProcess } from 'node:child_process'
 import net from 'node:net'
-import { join, resolve } from 'node:path'
+import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { httpStatus } from '../scripts/loopback.js'
+import { repoRoot } from '../src/repo-root.js'
+import { buildIfChanged } from './build.js'
 
-const ROOT = resolve(import.meta.dirname, '..', '..')
+const ROOT = repoRoot(import.meta.url)
 const ROUTES_DIR = join(ROOT, 'routes.d')
 const GATEWAY_PORT = Number(process.env.PORT ?? 8080)
 const GATEWAY_HOST = process.env.HOST ?? '127.0.0.1'
@@ -46,7 +49,8 @@ const services: Service[] = [
     port: GATEWAY_PORT,
     host: GATEWAY_HOST,
     args: [join(ROOT, 'dist', 'src', 'cli.js'), 'start'],
-    env: { ROUTES_DIR, PORT: String(GATEWAY_PORT), HOST: GATEWAY_HOST },
+    // Its output goes through a pipe to this terminal: readable lines unless LOG_FORMAT says otherwise.
+    env: { ROUTES_DIR, PORT: String(GATEWAY_PORT), HOST: GATEWAY_HOST, LOG_FORMAT: process.env.LOG_FORMAT ?? (process.stdout.isTTY ? 'pretty' : 'json') },
     probe: '/ready'
   }
 ]
@@ -62,17 +66,17 @@ function upstream (name: string, port: number): Service {
   }
 }
 
-/** Resolves when nothing listens on host:port; rejects naming the port otherwise. */
-async function ensureFree (service: Service): Promise<void> {
-  await new Promise<void>((resolve, reject) => {
+/** Why the service's port cannot be used (busy, most often); undefined when it is free. */
+async function portProblem (service: Service): Promise<string | undefined> {
+  return await new Promise(resolve => {
     const probe = net.createServer()
     probe.once('error', (err: NodeJS.ErrnoException) => {
-      reject(new Error(err.code === 'EADDRINUSE'
+      resolve(err.code === 'EADDRINUSE'
         ? `port ${service.port} is busy (needed by ${service.name}); stop what is using it (e.g. \`lsof -i :${service.port}\`)` +
           (service.name === 'gateway' ? ' or pick another port: PORT=8081 npm run demo' : '')
-        : `cannot use port ${service.port} for ${service.name}: ${err.message}`))
+        : `cannot use port ${service.port} for ${service.name}: ${err.message}`)
     })
-    probe.listen(service.port, service.host, () => probe.close(() => resolve()))
+    probe.listen(service.port, service.host, () => probe.close(() => resolve(undefined)))
   })
 }
 
@@ -155,10 +159,12 @@ curl -s -o /dev/null -w '%{http_code}\\n' -H "Authorization: Bearer $TOKEN" ${ba
 # No route: 404 as JSON
 curl -s ${base}/nope; echo
 
-# Liveness, readiness, metrics
+# Liveness and readiness
 curl -s ${base}/health; echo
 curl -s ${base}/ready; echo
-curl -s ${base}/metrics | grep ^upstream_
+
+# Metrics: each target's saturation (in-flight ÷ maxConnections) and the 429s of the rate limit above
+curl -s ${base}/metrics | grep -E '^(upstream_connection_saturation_ratio|rate_limiter_rejected_total)'
 
 # Reload: edit or add a file in routes.d/ (the gateway watches it), or
 kill -USR1 ${gatewayPid}
@@ -171,7 +177,10 @@ async function main (): Promise<void> {
   if (!Number.isInteger(GATEWAY_PORT) || GATEWAY_PORT <= 0 || GATEWAY_PORT > 65535) {
     throw new Error(`PORT must be a port number, got "${process.env.PORT}"`)
   }
-  for (const service of services) await ensureFree(service)
+  // Every busy port at once, before a build that would be wasted.
+  const problems = (await Promise.all(services.map(portProblem))).filter(p => p !== undefined)
+  if (problems.length > 0) throw new Error(problems.join('\ndemo: '))
+  await buildIfChanged(ROOT)
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     process.on(signal, () => {
       console.log(`\n${signal}: stopping the gateway, the upstreams and the issuer...`)
