@@ -278,7 +278,7 @@ const MUTATIONS: Mutation[] = [
 ]
 
 /** What the tests read besides dist/ (paths from the repository root; missing ones are skipped). */
-const COPIED = ['dist', 'package.json', 'routes.d', 'fuzz', 'schema', 'deploy', 'plugins/rate-limit/store', 'README.md', '.env.example', 'Dockerfile', '.dockerignore', 'docker-compose.yml']
+const COPIED = ['dist', 'package.json', 'routes.d', 'fuzz', 'schema', 'deploy', 'plugins/rate-limit/store', 'README.md', 'docs', '.env.example', 'Dockerfile', '.dockerignore', 'docker-compose.yml']
 
 // ---- running children ------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 // Every error the gateway answers with or fails on, in one place. Codes are stable: clients and
-// alerts key on them, and the README's error table lists each one (a test keeps them in step).
+// alerts key on them, and docs/errors.md lists each one (a test keeps them in step).
 import createError from '@fastify/error'
 
 export const RouteNotFoundError = createError<'GATEHOUSE_ERR_ROUTE_NOT_FOUND', 404, [string, string, ErrorOptions?]>(

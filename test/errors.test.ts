@@ -53,11 +53,11 @@ test('every error has an HTTP status code (4xx or 5xx)', () => {
   }
 })
 
-test('the README lists every error code, and no code that does not exist', async () => {
-  const readme = await readFile(join(ROOT, 'README.md'), 'utf8')
+test('docs/errors.md lists every error code, and no code that does not exist', async () => {
+  const readme = await readFile(join(ROOT, 'docs', 'errors.md'), 'utf8')
   const codes = new Set(instances().map(([, err]) => err.code))
   const missing = [...codes].filter(code => !new RegExp(`\\b${code}\\b`).test(readme))
-  assert.deepEqual(missing, [], 'add these codes to the error table in README.md')
+  assert.deepEqual(missing, [], 'add these codes to the error table in docs/errors.md')
   const stale = [...new Set(readme.match(/\bGATEHOUSE_ERR_[A-Z0-9_]+/g) ?? [])].filter(code => !codes.has(code))
-  assert.deepEqual(stale, [], 'README.md names codes that src/errors.ts does not define')
+  assert.deepEqual(stale, [], 'docs/errors.md names codes that src/errors.ts does not define')
 })

@@ -1,4 +1,4 @@
-// /metrics and the README's metric table say the same thing: every metric the gateway exports is
+// /metrics and the metric table of docs/operations.md say the same thing: every metric the gateway exports is
 // in the table (prom-client's process_* and nodejs_* defaults as one row), every row is exported,
 // and no metric is exported without a series: counters whose labels the route table knows
 // (rate-limited routes, authenticated routes and their refusal reasons) start at 0.
@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { test } from 'node:test'
 import { gateway, ROOT, send, upstream } from './helpers.js'
 
-test('every exported metric is in the README\'s table and has a series; every row of the table is exported; known label sets start at 0', async t => {
+test('every exported metric is in the docs\' metric table and has a series; every row of the table is exported; known label sets start at 0', async t => {
   const origin = await upstream(t)
   const gw = await gateway(t, {
     'limited.yaml': `targets:\n  - url: ${origin.url}\nroutes:\n  - path: /limited\n    rateLimit: { max: 5, window: 1m }\n  - path: /open\n`,
@@ -26,16 +26,16 @@ test('every exported metric is in the README\'s table and has a series; every ro
     const base = exported.has(name) ? name : (line.split(/[{ ]/)[0] as string)
     exported.set(base, (exported.get(base) ?? 0) + 1)
   }
-  const readme = await readFile(join(ROOT, 'README.md'), 'utf8')
-  const section = readme.slice(readme.indexOf('### Metrics'), readme.indexOf('## Tracing'))
+  const page = await readFile(join(ROOT, 'docs', 'operations.md'), 'utf8')
+  const section = page.slice(page.indexOf('## Metrics'), page.indexOf('## Tracing'))
   const documented = new Set([...section.matchAll(/^\| `([a-z_]+)`/gm)].map(m => m[1] as string))
   assert.ok(documented.size >= 20, `${documented.size} rows`)
   for (const [name, series] of exported) {
-    assert.ok(documented.has(name) || /^(process|nodejs)_/.test(name), `${name} is exported but not in the README's metric table`)
+    assert.ok(documented.has(name) || /^(process|nodejs)_/.test(name), `${name} is exported but not in the metric table of docs/operations.md`)
     // Except GC pauses: observed from the process's first garbage collection on.
     if (name !== 'nodejs_gc_duration_seconds') assert.ok(series > 0, `${name} is exported with no series`)
   }
-  for (const name of documented) assert.ok(exported.has(name), `${name} is in the README's metric table but not exported`)
+  for (const name of documented) assert.ok(exported.has(name), `${name} is in the metric table of docs/operations.md but not exported`)
   // Known before anything happened: the limited route at 0, every refusal reason of the secured route at 0.
   assert.match(text, /^rate_limiter_rejected_total\{route="limited-0"\} 0$/m)
   assert.doesNotMatch(text, /rate_limiter_rejected_total\{route="limited-1"\}/, 'a route without a limit has no series')

@@ -34,8 +34,8 @@ const LEVELS: Record<string, number> = { trace: 10, debug: 20, info: 30, warn: 4
 async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOptions): Promise<void> {
   // A CommonJS module whose plugin is its `default` export.
   // fastify-metrics serves /metrics and Node's default metrics. Its per-route histogram is off: it
-  // costs a prom-client observation with label hashing per request (measured in the README's
-  // Benchmark section); the request histogram below is counted in plain arrays and read at scrape.
+  // costs a prom-client observation with label hashing per request (measured in
+  // docs/benchmarks.md); the request histogram below is counted in plain arrays and read at scrape.
   await app.register(fastifyMetrics.default, {
     endpoint: opts.adminPort === undefined ? '/metrics' : null,
     clearRegisterOnInit: true,

@@ -25,7 +25,7 @@ const Target = Type.Object({
   url: Type.String({
     pattern: '^https?://[^/?#]+/?$',
     errorMessage: 'must be an http(s) URL with no path, e.g. http://10.0.0.5:9001',
-    description: 'Origin of one instance of the service: http(s)://host:port, no path.'
+    description: 'Origin of one instance of the service: http(s)://host:port (port 1-65535), no path, no credentials (user:pw@ is refused: route files are shared as plain text).'
   }),
   maxConnections: Type.Integer({ minimum: 1, default: 100, description: 'In-flight requests this target may hold; beyond it the target counts as full. Default 100.' }),
   weight: Type.Number({ exclusiveMinimum: 0, default: 1, description: 'Share of traffic relative to the other targets when none is loaded. Default 1.' }),
@@ -85,7 +85,7 @@ const Auth = Type.Object({
     })),
     forwardToken: Type.Boolean({ default: true, description: 'Keep the Authorization header for the upstream. Default true.' })
   }, { additionalProperties: false, description: 'A signed JWT in `Authorization: Bearer`, verified at the gateway.' })
-}, { additionalProperties: false, description: 'Authentication of this route. Absent: public.' })
+}, { additionalProperties: false, description: 'Authentication of this route (docs/authentication.md). Absent: public.' })
 
 /** Rate-limit algorithms. sliding-log: exact, a sorted log of request times; sliding-window:
  * approximate, two fixed-window counters, weighted. */
@@ -96,7 +96,7 @@ const Route = Type.Object({
   path: Type.String({
     pattern: PATH,
     errorMessage: 'must be a path prefix such as /api/users: starts with /, no trailing slash, no //, . or .. segments, no : or *',
-    description: 'Path prefix: matches the path itself and everything below it (/api/users, /api/users/42), never /api/usersX.'
+    description: 'Path prefix: matches the path itself and everything below it (/api/users, /api/users/42), never /api/usersX. No trailing slash, no //, . or .. segments, no : or *; / matches everything; /health, /ready and /metrics are the gateway\'s own.'
   }),
   methods: Type.Optional(Type.Array(Type.Union(HTTP_METHODS.map(m => Type.Literal(m)), { errorMessage: `must be a method in capitals among ${HTTP_METHODS.join(', ')}` }), {
     minItems: 1, uniqueItems: true, examples: [['GET', 'POST']], description: 'Methods this route serves. Default: all.'
@@ -104,7 +104,7 @@ const Route = Type.Object({
   hosts: Type.Optional(Type.Array(Type.String({
     pattern: '^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$',
     errorMessage: 'must be a host name such as api.example.com (no port, no scheme)'
-  }), { minItems: 1, uniqueItems: true, examples: [['api.example.com']], description: 'Host header values this route serves (port ignored). Default: any host.' })),
+  }), { minItems: 1, uniqueItems: true, examples: [['api.example.com']], description: 'Host header values this route serves (port ignored); a route with hosts wins over one without. Default: any host.' })),
   rewritePrefix: Type.Optional(Type.String({
     pattern: "^(/[A-Za-z0-9\\-._~!$&'+,;=@%:]*)*$",
     errorMessage: "must be '' or a path starting with /",
@@ -112,7 +112,7 @@ const Route = Type.Object({
   })),
   rewriteRedirects: Type.Boolean({
     default: true,
-    description: 'With rewritePrefix: a Location or Content-Location the upstream sends in its own path space (a path under rewritePrefix, or a URL of the target itself) is rewritten to the route\'s path, as nginx\'s proxy_redirect default does. Default true.'
+    description: 'With rewritePrefix: a Location or Content-Location the upstream sends in its own path space (a path under rewritePrefix, or a URL of the target itself) is rewritten to the route\'s path, as nginx\'s proxy_redirect default does, so clients and curl -L follow redirects through the gateway; other hosts and relative references are left alone. Default true.'
   }),
   bodyLimit: Type.Optional(Size({ description: 'Largest request body on this route. Default: BODY_LIMIT.' })),
   requestBuffer: Type.Optional(Size({
@@ -141,7 +141,7 @@ const Route = Type.Object({
     onStoreError: Type.Union([Type.Literal('local'), Type.Literal('open'), Type.Literal('closed')], {
       default: 'local', errorMessage: 'must be local, open or closed', description: 'When Redis fails: local (an in-process limit with the same window), open (admit), closed (503). Default local.'
     })
-  }, { additionalProperties: false, description: 'Rate limit of this route: all requests matching it from one key share one budget. Absent: not limited.' }))
+  }, { additionalProperties: false, description: 'Rate limit of this route: all requests matching it from one key share one budget (docs/rate-limits.md). Absent: not limited.' }))
 }, { additionalProperties: false })
 
 export const RouteFileSchema = Type.Object({
@@ -149,7 +149,7 @@ export const RouteFileSchema = Type.Object({
   name: Type.Optional(Type.String({
     pattern: '^[a-z0-9][a-z0-9_-]{0,62}$',
     errorMessage: 'must be lowercase letters, digits, - or _ (at most 63), starting with a letter or digit',
-    description: 'Upstream name used in logs and metrics. Default: the file name without extension. Unique.'
+    description: 'Upstream name used in logs and metrics; unique across files. Default: the file name without extension.'
   })),
   targets: Type.Array(Target, { minItems: 1, examples: [[{ url: 'http://10.0.0.5:9001' }]], description: 'Instances of the service; each request goes to the least saturated one.' }),
   routes: Type.Array(Route, { minItems: 1, examples: [[{ path: '/api/users' }]], description: 'Path rules that send requests to this upstream.' }),
@@ -169,7 +169,7 @@ export const RouteFileSchema = Type.Object({
     }),
     budget: Type.Number({ minimum: 0, maximum: 1, default: 0.2, description: 'Retries in progress may be at most this share of requests in progress (at least 3). Default 0.2.' }),
     bufferBody: Type.Optional(Size({ description: 'Deprecated, kept for older files: the requestBuffer of this file\'s routes that set none (bodies up to it are kept, and a retry sends them again).' }))
-  }, { additionalProperties: false, default: {}, description: 'Retries: to another target where there is one. Connect failures are retried for any method; other failures only for GET, HEAD, OPTIONS, PUT, DELETE, TRACE.' })),
+  }, { additionalProperties: false, default: {}, description: 'Retries: to another target where there is one. Connect failures are retried for any method; other failures only for GET, HEAD, OPTIONS, PUT, DELETE, TRACE (docs/resilience.md).' })),
   circuitBreaker: Type.Optional(Type.Object({
     consecutiveFailures: Type.Integer({ minimum: 0, default: 5, description: 'Failures in a row that open a target\'s breaker; 0 turns this rule off. Default 5.' }),
     failureRatio: Type.Number({ minimum: 0, maximum: 1, default: 0.5, description: 'Or: this share of requests failed within the window; 0 turns this rule off. Default 0.5.' }),
@@ -182,7 +182,7 @@ export const RouteFileSchema = Type.Object({
     failureStatuses: Type.Array(Type.Integer({ minimum: 500, maximum: 599 }), {
       uniqueItems: true, default: [502, 503, 504], examples: [[502, 503]], description: 'Upstream statuses that count as failures (connect errors, resets and timeouts always do). Default [502, 503, 504].'
     })
-  }, { additionalProperties: false, default: {}, description: 'One breaker per target: an open target gets no traffic.' }))
+  }, { additionalProperties: false, default: {}, description: 'One breaker per target: an open target gets no traffic (docs/resilience.md).' }))
 }, {
   additionalProperties: false,
   $id: 'https://gatehouse.dev/schema/route-file.schema.json',
