@@ -161,6 +161,14 @@ function requestLineTooLong (packet: Buffer | undefined, maxUrlLength: number): 
   return eol !== -1 && / HTTP\/1\.[01]$/.test(line)
 }
 
+/** What Node's parser found wrong, in words: its reason, or the connection's end mid-request. */
+function parseFailure (err: ConnectionError & { reason?: string }): string {
+  if (err.code === 'HPE_INVALID_EOF_STATE') return 'Incomplete request: the client closed its side of the connection before the end of the request'
+  // llhttp's reason ("Invalid header token", "Invalid character in chunk size"), lower-cased to read as a clause.
+  const reason = typeof err.reason === 'string' && err.reason !== '' ? err.reason : err.message.replace(/^Parse Error:?\s*/, '')
+  return `Malformed HTTP request: ${reason === '' ? String(err.code ?? 'unreadable') : reason.charAt(0).toLowerCase() + reason.slice(1)}`
+}
+
 /** Requests Node's parser refuses never reach Fastify: answer them in the same JSON shape. */
 const clientError = (maxUrlLength: number) => function clientError (this: FastifyInstance, err: ConnectionError, socket: Socket): void {
   if (err.code === 'ECONNRESET' || socket.destroyed) return
@@ -175,14 +183,17 @@ const clientError = (maxUrlLength: number) => function clientError (this: Fastif
     const error = err.code === 'HPE_HEADER_OVERFLOW'
       // Node's rawPacket is the Buffer it was parsing (Fastify's type describes its JSON form).
       ? requestLineTooLong(err.rawPacket as unknown as Buffer | undefined, maxUrlLength) ? new UriTooLongError(maxUrlLength) : new HeadersTooLargeError()
-      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? new RequestTimeoutError() : new BadRequestError()
+      : err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? new RequestTimeoutError() : new BadRequestError(parseFailure(err))
     const reason = STATUS_CODES[error.statusCode] as string
     const body = JSON.stringify({ statusCode: error.statusCode, code: error.code, error: reason, message: error.message })
-    socket.write(`HTTP/1.1 ${error.statusCode} ${reason}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`)
-    // The answer to a request in flight goes in that request's access line; otherwise this is the
-    // access line, with no request object (no id, method or URL Node would vouch for).
+    // The answer to a request in flight goes in that request's access line. Otherwise this is the
+    // access line, with no request object (no method or URL Node would vouch for) but an id of its
+    // own, also sent to the client, so a complaint can be matched to the line.
+    const id = current?.req === undefined ? randomUUID() : undefined
+    socket.write(`HTTP/1.1 ${error.statusCode} ${reason}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+      (id === undefined ? '' : `X-Request-Id: ${id}\r\n`) + `\r\n${body}`)
     if (current?.req !== undefined) answerInFlight(current.req, { statusCode: error.statusCode, code: error.code, message: error.message })
-    else this.log.info({ statusCode: error.statusCode, code: error.code, error: error.message, remoteAddress: socket.remoteAddress }, 'request completed')
+    else this.log.info({ reqId: id, statusCode: error.statusCode, code: error.code, error: error.message, remoteAddress: socket.remoteAddress }, 'request completed')
   }
   socket.destroy()
 }

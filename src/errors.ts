@@ -17,8 +17,10 @@ export const HeadersTooLargeError = createError<'GATEHOUSE_ERR_HEADERS_TOO_LARGE
 export const RequestTimeoutError = createError<'GATEHOUSE_ERR_REQUEST_TIMEOUT', 408, [ErrorOptions?]>(
   'GATEHOUSE_ERR_REQUEST_TIMEOUT', 'The request was not received in time', 408)
 
-export const BadRequestError = createError<'GATEHOUSE_ERR_BAD_REQUEST', 400, [ErrorOptions?]>(
-  'GATEHOUSE_ERR_BAD_REQUEST', 'Malformed HTTP request', 400)
+// The message names the cause: the HTTP parser's own reason ("Invalid header token"), or that the
+// client closed its side of the connection before the request was complete.
+export const BadRequestError = createError<'GATEHOUSE_ERR_BAD_REQUEST', 400, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_BAD_REQUEST', '%s', 400)
 
 // Framing a proxy must not guess at (request smuggling): refused, and the connection closed.
 export const BadFramingError = createError<'GATEHOUSE_ERR_BAD_FRAMING', 400, [string, ErrorOptions?]>(

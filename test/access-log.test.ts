@@ -9,7 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'node:test'
 import Fastify from 'fastify'
 import { registerPipeline } from '../src/app.js'
-import { closedPort, exchange, gateway, routeFile, send, upstream, type GatewayProcess } from './helpers.js'
+import { closedPort, exchange, firstResponse, gateway, routeFile, send, upstream, type GatewayProcess } from './helpers.js'
 
 type Line = Record<string, unknown>
 
@@ -110,7 +110,7 @@ test('the proxied pipeline refuses to boot without the plugins whose hooks it li
   await app.close()
 })
 
-test('one access line for outcomes answered outside the proxy: a body broken off by a reset (499), by a FIN (400), or timed out (408), malformed percent-encoding (400), HTTP/2.0 (505)', async t => {
+test('one access line for outcomes answered outside the proxy: a body broken off by a reset (499), by a FIN (400), or timed out (408), malformed percent-encoding (400), HTTP/2.0 (505), a head the parser refuses (400)', async t => {
   const ok = await upstream(t)
   const gw = await gateway(t, { 'ok.yaml': routeFile([ok.url], ['/ok']) }, { REQUEST_TIMEOUT: '1s', HEADERS_TIMEOUT: '1s' })
   const head = (id: string): string => `POST /ok/up HTTP/1.1\r\nHost: x\r\nX-Request-Id: ${id}\r\nContent-Length: 100\r\n\r\nabc`
@@ -128,6 +128,7 @@ test('one access line for outcomes answered outside the proxy: a body broken off
   fin.end()
   await exchange(gw.port, 'GET /ok/%zz HTTP/1.1\r\nHost: x\r\nX-Request-Id: percent\r\n\r\n')
   await exchange(gw.port, 'GET /ok HTTP/2.0\r\nHost: x\r\n\r\n')
+  const malformed = firstResponse(await exchange(gw.port, 'GET /ok HTTP/1.1\r\nHost x\r\n\r\n'))
   const expected: Record<string, [number, string]> = {
     reset: [499, 'GATEHOUSE_ERR_CLIENT_CLOSED'],
     fin: [400, 'GATEHOUSE_ERR_BAD_REQUEST'],
@@ -143,15 +144,22 @@ test('one access line for outcomes answered outside the proxy: a body broken off
     assert.equal(lines[0]?.code, code, id)
     assert.equal(lines[0]?.level, 30, id)
   }
-  // Refused by Node's parser before any request object: one line, without a request id.
+  // The message names the cause: the client's FIN, not a malformed request.
+  assert.equal(accessLines(gw, 'fin')[0]?.error, 'Incomplete request: the client closed its side of the connection before the end of the request')
   const versions = gw.logs.filter(l => l.msg === 'request completed' && l.statusCode === 505)
   assert.equal(versions.length, 1, JSON.stringify(versions))
   assert.equal(versions[0]?.level, 30)
+  // Refused by Node's parser before any request object exists: one line all the same, with the
+  // parser's reason and an id of its own that the client received too.
+  assert.equal(malformed.status, 400)
+  const id = String(malformed.headers['x-request-id'])
+  assert.match(id, /^[0-9a-f-]{36}$/)
+  assert.deepEqual(accessLines(gw, id).map(l => [l.statusCode, l.code, l.error]), [[400, 'GATEHOUSE_ERR_BAD_REQUEST', 'Malformed HTTP request: invalid header token']])
   // No line of any of them at error level, none with a stack; no unattributed 400 or 408 beside the requests' own lines.
   for (const l of gw.logs) {
     assert.ok((l.level as number) < 50 && !JSON.stringify(l).includes('"stack"'), JSON.stringify(l))
   }
-  assert.equal(gw.logs.filter(l => l.msg === 'request completed' && l.reqId === undefined && l.statusCode !== 505).length, 0)
+  assert.equal(gw.logs.filter(l => l.msg === 'request completed' && l.reqId === undefined).length, 0, 'every access line has a request id')
   assert.equal(ok.requests.length, 0, 'no broken body reached the upstream')
   slow.destroy()
 })
