@@ -6,6 +6,7 @@ import type { Socket } from 'node:net'
 import Fastify, { type ConnectionError, type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify'
 import authPlugin from '../plugins/auth/index.js'
 import clientRatePlugin from '../plugins/client-rate/index.js'
+import corsPlugin from '../plugins/cors/index.js'
 import healthPlugin from '../plugins/health/index.js'
 import observabilityPlugin from '../plugins/observability/index.js'
 import proxyRoutes, { type ProxyOptions } from '../plugins/proxy/index.js'
@@ -94,6 +95,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     watch: env.watchRoutes,
     debounceMs: env.reloadDebounceMs
   })
+  await app.register(corsPlugin)
   await app.register(authPlugin, { jwksCooldownMs: env.jwksCooldownMs })
   await app.register(rateLimitPlugin, { redis: env.redis, redisKeyPrefix: env.redisKeyPrefix, redisTimeoutMs: env.redisTimeoutMs })
   await app.register(clientRatePlugin, { minDataRate: env.minDataRate, graceMs: env.minDataRateGraceMs, requestBufferMemory: env.requestBufferMemory, responseBufferMemory: env.responseBufferMemory })
@@ -120,6 +122,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
 export const PIPELINE = [
   'guardRequest', //   request-guard: framing, sizes, Host, pipelining behind a close
   'resolveRoute', //   route-table: request.match, or 404/400
+  'answerCors', //     cors: preflights answered here, before auth and limits; CORS headers on the reply
   'authenticate', //   auth: JWT of routes with auth → request.identity (401/403)
   'checkRateLimit' //  rate-limit: after auth, so a limit can be keyed by a claim (429)
 ] as const

@@ -106,7 +106,7 @@ test('a graceful stop writes the access line of every request completed before i
 test('the proxied pipeline refuses to boot without the plugins whose hooks it lists', async () => {
   const app = Fastify()
   app.decorate('guardRequest', (_request: unknown, _reply: unknown, done: () => void) => done())
-  await assert.rejects(registerPipeline(app, { trustProxy: false, allowUnderscoreHeaders: false }), /the proxied pipeline needs resolveRoute, authenticate, checkRateLimit/)
+  await assert.rejects(registerPipeline(app, { trustProxy: false, allowUnderscoreHeaders: false }), /the proxied pipeline needs resolveRoute, answerCors, authenticate, checkRateLimit/)
   await app.close()
 })
 

@@ -3,7 +3,7 @@ import { test } from 'node:test'
 import { parseRouteFile, RouteFileError, type UpstreamConfig } from '../src/config/route-file/index.js'
 
 const URL_EXPECTED = 'must be an http(s) URL with no path, e.g. http://10.0.0.5:9001'
-const PATH_EXPECTED = 'must be a path prefix such as /api/users: starts with /, no trailing slash, no //, . or .. segments, no : or *'
+const PATH_EXPECTED = 'must be a path prefix such as /api/users or /users/:id/orders: starts with /, no trailing slash, no //, . or .. segments, no *, : only to start a parameter segment'
 const DURATION_EXPECTED = 'must be a duration: milliseconds (30000) or a number with ms, s, m or h (500ms, 2s, 1m)'
 const SIZE_EXPECTED = 'must be a size: bytes (1048576) or a number with b, kb, mb or gb (512kb, 1mb)'
 
@@ -50,7 +50,7 @@ test('minimal YAML file: defaults filled in, name from the file name', () => {
     name: 'users',
     file: 'users.yaml',
     targets: [{ url: 'http://127.0.0.1:9001', origin: 'http://127.0.0.1:9001', maxConnections: 100, weight: 1 }],
-    routes: [{ path: '/api/users', methods: undefined, hosts: undefined, rewritePrefix: undefined, rewriteRedirects: true, bodyLimit: undefined, requestBuffer: undefined, responseBuffer: undefined, allowEncodedSlashes: false, auth: undefined, rateLimit: undefined }],
+    routes: [{ path: '/api/users', methods: undefined, hosts: undefined, rewritePrefix: undefined, rewriteRedirects: true, bodyLimit: undefined, requestBuffer: undefined, responseBuffer: undefined, allowEncodedSlashes: false, headers: undefined, cors: undefined, auth: undefined, rateLimit: undefined }],
     timeouts: { connectMs: 2000, requestMs: 30_000, idleMs: 30_000 },
     retry: RETRY_DEFAULTS,
     breaker: BREAKER_DEFAULTS
@@ -127,7 +127,7 @@ test('every option set: values, units and method lists kept', () => {
     ''
   ].join('\n'))
   assert.deepEqual(config.targets, [{ url: 'https://10.0.0.5:9001', origin: 'https://10.0.0.5:9001', maxConnections: 7, weight: 2.5 }])
-  assert.deepEqual(config.routes, [{ path: '/api/users', methods: ['GET', 'POST'], hosts: ['api.example.com'], rewritePrefix: '', rewriteRedirects: true, bodyLimit: 512 * 1024, requestBuffer: 256 * 1024, responseBuffer: 4 * 1024 * 1024, allowEncodedSlashes: false, auth: undefined, rateLimit: { max: 100, windowMs: 60_000, key: { kind: 'header', name: 'x-api-key' }, algorithm: 'sliding-window', onStoreError: 'closed' } }])
+  assert.deepEqual(config.routes, [{ path: '/api/users', methods: ['GET', 'POST'], hosts: ['api.example.com'], rewritePrefix: '', rewriteRedirects: true, bodyLimit: 512 * 1024, requestBuffer: 256 * 1024, responseBuffer: 4 * 1024 * 1024, allowEncodedSlashes: false, headers: undefined, cors: undefined, auth: undefined, rateLimit: { max: 100, windowMs: 60_000, key: { kind: 'header', name: 'x-api-key' }, algorithm: 'sliding-window', onStoreError: 'closed' } }])
   assert.deepEqual(config.timeouts, { connectMs: 500, requestMs: 60_000, idleMs: 2500 })
   assert.deepEqual(config.retry, { attempts: 3, backoffMs: 10, maxBackoffMs: 1000, on: ['connect-failure', 503, 500], budget: 0.5, bufferBody: 1024 ** 2 })
   assert.deepEqual(config.breaker, {
@@ -217,11 +217,11 @@ test('empty or missing targets and routes: refused', () => {
   assert.match(noMethods.problems[0] ?? '', /^\/routes\/0\/methods: /)
 })
 
-test('path rules: trailing slash, //, . and .., :param, * and no leading slash refused; / accepted', () => {
-  for (const path of ['/api/users/', '/api//users', '/api/../admin', '/api/./users', '/..', '/api/:id', '/api/*', 'api/users', '']) {
+test('path rules: trailing slash, //, . and .., a : inside a segment, * and no leading slash refused; / and :param segments accepted', () => {
+  for (const path of ['/api/users/', '/api//users', '/api/../admin', '/api/./users', '/..', '/api/a:id', '/api/:', '/api/:1d', '/api/*', 'api/users', '']) {
     assert.deepEqual(refused('users.yaml', yaml({ path })).problems, [`/routes/0/path: ${PATH_EXPECTED}`], JSON.stringify(path))
   }
-  for (const path of ['/', '/api', '/api/v1.2/users', '/~user', '/a-b_c']) {
+  for (const path of ['/', '/api', '/api/v1.2/users', '/~user', '/a-b_c', '/api/:id', '/users/:id/orders/:order_id']) {
     assert.equal(parseRouteFile('users.yaml', yaml({ path })).routes[0]?.path, path)
   }
 })

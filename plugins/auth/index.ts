@@ -6,6 +6,7 @@ import fp from 'fastify-plugin'
 import type { JWTPayload } from 'jose'
 import type { JwtAuthConfig } from '../../src/config/route-file/index.js'
 import { AuthForbiddenError, AuthInvalidError, AuthRequiredError, AuthUnavailableError } from '../../src/errors.js'
+import { headerSafe } from '../../src/http/header-value.js'
 import { JwksCache, NO_KEYS_RETRY_MS, type JwksFetchResult } from './jwks.js'
 import { AuthFailure, JwtVerifier, staticKey, type Verified } from './verifier.js'
 
@@ -43,15 +44,6 @@ function bearerToken (authorization: string | undefined): string | undefined {
   const token = authorization.slice(7).trim()
   return token === '' ? undefined : token
 }
-// A header value may not carry control characters (CR/LF would split the upstream request); tab may.
-function headerSafe (text: string): boolean {
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i)
-    if ((c < 32 && c !== 9) || c === 127) return false
-  }
-  return true
-}
-
 export interface AuthOptions {
   /** After a JWKS fetch, no refetch for an unknown kid within this time. */
   jwksCooldownMs: number

@@ -5,6 +5,8 @@
 import proxyAddr from '@fastify/proxy-addr'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { TrustProxy } from '../../src/config/env.js'
+import type { HeaderRules, HeaderTemplate, HeaderVariable } from '../../src/config/route-file/header-rules.js'
+import { headerSafe } from '../../src/http/header-value.js'
 
 // Never forwarded as the client sent them: connection-specific headers (`te` is kept only as
 // `trailers`), `expect` (Node has answered it; undici refuses it), and what the gateway sets itself.
@@ -49,7 +51,7 @@ function connectionNames (value: string): Set<string> | undefined {
  * not forwarded. Names with `_` are dropped unless allowed: a CGI-style upstream maps `-` and `_`
  * to the same variable, so `Transfer_Encoding` or `X_User_Id` could pass for the real header.
  */
-export function upstreamRequestHeaders (request: FastifyRequest, host: string, withBody: boolean, rules: ForwardRules): string[] {
+export function upstreamRequestHeaders (request: FastifyRequest, host: string, withBody: boolean, rules: ForwardRules, routeRules: HeaderRules | undefined): string[] {
   const raw = request.raw.rawHeaders
   const connection = request.headers.connection
   const named = connection === undefined ? undefined : connectionNames(connection)
@@ -67,8 +69,10 @@ export function upstreamRequestHeaders (request: FastifyRequest, host: string, w
     if (!rules.allowUnderscores && name.includes('_')) continue
     if (!withBody && name === 'content-length' && value !== '0') continue
     if (identity !== undefined && overridden(identity, name)) continue
+    if (routeRules?.drop.has(name) === true) continue
     out.push(original, value)
   }
+  if (routeRules !== undefined) appendRuled(out, routeRules, request)
   const socket = request.raw.socket
   const peer = socket.remoteAddress ?? ''
   const proto = 'encrypted' in socket && socket.encrypted === true ? 'https' : 'http'
@@ -101,7 +105,7 @@ function overridden (identity: ReadonlyArray<[string, string | undefined]>, name
  * Response headers for the client: the upstream's (undici's raw list), hop-by-hop and those named
  * in Connection removed, then the headers the gateway set on the reply (request id, rate limits).
  */
-export function clientResponseHeaders (raw: Buffer[], reply: FastifyReply): string[] {
+export function clientResponseHeaders (raw: Buffer[], reply: FastifyReply, routeRules: HeaderRules | undefined): string[] {
   // Fastify keeps the reply's header names in lower case; the gateway's own replace the upstream's.
   const own = reply.getHeaders()
   const out: string[] = []
@@ -113,12 +117,14 @@ export function clientResponseHeaders (raw: Buffer[], reply: FastifyReply): stri
       if (name === 'connection') named = connectionNames((raw[i + 1] as Buffer).toString('latin1'))
       continue
     }
-    if (own[name] !== undefined) continue
+    // Vary lists add up (the gateway's Origin beside the upstream's Accept-Encoding); the rest is replaced.
+    if ((own[name] !== undefined && name !== 'vary') || routeRules?.drop.has(name) === true) continue
     out.push(original, (raw[i + 1] as Buffer).toString('latin1'))
   }
   if (named !== undefined) {
     for (let i = out.length - 2; i >= 0; i -= 2) if (named.has((out[i] as string).toLowerCase())) out.splice(i, 2)
   }
+  if (routeRules !== undefined) appendRuled(out, routeRules, reply.request)
   for (const name in own) {
     const value = own[name]
     if (value === undefined) continue
@@ -126,6 +132,41 @@ export function clientResponseHeaders (raw: Buffer[], reply: FastifyReply): stri
     else out.push(name, String(value))
   }
   return out
+}
+
+/** The set and add lines of a route's rules; a line whose variable has no value (an absent claim) is left out. */
+function appendRuled (out: string[], rules: HeaderRules, request: FastifyRequest): void {
+  for (const [name, template] of rules.append) {
+    const value = typeof template === 'string' ? template : render(template, request)
+    if (value !== undefined) out.push(name, value)
+  }
+}
+
+function render (parts: Exclude<HeaderTemplate, string>, request: FastifyRequest): string | undefined {
+  let out = ''
+  for (const part of parts) {
+    const value = typeof part === 'string' ? part : valueOf(part, request)
+    if (value === undefined) return undefined
+    out += value
+  }
+  return out
+}
+
+function valueOf (variable: HeaderVariable, request: FastifyRequest): string | undefined {
+  switch (variable.kind) {
+    case 'client.ip': return request.ip
+    case 'request.id': return request.id
+    case 'route.id': return request.match?.route.id
+    case 'route.path': return request.match?.route.path
+    case 'upstream': return request.match?.route.upstream.name
+    case 'claim': {
+      const claim = request.identity?.claims[variable.name]
+      if (claim === undefined || claim === null) return undefined
+      const text = typeof claim === 'string' ? claim : JSON.stringify(claim)
+      // A claim is the issuer's text, not ours: one that would split the message is not written.
+      return headerSafe(text) ? text : undefined
+    }
+  }
 }
 
 /** A route's rewritePrefix turned back: the upstream's path prefix, and the route's path for it ('' for /). */

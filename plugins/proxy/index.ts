@@ -68,7 +68,7 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
       first,
       path: forward,
       rules,
-      redirects: route.redirects,
+      route,
       clientRate: app.clientRate,
       readAhead: { limit: route.responseBuffer, memory: memory.response },
       fail: (error, target) => {

@@ -13,9 +13,9 @@ import { backoffMs, retryable, retryAfterMs, type TryFailure } from '../../src/u
 import { selectTarget } from '../../src/upstream/select.js'
 import { tlsFailure, type Target } from '../../src/upstream/target.js'
 import type { BufferMemory, ClientRate } from '../client-rate/index.js'
-import type { CompiledUpstream } from '../route-table/route-table.js'
+import type { CompiledRoute, CompiledUpstream } from '../route-table/route-table.js'
 import { endTry, startTry } from '../tracing/spans.js'
-import { clientResponseHeaders, rewriteLocations, upstreamRequestHeaders, type ForwardRules, type RedirectRewrite } from './headers.js'
+import { clientResponseHeaders, rewriteLocations, upstreamRequestHeaders, type ForwardRules } from './headers.js'
 import { CONNECT_FAILURE } from './upstream-errors.js'
 
 const PRECISE_BELOW_MS = 2000
@@ -40,8 +40,8 @@ export interface CallOptions {
   /** Normalised, rewritten path with the query string. */
   path: string
   rules: ForwardRules
-  /** The route's rewritePrefix, to turn back in Location headers; undefined: none. */
-  redirects: RedirectRewrite | undefined
+  /** The route matched: its redirect rewrite and header rules apply to each try and to the response. */
+  route: CompiledRoute
   clientRate: ClientRate
   /** How far the response may be read ahead of a client that is behind: the route's responseBuffer, within RESPONSE_BUFFER_MEMORY. */
   readAhead: { limit: number, memory: BufferMemory }
@@ -139,7 +139,7 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     target.inFlight++
     let headers = this.headers
     if (headers === undefined) {
-      headers = this.headers = upstreamRequestHeaders(request, target.host, this.body !== undefined, this.o.rules)
+      headers = this.headers = upstreamRequestHeaders(request, target.host, this.body !== undefined, this.o.rules, this.o.route.requestHeaders)
       this.hostAt = headers.indexOf('host') + 1
     } else {
       headers[this.hostAt] = target.host
@@ -203,8 +203,8 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     }
     const reply = this.o.reply
     try {
-      const headers = clientResponseHeaders(rawHeaders, reply)
-      const redirects = this.o.redirects
+      const headers = clientResponseHeaders(rawHeaders, reply, this.o.route.responseHeaders)
+      const redirects = this.o.route.redirects
       if (redirects !== undefined) rewriteLocations(headers, redirects, target.origin)
       reply.raw.writeHead(statusCode, headers)
     } catch (err) {

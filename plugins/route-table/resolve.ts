@@ -4,6 +4,7 @@ import type { FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify
 import { BadPathError, RouteNotFoundError } from '../../src/errors.js'
 import { routeMatched } from '../tracing/spans.js'
 import { hasEncodedSlash, normalizePath } from './normalize-path.js'
+import { applyRewrite } from './path-params.js'
 import type { CompiledRoute, RouteTable } from './route-table.js'
 
 /** What the route table made of a request: resolved before any other per-route work. */
@@ -45,7 +46,9 @@ export function routeResolver (current: () => RouteTable): onRequestHookHandler 
       done(new BadPathError('encoded slash or backslash (%2F, %5C); the route can allow them with allowEncodedSlashes'))
       return
     }
-    const forward = route.rewritePrefix === undefined ? path : rewrite(route.rewritePrefix, path.slice(route.prefixLength))
+    const forward = route.rewritePrefix === undefined
+      ? path
+      : route.rewriteTemplate === undefined ? rewrite(route.rewritePrefix, path.slice(route.prefixLength)) : applyRewrite(route.rewriteTemplate, route.segments, path, rewrite)
     request.match = { route, path, forward: q === -1 ? forward : forward + url.slice(q) }
     if (request.span != null) routeMatched(request.span, request.method, route)
     done()

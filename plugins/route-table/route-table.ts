@@ -1,8 +1,11 @@
 // The compiled route table: built once per load or reload, never changed after, swapped whole.
 import type { RedirectRewrite } from '../proxy/headers.js'
 import FindMyWay, { type HTTPVersion, type Instance } from 'find-my-way'
-import { HTTP_METHODS, type JwtAuthConfig, type RateLimitConfig, type UpstreamConfig } from '../../src/config/route-file/index.js'
+import type { CorsPolicy } from '../../src/config/route-file/cors.js'
+import type { HeaderRules } from '../../src/config/route-file/header-rules.js'
+import { HTTP_METHODS, routeMethods, type JwtAuthConfig, type RateLimitConfig, type UpstreamConfig } from '../../src/config/route-file/index.js'
 import { RetryBudget, type RetryOptions } from '../../src/upstream/retry.js'
+import { compileRewrite, hasParams, routerPath, type RewriteTemplate } from './path-params.js'
 import { Target, type TargetTransitionListener } from '../../src/upstream/target.js'
 
 export interface CompiledUpstream {
@@ -37,10 +40,14 @@ export interface CompiledRoute {
   readonly auth: JwtAuthConfig | undefined
   /** Undefined: not limited. */
   readonly rateLimit: CompiledLimit | undefined
-  /** Characters of the request path the prefix covers (0 for `/`). */
+  /** Characters of the request path the prefix covers (0 for `/`); unused when the path has parameters. */
   readonly prefixLength: number
   /** Undefined: forward the path unchanged. */
   readonly rewritePrefix: string | undefined
+  /** rewritePrefix compiled against the path's parameters; undefined when the path has none. */
+  readonly rewriteTemplate: RewriteTemplate | undefined
+  /** Segments of the route's path (its parameters' positions count from 1). */
+  readonly segments: number
   /** Locations in the upstream's path space and what they become; undefined without rewritePrefix or with rewriteRedirects: false. */
   readonly redirects: RedirectRewrite | undefined
   readonly bodyLimit: number
@@ -50,6 +57,14 @@ export interface CompiledRoute {
   readonly responseBuffer: number
   /** %2F and %5C in the path are forwarded (encoded) instead of refused. */
   readonly allowEncodedSlashes: boolean
+  /** CORS policy; undefined: none. */
+  readonly cors: CorsPolicy | undefined
+  /** Registered only to answer CORS preflights: any other request of its method is not this route's. */
+  readonly preflightOnly: boolean
+  /** Header rules for the request upstream; undefined: none. */
+  readonly requestHeaders: HeaderRules | undefined
+  /** Header rules for the upstream's response; undefined: none. */
+  readonly responseHeaders: HeaderRules | undefined
 }
 
 export class RouteTable {
@@ -124,6 +139,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
     for (const [index, route] of config.routes.entries()) {
       const limit = route.rateLimit
       const id = `${config.name}-${index}`
+      const params = hasParams(route.path)
       const compiled: CompiledRoute = Object.freeze({
         id,
         path: route.path,
@@ -132,25 +148,45 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
         rateLimit: limit === undefined ? undefined : Object.freeze({ ...limit, id, policy: `"${id}";q=${limit.max};w=${Math.ceil(limit.windowMs / 1000)}` }),
         prefixLength: route.path === '/' ? 0 : route.path.length,
         rewritePrefix: route.rewritePrefix,
-        redirects: route.rewritePrefix === undefined || !route.rewriteRedirects ? undefined : { upstreamPrefix: route.rewritePrefix, publicPrefix: route.path === '/' ? '' : route.path },
+        rewriteTemplate: params && route.rewritePrefix !== undefined ? compileRewrite(route.path, route.rewritePrefix) : undefined,
+        segments: route.path === '/' ? 0 : route.path.split('/').length - 1,
+        // A Location cannot be mapped back through parameters: left as the upstream sent it.
+        redirects: route.rewritePrefix === undefined || !route.rewriteRedirects || params ? undefined : { upstreamPrefix: route.rewritePrefix, publicPrefix: route.path === '/' ? '' : route.path },
         bodyLimit: route.bodyLimit ?? defaults.bodyLimit,
         requestBuffer: route.requestBuffer ?? config.retry.bufferBody ?? defaults.requestBuffer,
         responseBuffer: route.responseBuffer ?? defaults.responseBuffer,
-        allowEncodedSlashes: route.allowEncodedSlashes
+        allowEncodedSlashes: route.allowEncodedSlashes,
+        cors: route.cors,
+        preflightOnly: false,
+        requestHeaders: route.headers?.request,
+        responseHeaders: route.cors === undefined ? route.headers?.response : withoutUpstreamCors(route.headers?.response)
       })
       if (compiled.rateLimit !== undefined) limits.set(id, compiled.rateLimit)
       if (compiled.auth !== undefined) authenticated.push(id)
       const methods = (route.methods ?? HTTP_METHODS) as Array<'GET'>
+      // A route with cors answers the preflights of its path even when it does not serve OPTIONS.
+      const preflight = methods.length < routeMethods(route).length ? Object.freeze({ ...compiled, preflightOnly: true }) : undefined
       // A prefix matches itself and everything below it, never a longer sibling (/api/usersX).
-      const paths = route.path === '/' ? ['/', '/*'] : [route.path, route.path + '/*']
+      const path = routerPath(route.path)
+      const paths = path === '/' ? ['/', '/*'] : [path, path + '/*']
       for (const host of route.hosts ?? [undefined]) {
         const opts = host === undefined ? {} : { constraints: { host } }
-        for (const path of paths) router.on(methods, path, opts, noop, compiled)
+        for (const path of paths) {
+          router.on(methods, path, opts, noop, compiled)
+          if (preflight !== undefined) router.on('OPTIONS', path, opts, noop, preflight)
+        }
       }
     }
   }
   const removed = previous === undefined ? [] : [...previous.targets].filter(([key]) => !targets.has(key)).map(([, t]) => t)
   return { table: new RouteTable((previous?.version ?? 0) + 1, upstreams, targets, limits, authenticated, router), removed }
+}
+
+// On a route with cors the gateway answers for CORS: the upstream's own say is dropped.
+const UPSTREAM_CORS = ['access-control-allow-origin', 'access-control-allow-credentials', 'access-control-expose-headers', 'access-control-allow-methods', 'access-control-allow-headers', 'access-control-max-age']
+
+function withoutUpstreamCors (rules: HeaderRules | undefined): HeaderRules {
+  return Object.freeze({ drop: new Set([...rules?.drop ?? [], ...UPSTREAM_CORS]), append: rules?.append ?? [] })
 }
 
 function budgetOf (previous: RouteTable | undefined, config: UpstreamConfig): RetryBudget {

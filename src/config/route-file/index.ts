@@ -5,4 +5,4 @@ export {
   type JwtAuthConfig, type JwtKeySource, type LimitAlgorithm, type RateLimitConfig, type RateLimitKey,
   type RouteConfig, type TargetConfig, type UpstreamConfig
 } from './schema.js'
-export { parseRouteFile, RouteFileError, routeClaims, routeFileWarnings } from './parse.js'
+export { parseRouteFile, RouteFileError, routeClaims, routeFileWarnings, routeMethods } from './parse.js'

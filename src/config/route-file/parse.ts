@@ -9,6 +9,8 @@ import {
   HTTP_METHODS, RESERVED_PATHS, RouteFileSchema,
   type RateLimitKey, type RawRouteFile, type RouteConfig, type TargetConfig, type UpstreamConfig
 } from './schema.js'
+import { CorsPolicy, corsProblems } from './cors.js'
+import { compileHeaderRules, type RouteHeaderRules, type RouteOwned } from './header-rules.js'
 import { jsonProblem, yamlProblem } from './syntax.js'
 import { loadTls } from './tls.js'
 
@@ -50,11 +52,12 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
   if (problems.length > 0) throw new RouteFileError(file, problems)
   const raw = value as RawRouteFile
   const targetProblems: string[] = []
+  const routeProblems: string[] = []
   const upstream: UpstreamConfig = {
     name: raw.name ?? defaultName(file),
     file,
     targets: raw.targets.map((t, i) => targetConfig(t, i, targetProblems)),
-    routes: raw.routes.map(r => ({
+    routes: raw.routes.map((r, i) => ({
       path: r.path,
       methods: r.methods,
       hosts: r.hosts?.map(h => h.toLowerCase()),
@@ -64,6 +67,8 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
       requestBuffer: r.requestBuffer === undefined ? undefined : toBytes(r.requestBuffer),
       responseBuffer: r.responseBuffer === undefined ? undefined : toBytes(r.responseBuffer),
       allowEncodedSlashes: r.allowEncodedSlashes,
+      headers: routeHeaderRules(r, `/routes/${i}/headers`, routeProblems),
+      cors: routeCors(r, `/routes/${i}/cors`, routeProblems),
       auth: r.auth === undefined ? undefined : jwtAuth(r.auth.jwt, env),
       rateLimit: r.rateLimit === undefined
         ? undefined
@@ -87,7 +92,7 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
     },
     breaker: breakerOptions(raw.circuitBreaker!)
   }
-  const semantic = [...checkUpstream(upstream, raw), ...targetProblems]
+  const semantic = [...checkUpstream(upstream, raw), ...targetProblems, ...routeProblems]
   if (semantic.length > 0) throw new RouteFileError(file, semantic)
   return deepFreeze(upstream)
 }
@@ -106,6 +111,7 @@ function checkUpstream (upstream: UpstreamConfig, raw: RawRouteFile): string[] {
   const claims = new Map<string, number>()
   upstream.routes.forEach((route, i) => {
     if (RESERVED_PATHS.includes(route.path)) problems.push(`/routes/${i}/path: ${route.path} is served by the gateway itself`)
+    problems.push(...paramProblems(route, i))
     if (route.rateLimit !== undefined && route.rateLimit.windowMs < 1) problems.push(`/routes/${i}/rateLimit/window: must be at least 1ms`)
     if (route.rateLimit?.key.kind === 'claim' && route.auth === undefined) problems.push(`/routes/${i}/rateLimit/key: claim keys need auth on the route (the claim comes from the verified token)`)
     const jwt = raw.routes[i]?.auth?.jwt
@@ -120,6 +126,28 @@ function checkUpstream (upstream: UpstreamConfig, raw: RawRouteFile): string[] {
     }
   })
   return problems
+}
+
+type RawRoute = RawRouteFile['routes'][number]
+
+function routeHeaderRules (route: RawRoute, at: string, problems: string[]): RouteHeaderRules | undefined {
+  if (route.headers === undefined) return undefined
+  const owned: RouteOwned = {
+    claimHeaders: Object.values(route.auth?.jwt.forwardClaims ?? {}).map(h => h.toLowerCase()),
+    hasAuth: route.auth !== undefined,
+    hasCors: route.cors !== undefined
+  }
+  return {
+    request: compileHeaderRules(route.headers.request, 'request', `${at}/request`, owned, problems),
+    response: compileHeaderRules(route.headers.response, 'response', `${at}/response`, owned, problems)
+  }
+}
+
+function routeCors (route: RawRoute, at: string, problems: string[]): CorsPolicy | undefined {
+  if (route.cors === undefined) return undefined
+  const found = corsProblems(route.cors, at)
+  problems.push(...found)
+  return found.length > 0 ? undefined : new CorsPolicy(route.cors, route.methods ?? HTTP_METHODS, route.cors.maxAge === undefined ? undefined : toMs(route.cors.maxAge))
 }
 
 type RawTarget = RawRouteFile['targets'][number]
@@ -162,13 +190,33 @@ function targetConfig (raw: RawTarget, i: number, problems: string[]): TargetCon
   return target
 }
 
-/** Every (method, host, path) a route serves, as `METHOD host path` strings. */
+/** A path's parameters used twice, or a rewritePrefix using one the path does not have. */
+function paramProblems (route: RouteConfig, i: number): string[] {
+  const params = route.path.split('/').filter(s => s.startsWith(':'))
+  const problems: string[] = []
+  const twice = params.find((p, k) => params.indexOf(p) !== k)
+  if (twice !== undefined) problems.push(`/routes/${i}/path: the parameter ${twice} appears twice`)
+  for (const used of (route.rewritePrefix ?? '').split('/').filter(s => s.startsWith(':'))) {
+    if (!params.includes(used)) {
+      problems.push(`/routes/${i}/rewritePrefix: ${used} is not a parameter of the path ${route.path}` + (params.length > 0 ? ` (it has ${params.join(', ')})` : ''))
+    }
+  }
+  return problems
+}
+
+/** Every (method, host, path) a route serves, as `METHOD host path` strings; parameters as `:param`, whatever their names. */
 export function routeClaims (route: RouteConfig): string[] {
   const claims: string[] = []
-  for (const method of route.methods ?? HTTP_METHODS) {
-    for (const host of route.hosts ?? ['*']) claims.push(`${method} ${host} ${route.path}`)
+  for (const method of routeMethods(route)) {
+    for (const host of route.hosts ?? ['*']) claims.push(`${method} ${host} ${route.path.replace(/\/:[A-Za-z0-9_]+/g, '/:param')}`)
   }
   return claims
+}
+
+/** The methods a route is registered for: its own, and OPTIONS for the preflights of a route with cors. */
+export function routeMethods (route: RouteConfig): readonly string[] {
+  const methods = route.methods ?? HTTP_METHODS
+  return route.cors !== undefined && !methods.includes('OPTIONS') ? [...methods, 'OPTIONS'] : methods
 }
 
 function rateLimitKey (text: string): RateLimitKey {

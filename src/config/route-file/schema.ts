@@ -5,14 +5,16 @@ import Type, { type Static } from 'typebox'
 import type { BreakerOptions } from '../../upstream/breaker.js'
 import type { RetryOptions } from '../../upstream/retry.js'
 import type { TargetTls } from '../../upstream/target.js'
+import type { CorsPolicy } from './cors.js'
+import type { RouteHeaderRules } from './header-rules.js'
 import { Duration, Size } from '../units.js'
 
 /** Methods a route may list: those Fastify serves (CONNECT is not proxied). */
 export const HTTP_METHODS: readonly string[] = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE']
 
-// A prefix the router can hold as-is: no find-my-way syntax (`:`, `*`), no dot segments,
-// no empty segments, no trailing slash.
-const PATH = "^/$|^(/(?!\\.{1,2}(?:/|$))[A-Za-z0-9\\-._~!$&'+,;=@%]+)+$"
+// A prefix the router can hold as-is: no dot segments, no empty segments, no trailing slash; of
+// find-my-way's syntax only whole `:name` segments (parameters), never `*` or a `:` inside a segment.
+const PATH = "^/$|^(/(?!\\.{1,2}(?:/|$))(?::[A-Za-z_][A-Za-z0-9_]*|[A-Za-z0-9\\-._~!$&'+,;=@%]+))+$"
 
 // Key material is read from files (mounted secrets), never written in the route file.
 const PemPath = (what: string) => Type.String({
@@ -87,6 +89,20 @@ const Auth = Type.Object({
   }, { additionalProperties: false, description: 'A signed JWT in `Authorization: Bearer`, verified at the gateway.' })
 }, { additionalProperties: false, description: 'Authentication of this route (docs/authentication.md). Absent: public.' })
 
+// A header value written by a rule: text, with {variables} (header-rules.ts); no control characters.
+const HeaderValues = (description: string) => Type.Record(Type.String(), Type.String({
+  pattern: '^[^\\u0000-\\u0008\\u000a-\\u001f\\u007f]*$',
+  errorMessage: 'must be a string without control characters (quote numbers and booleans: "2")'
+}), { examples: [{ 'x-api-version': '2' }], description })
+
+const HeaderRules = (direction: 'request' | 'response', description: string) => Type.Object({
+  set: Type.Optional(HeaderValues(`Headers written on the ${direction}, replacing any of the same name. Values may use {client.ip}, {request.id}, {route.id}, {route.path}, {upstream} and {claim.<name>} (a verified claim; the route needs auth; a header whose claim is absent is not written).`)),
+  add: Type.Optional(HeaderValues(`Headers added to the ${direction} beside any of the same name; the same variables as set.`)),
+  remove: Type.Optional(Type.Array(Type.String({ minLength: 1 }), {
+    minItems: 1, uniqueItems: true, examples: [['x-debug']], description: `Headers removed from the ${direction}.`
+  }))
+}, { additionalProperties: false, description })
+
 /** Rate-limit algorithms. sliding-log: exact, a sorted log of request times; sliding-window:
  * approximate, two fixed-window counters, weighted. */
 export const LIMIT_ALGORITHMS = ['sliding-log', 'sliding-window'] as const
@@ -95,8 +111,8 @@ export type LimitAlgorithm = typeof LIMIT_ALGORITHMS[number]
 const Route = Type.Object({
   path: Type.String({
     pattern: PATH,
-    errorMessage: 'must be a path prefix such as /api/users: starts with /, no trailing slash, no //, . or .. segments, no : or *',
-    description: 'Path prefix: matches the path itself and everything below it (/api/users, /api/users/42), never /api/usersX. No trailing slash, no //, . or .. segments, no : or *; / matches everything; /health, /ready and /metrics are the gateway\'s own.'
+    errorMessage: 'must be a path prefix such as /api/users or /users/:id/orders: starts with /, no trailing slash, no //, . or .. segments, no *, : only to start a parameter segment',
+    description: 'Path prefix: matches the path itself and everything below it (/api/users, /api/users/42), never /api/usersX. A segment :name is a parameter: it matches any one segment, after the static segments of other routes at that place. No trailing slash, no //, . or .. segments, no *; / matches everything; /health, /ready and /metrics are the gateway\'s own.'
   }),
   methods: Type.Optional(Type.Array(Type.Union(HTTP_METHODS.map(m => Type.Literal(m)), { errorMessage: `must be a method in capitals among ${HTTP_METHODS.join(', ')}` }), {
     minItems: 1, uniqueItems: true, examples: [['GET', 'POST']], description: 'Methods this route serves. Default: all.'
@@ -108,7 +124,7 @@ const Route = Type.Object({
   rewritePrefix: Type.Optional(Type.String({
     pattern: "^(/[A-Za-z0-9\\-._~!$&'+,;=@%:]*)*$",
     errorMessage: "must be '' or a path starting with /",
-    description: "Replaces the matched prefix before forwarding; '' strips it. Default: the path is forwarded unchanged."
+    description: "Replaces the matched prefix before forwarding; '' strips it. May use the path's parameters as whole segments (/v2/accounts/:id/orders). Default: the path is forwarded unchanged."
   })),
   rewriteRedirects: Type.Boolean({
     default: true,
@@ -125,6 +141,30 @@ const Route = Type.Object({
     default: false,
     description: 'Forward paths with %2F or %5C (kept encoded) instead of refusing them with 400. Only for services that need them and do not decode them into separators. Default false.'
   }),
+  headers: Type.Optional(Type.Object({
+    request: Type.Optional(HeaderRules('request', 'Rules for the request sent upstream.')),
+    response: Type.Optional(HeaderRules('response', 'Rules for the upstream\'s response on its way to the client (the gateway\'s own answers, such as 404 or 429, are not changed).'))
+  }, { additionalProperties: false, description: 'Header rules of this route. Headers the gateway owns (hop-by-hop, host, content-length, x-forwarded-*, x-request-id, the claim headers of auth, the rate-limit headers) cannot be set or removed: such a rule is refused at load, naming the header.' })),
+  cors: Type.Optional(Type.Object({
+    origins: Type.Array(Type.String({
+      pattern: '^(\\*|https?://(\\*\\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*(:[0-9]{1,5})?)$',
+      errorMessage: 'must be an origin such as https://app.example.com, a pattern such as https://*.example.com, or *'
+    }), { minItems: 1, uniqueItems: true, examples: [['https://app.example.com', 'https://*.example.com']], description: 'Origins whose pages may call this route: exact (https://app.example.com), a pattern whose * stands for one or more subdomains (https://*.example.com), or * for any (not with credentials).' }),
+    methods: Type.Optional(Type.Array(Type.Union(HTTP_METHODS.map(m => Type.Literal(m)), { errorMessage: `must be a method in capitals among ${HTTP_METHODS.join(', ')}` }), {
+      minItems: 1, uniqueItems: true, examples: [['GET', 'POST']], description: 'Methods a preflight allows. Default: the route\'s methods (all when it lists none).'
+    })),
+    headers: Type.Optional(Type.Array(Type.String({ pattern: HEADER_NAME, errorMessage: 'must be a header name' }), {
+      minItems: 1, uniqueItems: true, examples: [['authorization', 'content-type']], description: 'Request headers a preflight allows. Default: the ones the preflight asks for.'
+    })),
+    exposeHeaders: Type.Optional(Type.Array(Type.String({ pattern: HEADER_NAME, errorMessage: 'must be a header name' }), {
+      minItems: 1, uniqueItems: true, examples: [['x-request-id']], description: 'Response headers a page\'s script may read beside the safelisted ones. Default: none.'
+    })),
+    credentials: Type.Boolean({ default: false, description: 'Whether the browser may send cookies and Authorization, and let the page read the answer. Default false.' }),
+    maxAge: Type.Optional(Duration({ description: 'How long a browser may keep a preflight\'s answer. Default: the browser\'s own (5s in Chrome and Firefox).' }))
+  }, {
+    additionalProperties: false,
+    description: 'Cross-origin requests from browsers (docs/route-files.md#cors). Preflights are answered by the gateway before authentication and rate limits and never reach the upstream; the upstream\'s own Access-Control-* headers are replaced. Absent: the gateway adds no CORS headers and passes the upstream\'s through.'
+  })),
   auth: Type.Optional(Auth),
   rateLimit: Type.Optional(Type.Object({
     max: Type.Integer({ minimum: 1, description: 'Requests admitted per window and key.' }),
@@ -206,6 +246,10 @@ export interface RouteConfig {
   /** Undefined: RESPONSE_BUFFER_SIZE. */
   responseBuffer: number | undefined
   allowEncodedSlashes: boolean
+  /** Undefined: no header rules. */
+  headers: RouteHeaderRules | undefined
+  /** Undefined: no CORS handling. */
+  cors: CorsPolicy | undefined
   auth: JwtAuthConfig | undefined
   rateLimit: RateLimitConfig | undefined
 }
