@@ -8,9 +8,10 @@ import type { TrustProxy } from '../../src/config/env.js'
 import { HTTP_METHODS } from '../../src/config/route-file/index.js'
 import { BodyTooLargeError, ClientClosedError, ClientTooSlowError, RouteNotFoundError } from '../../src/errors.js'
 import { onSocketClose } from '../../src/http/socket-close.js'
-import { selectTarget } from '../../src/upstream/select.js'
+import { selectInPools } from '../../src/upstream/select.js'
 import type { Target } from '../../src/upstream/target.js'
 import type { RouteMatch } from '../route-table/index.js'
+import { splitPools } from '../route-table/split.js'
 import { compileForwardRules } from './headers.js'
 import { limitBody, receiveBody, type ReceivingBody } from './request-body.js'
 import { UpstreamCall } from './upstream-call.js'
@@ -50,8 +51,9 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
       throw new BodyTooLargeError(route.bodyLimit)
     }
     const upstream = route.upstream
-    const first = selectTarget(upstream.targets, upstream.totalWeight)
-    if (first === undefined) throw unavailable(upstream, request, reply)
+    const pools = route.split === undefined ? route.pools : splitPools(route.split, request.headers, Math.random)
+    const first = selectInPools(pools)
+    if (first === undefined) throw unavailable(upstream, pools, request, reply)
 
     let body = request.body as Readable | undefined
     let bodyLimitHit: number | undefined
@@ -65,6 +67,7 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
       request,
       reply,
       upstream,
+      pools,
       first,
       path: forward,
       rules,

@@ -10,7 +10,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify'
 import { errors, type Dispatcher } from 'undici'
 import { ClientTooSlowError, UpstreamUnavailableError } from '../../src/errors.js'
 import { backoffMs, retryable, retryAfterMs, type TryFailure } from '../../src/upstream/retry.js'
-import { selectTarget } from '../../src/upstream/select.js'
+import { selectInPools, type Pool } from '../../src/upstream/select.js'
 import { tlsFailure, type Target } from '../../src/upstream/target.js'
 import type { BufferMemory, ClientRate } from '../client-rate/index.js'
 import type { CompiledRoute, CompiledUpstream } from '../route-table/route-table.js'
@@ -35,6 +35,8 @@ export interface CallOptions {
   request: FastifyRequest
   reply: FastifyReply
   upstream: CompiledUpstream
+  /** Where tries choose their target, in order: the route's pools (one group of a split, then its fallbacks). */
+  pools: ReadonlyArray<Pool<Target>>
   /** The target of the first try, already selected (so "none available" is answered before any proxying). */
   first: Target
   /** Normalised, rewritten path with the query string. */
@@ -100,13 +102,13 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
   start (body: Buffer | Readable | undefined, replayable: boolean): void {
     this.body = body
     this.replayable = replayable
-    const { upstream, first, random } = this.o
+    const { upstream, pools, first, random } = this.o
     if (this.cancelled !== undefined) {
       this.fail(this.cancelled)
       return
     }
     // After a wait for the body the first choice may have filled up or tripped: choose again.
-    const target = first.admits() ? first : selectTarget(upstream.targets, upstream.totalWeight, random)
+    const target = first.admits() ? first : selectInPools(pools, random)
     if (target === undefined) {
       this.fail(new UpstreamUnavailableError(upstream.name))
       return
@@ -337,7 +339,7 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
   }
 
   private retryAfter (delay: number, why: TryFailure | number, err: Error | null): void {
-    const { upstream, request, random } = this.o
+    const { upstream, pools, request, random } = this.o
     upstream.budget.retrying++
     upstream.budget.retries[why] = (upstream.budget.retries[why] ?? 0) + 1
     request.log.debug({ upstream: upstream.name, reason: why, retry: this.tries, delayMs: delay }, 'retrying upstream request')
@@ -347,9 +349,8 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
         this.fail(this.cancelled)
         return
       }
-      // Another target where there is one; the same one only when it is the only one left.
-      const target = selectTarget(upstream.targets, upstream.totalWeight, random, this.tried ?? new Set([this.target as Target])) ??
-        selectTarget(upstream.targets, upstream.totalWeight, random)
+      // Another target where there is one (in the request's group first); the same one only when it is the only one left.
+      const target = selectInPools(pools, random, this.tried ?? new Set([this.target as Target])) ?? selectInPools(pools, random)
       if (target === undefined) {
         upstream.budget.retrying--
         this.fail(err ?? new UpstreamUnavailableError(upstream.name))

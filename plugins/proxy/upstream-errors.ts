@@ -6,6 +6,7 @@ import {
   UpstreamTlsError, UpstreamUnavailableError, UpstreamUnreachableError
 } from '../../src/errors.js'
 import { formatMs } from '../../src/config/units.js'
+import type { Pool } from '../../src/upstream/select.js'
 import { malformedResponse, tlsFailure, type Target } from '../../src/upstream/target.js'
 import type { CompiledUpstream } from '../route-table/route-table.js'
 
@@ -16,15 +17,17 @@ const TIMEOUT = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT'])
 
 export const RETRY_AFTER_SATURATED = '1'
 
-/** 503 when no target admits a request: saturated, or every breaker open (then Retry-After says until the next probe). */
-export function unavailable (upstream: CompiledUpstream, request: FastifyRequest, reply: FastifyReply): Error {
+/** 503 when no target of the request's pools admits it: saturated, or every breaker open (then Retry-After says until the next probe). */
+export function unavailable (upstream: CompiledUpstream, pools: ReadonlyArray<Pool<Target>>, request: FastifyRequest, reply: FastifyReply): Error {
   let soonest = Infinity
-  for (const t of upstream.targets) {
-    if (t.breaker.state !== 'open') {
-      reply.header('retry-after', RETRY_AFTER_SATURATED)
-      return new UpstreamSaturatedError(upstream.name)
+  for (const pool of pools) {
+    for (const t of pool.targets) {
+      if (t.breaker.state !== 'open') {
+        reply.header('retry-after', RETRY_AFTER_SATURATED)
+        return new UpstreamSaturatedError(upstream.name)
+      }
+      soonest = Math.min(soonest, t.breaker.retryAfterMs())
     }
-    soonest = Math.min(soonest, t.breaker.retryAfterMs())
   }
   const seconds = Math.max(1, Math.ceil(soonest / 1000))
   request.span?.addEvent('circuit_breaker.rejected', { 'gatehouse.upstream': upstream.name, 'circuit_breaker.retry_after_s': seconds })

@@ -5,7 +5,9 @@ import type { CorsPolicy } from '../../src/config/route-file/cors.js'
 import type { HeaderRules } from '../../src/config/route-file/header-rules.js'
 import { HTTP_METHODS, routeMethods, type JwtAuthConfig, type RateLimitConfig, type UpstreamConfig } from '../../src/config/route-file/index.js'
 import { RetryBudget, type RetryOptions } from '../../src/upstream/retry.js'
+import type { Pool } from '../../src/upstream/select.js'
 import { compileRewrite, hasParams, routerPath, type RewriteTemplate } from './path-params.js'
+import { compileSplit, type CompiledSplit } from './split.js'
 import { Target, type TargetTransitionListener } from '../../src/upstream/target.js'
 
 export interface CompiledUpstream {
@@ -57,6 +59,10 @@ export interface CompiledRoute {
   readonly responseBuffer: number
   /** %2F and %5C in the path are forwarded (encoded) instead of refused. */
   readonly allowEncodedSlashes: boolean
+  /** The pools the proxy chooses targets from: the upstream's targets; for a split, see `split`. */
+  readonly pools: ReadonlyArray<Pool<Target>>
+  /** Traffic split between target groups; undefined: the upstream's targets. */
+  readonly split: CompiledSplit | undefined
   /** CORS policy; undefined: none. */
   readonly cors: CorsPolicy | undefined
   /** Registered only to answer CORS preflights: any other request of its method is not this route's. */
@@ -135,6 +141,8 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
       failureStatuses: new Set(config.breaker.failureStatuses),
       budget: budgetOf(previous, config)
     })
+    // Routes without a split choose among all of the upstream's targets.
+    const allTargets: ReadonlyArray<Pool<Target>> = Object.freeze([upstream])
     upstreams.push(upstream)
     for (const [index, route] of config.routes.entries()) {
       const limit = route.rateLimit
@@ -156,6 +164,8 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
         requestBuffer: route.requestBuffer ?? config.retry.bufferBody ?? defaults.requestBuffer,
         responseBuffer: route.responseBuffer ?? defaults.responseBuffer,
         allowEncodedSlashes: route.allowEncodedSlashes,
+        pools: allTargets,
+        split: route.split === undefined ? undefined : compileSplit(route.split, route.pin, upstream.targets, config.targets.map(t => t.group)),
         cors: route.cors,
         preflightOnly: false,
         requestHeaders: route.headers?.request,

@@ -57,3 +57,18 @@ function draw<T extends Selectable> (targets: readonly T[], totalWeight: number,
   }
   return targets[targets.length - 1] as T
 }
+
+/** Targets to choose among: an upstream's, or one group of a route's split. */
+export interface Pool<T extends Selectable> {
+  readonly targets: readonly T[]
+  readonly totalWeight: number
+}
+
+/** A target of the first pool, in order, that has one that admits: the pools after the first are fallbacks. */
+export function selectInPools<T extends Selectable> (pools: ReadonlyArray<Pool<T>>, random: () => number = Math.random, exclude?: ReadonlySet<T>): T | undefined {
+  for (const pool of pools) {
+    const target = selectTarget(pool.targets, pool.totalWeight, random, exclude)
+    if (target !== undefined) return target
+  }
+  return undefined
+}

@@ -67,6 +67,8 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
       requestBuffer: r.requestBuffer === undefined ? undefined : toBytes(r.requestBuffer),
       responseBuffer: r.responseBuffer === undefined ? undefined : toBytes(r.responseBuffer),
       allowEncodedSlashes: r.allowEncodedSlashes,
+      split: r.split,
+      pin: r.pin === undefined ? undefined : { header: r.pin.header?.toLowerCase(), cookie: r.pin.cookie },
       headers: routeHeaderRules(r, `/routes/${i}/headers`, routeProblems),
       cors: routeCors(r, `/routes/${i}/cors`, routeProblems),
       auth: r.auth === undefined ? undefined : jwtAuth(r.auth.jwt, env),
@@ -112,6 +114,7 @@ function checkUpstream (upstream: UpstreamConfig, raw: RawRouteFile): string[] {
   upstream.routes.forEach((route, i) => {
     if (RESERVED_PATHS.includes(route.path)) problems.push(`/routes/${i}/path: ${route.path} is served by the gateway itself`)
     problems.push(...paramProblems(route, i))
+    problems.push(...splitProblems(route, i, upstream.targets))
     if (route.rateLimit !== undefined && route.rateLimit.windowMs < 1) problems.push(`/routes/${i}/rateLimit/window: must be at least 1ms`)
     if (route.rateLimit?.key.kind === 'claim' && route.auth === undefined) problems.push(`/routes/${i}/rateLimit/key: claim keys need auth on the route (the claim comes from the verified token)`)
     const jwt = raw.routes[i]?.auth?.jwt
@@ -188,6 +191,21 @@ function targetConfig (raw: RawTarget, i: number, problems: string[]): TargetCon
   const loaded = loadTls(tls, `/targets/${i}/tls`, problems)
   if (loaded !== undefined) target.tls = loaded
   return target
+}
+
+/** A split naming a group no target is in, or weighing nothing; a pin without a split. */
+function splitProblems (route: RouteConfig, i: number, targets: readonly TargetConfig[]): string[] {
+  const problems: string[] = []
+  if (route.split === undefined) {
+    if (route.pin !== undefined) problems.push(`/routes/${i}/pin: pins a request to a group of split, and the route has no split`)
+    return problems
+  }
+  const groups = new Set(targets.map(t => t.group).filter(g => g !== undefined))
+  for (const group of Object.keys(route.split)) {
+    if (!groups.has(group)) problems.push(`/routes/${i}/split/${group}: no target is in group ${group}` + (groups.size > 0 ? ` (the groups are ${[...groups].join(', ')})` : ' (give targets a group)'))
+  }
+  if (Object.values(route.split).every(w => w === 0)) problems.push(`/routes/${i}/split: the weights add up to 0; give at least one group a weight`)
+  return problems
 }
 
 /** A path's parameters used twice, or a rewritePrefix using one the path does not have. */

@@ -31,6 +31,11 @@ const Target = Type.Object({
   }),
   maxConnections: Type.Integer({ minimum: 1, default: 100, description: 'In-flight requests this target may hold; beyond it the target counts as full. Default 100.' }),
   weight: Type.Number({ exclusiveMinimum: 0, default: 1, description: 'Share of traffic relative to the other targets when none is loaded. Default 1.' }),
+  group: Type.Optional(Type.String({
+    pattern: '^[a-z0-9][a-z0-9_-]{0,62}$',
+    errorMessage: 'must be lowercase letters, digits, - or _, starting with a letter or digit (e.g. stable, canary)',
+    description: 'Group of this target (stable, canary, v2...), for routes that split their traffic between groups (routes[].split). Default: in no group.'
+  })),
   tls: Type.Optional(Type.Object({
     ca: Type.Optional(PemPath('CA certificates (PEM) that sign the upstream\'s certificate; they replace the public roots for this target.')),
     servername: Type.Optional(Type.String({
@@ -141,6 +146,19 @@ const Route = Type.Object({
     default: false,
     description: 'Forward paths with %2F or %5C (kept encoded) instead of refusing them with 400. Only for services that need them and do not decode them into separators. Default false.'
   }),
+  split: Type.Optional(Type.Record(Type.String(), Type.Integer({ minimum: 0, errorMessage: 'must be a whole number, 0 or more (a weight)' }), {
+    examples: [{ stable: 90, canary: 10 }],
+    description: 'Share of this route\'s requests per target group, as weights ({ stable: 90, canary: 10 }); each group\'s targets are chosen among as usual. When no target of a request\'s group admits it, the other groups of the split are tried in the order written. Default: all targets, no groups.'
+  })),
+  pin: Type.Optional(Type.Object({
+    header: Type.Optional(Type.String({ pattern: HEADER_NAME, errorMessage: 'must be a header name', description: 'Header whose value names the group (x-canary: canary).' })),
+    cookie: Type.Optional(Type.String({ pattern: '^[!#$%&\'*+.^_`|~0-9A-Za-z-]+$', errorMessage: 'must be a cookie name', description: 'Cookie whose value names the group (canary=canary).' }))
+  }, {
+    additionalProperties: false,
+    minProperties: 1,
+    errorMessage: 'must be a mapping with header and/or cookie',
+    description: 'A request whose header (or cookie) of this name holds a group of split goes to that group only: no split, no fallback (503 when none of its targets admits it). The header wins over the cookie. Needs split.'
+  })),
   headers: Type.Optional(Type.Object({
     request: Type.Optional(HeaderRules('request', 'Rules for the request sent upstream.')),
     response: Type.Optional(HeaderRules('response', 'Rules for the upstream\'s response on its way to the client (the gateway\'s own answers, such as 404 or 429, are not changed).'))
@@ -246,6 +264,10 @@ export interface RouteConfig {
   /** Undefined: RESPONSE_BUFFER_SIZE. */
   responseBuffer: number | undefined
   allowEncodedSlashes: boolean
+  /** Weights by target group; undefined: all targets. */
+  split: Readonly<Record<string, number>> | undefined
+  /** Where a request names its group; undefined: never pinned. */
+  pin: { header: string | undefined, cookie: string | undefined } | undefined
   /** Undefined: no header rules. */
   headers: RouteHeaderRules | undefined
   /** Undefined: no CORS handling. */
@@ -289,6 +311,8 @@ export interface TargetConfig {
   origin: string
   maxConnections: number
   weight: number
+  /** Undefined: in no group. */
+  group?: string
   /** Present only when the file sets `tls`: the contents of its files, checked. */
   tls?: TargetTls
 }
