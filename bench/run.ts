@@ -81,7 +81,7 @@ const progress = (line: string): void => { process.stderr.write(line + '\n') }
 
 // ---- what can be measured ------------------------------------------------------------------
 
-type Feature = 'none' | 'log' | 'limit-memory' | 'limit-redis' | 'jwt' | 'tracing' | 'post' | 'post-streamed'
+type Feature = 'none' | 'log' | 'limit-memory' | 'limit-redis' | 'jwt' | 'tracing' | 'post' | 'post-streamed' | 'header-rules' | 'cors' | 'split' | 'affinity'
 
 interface Spec {
   id: string
@@ -119,6 +119,11 @@ const SPECS: Spec[] = [
   // (h) − (h2), round by round, is what request buffering costs.
   { id: 'gatehouse-post', letter: 'h', label: 'Gatehouse (h) (c), POST of 64 KB received whole (default requestBuffer)', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'post' },
   { id: 'gatehouse-post-streamed', letter: 'h2', label: 'Gatehouse (h2) (c), POST of 64 KB streamed (requestBuffer: 0)', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'post-streamed' },
+  // Traffic policy of a route (issue 15): what each costs on the route that uses it.
+  { id: 'gatehouse-header-rules', letter: 'i', label: 'Gatehouse (i) (c) + header rules: 2 set (one with {client.ip}), 1 removed, each way', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'header-rules' },
+  { id: 'gatehouse-cors', letter: 'j', label: 'Gatehouse (j) (c) + CORS, requests with an allowed Origin', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'cors' },
+  { id: 'gatehouse-split', letter: 'k', label: 'Gatehouse (k) (c) + split with a pin header (not sent)', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'split' },
+  { id: 'gatehouse-affinity', letter: 'l', label: 'Gatehouse (l) (c) + affinity by header', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'affinity' },
   // The package behind each feature, alone on the bare proxy and set up as its documentation
   // does: the floor under what the same feature adds to Gatehouse.
   { id: 'bare-log', label: 'bare + Fastify\'s request log (info, to a file)', kind: 'bare', memory: false, quick: false, feature: 'log' },
@@ -284,7 +289,7 @@ http {
 /** What bare-proxy.ts needs for its BARE_FEATURE: the same limit, Redis, sampling and log destination as Gatehouse's. */
 function bareFeatureEnv (spec: Spec, shared: Shared): Record<string, string> {
   const feature = spec.feature ?? 'none'
-  if (feature === 'none' || feature === 'jwt') return {}
+  if (feature === 'none' || feature === 'jwt' || feature === 'header-rules' || feature === 'cors' || feature === 'split' || feature === 'affinity') return {}
   const env: Record<string, string> = { BARE_FEATURE: feature }
   if (feature === 'log') env.LOG_FILE = join(shared.logsDir, `${spec.id}.log`)
   if (feature === 'limit-memory' || feature === 'limit-redis') Object.assign(env, { LIMIT_MAX: String(LIMIT_MAX), LIMIT_WINDOW_MS: String(LIMIT_WINDOW_MS) })
@@ -365,11 +370,19 @@ function routeFile (upstreamUrl: string, feature: Feature, jwt: BenchIssuer | un
     extra.push('    rateLimit:', `      max: ${LIMIT_MAX}`, `      window: ${LIMIT_WINDOW}`, '      key: ip', '      onStoreError: local')
   }
   if (feature === 'post-streamed') extra.push('    requestBuffer: 0')
+  if (feature === 'header-rules') {
+    extra.push('    headers:', '      request: { set: { x-api-version: "2", x-client: "{client.ip}" }, remove: [x-debug] }',
+      '      response: { set: { cache-control: no-store, x-gateway: bench }, remove: [server] }')
+  }
+  if (feature === 'cors') extra.push('    cors: { origins: [https://app.example.com, "https://*.example.com"], credentials: true, exposeHeaders: [x-request-id] }')
+  if (feature === 'split') extra.push('    split: { stable: 100 }', '    pin: { header: x-canary }')
+  if (feature === 'affinity') extra.push('    affinity: { header: x-session }')
   if (feature === 'jwt' && jwt !== undefined) {
     extra.push('    auth:', '      jwt:', `        jwksUrl: ${jwt.jwksUrl}`, `        issuer: ${jwt.issuer}`, `        audience: ${JWT_AUDIENCE}`,
       `        algorithms: [${JWT_ALGORITHM}]`, '        forwardClaims:', '          sub: x-user-id')
   }
-  return ['name: bench', 'targets:', `  - url: ${upstreamUrl}`, `    maxConnections: ${POOL}`, 'routes:', '  - path: /bench', ...extra, ''].join('\n')
+  const group = feature === 'split' ? ['    group: stable'] : []
+  return ['name: bench', 'targets:', `  - url: ${upstreamUrl}`, `    maxConnections: ${POOL}`, ...group, 'routes:', '  - path: /bench', ...extra, ''].join('\n')
 }
 
 // ---- measuring -----------------------------------------------------------------------------
@@ -596,7 +609,9 @@ async function main (): Promise<void> {
     progress(`start: ${spec.id}`)
     const cpu = await startInstance(spec, shared, 'cpu')
     const mem = spec.memory ? await startInstance(spec, shared, 'memory') : undefined
-    const headers = spec.feature === 'jwt' ? { authorization: `Bearer ${(issuer as BenchIssuer).tokens[0] as string}` } : undefined
+    const headers: Record<string, string> | undefined = spec.feature === 'jwt'
+      ? { authorization: `Bearer ${(issuer as BenchIssuer).tokens[0] as string}` }
+      : spec.feature === 'cors' ? { origin: 'https://app.example.com' } : spec.feature === 'affinity' ? { 'x-session': 'bench-session' } : undefined
     for (const instance of [cpu, ...(mem === undefined ? [] : [mem])]) await waitFor200(instance.child, instance.port, PATH, headers)
     let label = spec.label
     if (spec.kind === 'fast-gateway') label += ` ${peers['fast-gateway'] ?? ''}`
@@ -689,6 +704,13 @@ async function checks (subjects: Subject[]): Promise<void> {
         const redis = s.cpuSamples.map(x => x.redisCpuUsPerReq).filter((x): x is number => x !== undefined)
         if (redis.length > 0) s.notes.push(`redis-server CPU ${fmt(median(redis), 1)} µs/req on top (median of the rounds)`)
       }
+    }
+    if (s.spec.feature === 'header-rules' || s.spec.feature === 'cors') {
+      // The route's policy at work on an answer of the measured process.
+      const res = await fetch(`http://127.0.0.1:${s.cpu.port}${PATH}`, { headers: s.headers ?? {}, signal: AbortSignal.timeout(5000) })
+      await res.arrayBuffer()
+      const [header, expected] = s.spec.feature === 'cors' ? ['access-control-allow-origin', 'https://app.example.com'] : ['x-gateway', 'bench']
+      if (res.headers.get(header) !== expected) s.problems.push(`answered without ${header}: ${expected}`)
     }
     if (s.spec.feature === 'jwt' && issuer !== undefined) s.notes.push(`key set fetched ${issuer.fetches()} time(s) by its ${s.mem === undefined ? 1 : 2} process(es); one token for every request`)
     if (s.spec.feature === 'tracing' && sink !== undefined) {

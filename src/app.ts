@@ -91,7 +91,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
   await app.register(requestGuardPlugin, { maxHeaders: env.maxHeaders, maxHeaderSize: env.maxHeaderSize, maxUrlLength: env.maxUrlLength })
   await app.register(routeTablePlugin, {
     routesDir: env.routesDir,
-    defaults: { bodyLimit: env.bodyLimit, requestBuffer: env.requestBufferSize, responseBuffer: env.responseBufferSize },
+    defaults: { bodyLimit: env.bodyLimit, requestBuffer: env.requestBufferSize, responseBuffer: env.responseBufferSize, affinitySecret: env.affinitySecret },
     watch: env.watchRoutes,
     debounceMs: env.reloadDebounceMs
   })

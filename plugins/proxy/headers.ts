@@ -14,6 +14,9 @@ const NOT_FORWARDED = new Set([
   'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'trailer', 'transfer-encoding',
   'upgrade', 'te', 'expect', 'host', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-request-id'
 ])
+// Response headers where the gateway's value goes beside the upstream's instead of replacing it:
+// Vary lists add up (Origin beside Accept-Encoding), and each Set-Cookie is its own cookie.
+const ADDITIVE = new Set(['vary', 'set-cookie'])
 // Hop-by-hop in responses: never passed to the client (Node frames the response itself).
 const NOT_RETURNED = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization', 'trailer', 'transfer-encoding', 'upgrade', 'te'])
 
@@ -117,8 +120,7 @@ export function clientResponseHeaders (raw: Buffer[], reply: FastifyReply, route
       if (name === 'connection') named = connectionNames((raw[i + 1] as Buffer).toString('latin1'))
       continue
     }
-    // Vary lists add up (the gateway's Origin beside the upstream's Accept-Encoding); the rest is replaced.
-    if ((own[name] !== undefined && name !== 'vary') || routeRules?.drop.has(name) === true) continue
+    if ((own[name] !== undefined && !ADDITIVE.has(name)) || routeRules?.drop.has(name) === true) continue
     out.push(original, (raw[i + 1] as Buffer).toString('latin1'))
   }
   if (named !== undefined) {

@@ -8,9 +8,10 @@ import type { TrustProxy } from '../../src/config/env.js'
 import { HTTP_METHODS } from '../../src/config/route-file/index.js'
 import { BodyTooLargeError, ClientClosedError, ClientTooSlowError, RouteNotFoundError } from '../../src/errors.js'
 import { onSocketClose } from '../../src/http/socket-close.js'
-import { selectInPools } from '../../src/upstream/select.js'
+import { selectInPools, type Pool } from '../../src/upstream/select.js'
 import type { Target } from '../../src/upstream/target.js'
 import type { RouteMatch } from '../route-table/index.js'
+import { stickyTarget } from '../route-table/affinity.js'
 import { splitPools } from '../route-table/split.js'
 import { compileForwardRules } from './headers.js'
 import { limitBody, receiveBody, type ReceivingBody } from './request-body.js'
@@ -52,7 +53,8 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
     }
     const upstream = route.upstream
     const pools = route.split === undefined ? route.pools : splitPools(route.split, request.headers, Math.random)
-    const first = selectInPools(pools)
+    const sticky = route.affinity === undefined ? undefined : stickyTarget(route.affinity, pools[0] as Pool<Target>, request.headers, request.ip)
+    const first = sticky ?? selectInPools(pools)
     if (first === undefined) throw unavailable(upstream, pools, request, reply)
 
     let body = request.body as Readable | undefined
@@ -68,6 +70,7 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
       reply,
       upstream,
       pools,
+      sticky,
       first,
       path: forward,
       rules,

@@ -13,6 +13,7 @@ import { backoffMs, retryable, retryAfterMs, type TryFailure } from '../../src/u
 import { selectInPools, type Pool } from '../../src/upstream/select.js'
 import { tlsFailure, type Target } from '../../src/upstream/target.js'
 import type { BufferMemory, ClientRate } from '../client-rate/index.js'
+import { affinityCookie } from '../route-table/affinity.js'
 import type { CompiledRoute, CompiledUpstream } from '../route-table/route-table.js'
 import { endTry, startTry } from '../tracing/spans.js'
 import { clientResponseHeaders, rewriteLocations, upstreamRequestHeaders, type ForwardRules } from './headers.js'
@@ -37,6 +38,8 @@ export interface CallOptions {
   upstream: CompiledUpstream
   /** Where tries choose their target, in order: the route's pools (one group of a split, then its fallbacks). */
   pools: ReadonlyArray<Pool<Target>>
+  /** The client's sticky target, when its affinity named one that admitted the request. */
+  sticky: Target | undefined
   /** The target of the first try, already selected (so "none available" is answered before any proxying). */
   first: Target
   /** Normalised, rewritten path with the query string. */
@@ -208,6 +211,12 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
       const headers = clientResponseHeaders(rawHeaders, reply, this.o.route.responseHeaders)
       const redirects = this.o.route.redirects
       if (redirects !== undefined) rewriteLocations(headers, redirects, target.origin)
+      // The affinity cookie names the target that answered, when the client's did not (none yet, or moved).
+      const affinity = this.o.route.affinity
+      if (affinity?.kind === 'cookie' && this.o.sticky !== target) {
+        const cookie = affinityCookie(affinity, target)
+        if (cookie !== undefined) headers.push('set-cookie', cookie)
+      }
       reply.raw.writeHead(statusCode, headers)
     } catch (err) {
       // A header Node will not send (an invalid name or value): read the response out, answer 502.

@@ -7,6 +7,7 @@ import { HTTP_METHODS, routeMethods, type JwtAuthConfig, type RateLimitConfig, t
 import { RetryBudget, type RetryOptions } from '../../src/upstream/retry.js'
 import type { Pool } from '../../src/upstream/select.js'
 import { compileRewrite, hasParams, routerPath, type RewriteTemplate } from './path-params.js'
+import { compileAffinity, type CompiledAffinity } from './affinity.js'
 import { compileSplit, type CompiledSplit } from './split.js'
 import { Target, type TargetTransitionListener } from '../../src/upstream/target.js'
 
@@ -61,6 +62,8 @@ export interface CompiledRoute {
   readonly allowEncodedSlashes: boolean
   /** The pools the proxy chooses targets from: the upstream's targets; for a split, see `split`. */
   readonly pools: ReadonlyArray<Pool<Target>>
+  /** Sticky sessions; undefined: none. */
+  readonly affinity: CompiledAffinity | undefined
   /** Traffic split between target groups; undefined: the upstream's targets. */
   readonly split: CompiledSplit | undefined
   /** CORS policy; undefined: none. */
@@ -106,6 +109,8 @@ export interface RouteDefaults {
   requestBuffer: number
   /** RESPONSE_BUFFER_SIZE. */
   responseBuffer: number
+  /** AFFINITY_SECRET. */
+  affinitySecret?: string | undefined
 }
 
 /**
@@ -165,6 +170,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
         responseBuffer: route.responseBuffer ?? defaults.responseBuffer,
         allowEncodedSlashes: route.allowEncodedSlashes,
         pools: allTargets,
+        affinity: route.affinity === undefined ? undefined : compileAffinity(route.affinity, config.name, upstream.targets, defaults.affinitySecret),
         split: route.split === undefined ? undefined : compileSplit(route.split, route.pin, upstream.targets, config.targets.map(t => t.group)),
         cors: route.cors,
         preflightOnly: false,

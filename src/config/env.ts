@@ -17,6 +17,7 @@ export const EnvSchema = Type.Object({
   REDIS_KEY_PREFIX: Type.String({ minLength: 1, default: 'gatehouse:rl:', description: 'Prefix of every rate-limit key in Redis (budgets and replica heartbeats): gateways with the same prefix share budgets; give each deployment that shares one Redis its own.' }),
   REDIS_TIMEOUT: Duration({ default: '50ms', description: 'Longest wait for one Redis call of the rate limiter before the route\'s onStoreError applies.' }),
   JWKS_COOLDOWN: Duration({ default: '30s', description: 'After a JWKS fetch, how long a token with an unknown kid is refused without fetching again (a flood of made-up kids cannot hammer the issuer).' }),
+  AFFINITY_SECRET: Type.Optional(Type.String({ minLength: 16, errorMessage: 'must be at least 16 characters', description: 'Key of the sticky-session cookie values (routes[].affinity.cookie): they name a target by a keyed hash of its address, so a client cannot learn or guess the address; give every replica the same one. Unset: a built-in key, so the values cannot be mapped back at a glance but can be by trying candidate addresses.' })),
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), {
     default: 'info', errorMessage: 'must be one of fatal, error, warn, info, debug, trace, silent', description: 'pino log level; info writes one access line per request.'
   }),
@@ -65,6 +66,7 @@ export interface GatewayEnv {
   redisKeyPrefix: string
   redisTimeoutMs: number
   jwksCooldownMs: number
+  affinitySecret: string | undefined
   logLevel: string
   logFormat: LogFormat
   trustProxy: TrustProxy
@@ -138,6 +140,7 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
     redisKeyPrefix: raw.REDIS_KEY_PREFIX,
     redisTimeoutMs: toMs(raw.REDIS_TIMEOUT),
     jwksCooldownMs: toMs(raw.JWKS_COOLDOWN),
+    affinitySecret: raw.AFFINITY_SECRET,
     logLevel: raw.LOG_LEVEL,
     logFormat: raw.LOG_FORMAT ?? (process.stdout.isTTY ? 'pretty' : 'json'),
     trustProxy: trust as TrustProxy,

@@ -67,6 +67,7 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
       requestBuffer: r.requestBuffer === undefined ? undefined : toBytes(r.requestBuffer),
       responseBuffer: r.responseBuffer === undefined ? undefined : toBytes(r.responseBuffer),
       allowEncodedSlashes: r.allowEncodedSlashes,
+      affinity: r.affinity === undefined ? undefined : r.affinity === 'ip' ? { kind: 'ip' } : 'cookie' in r.affinity ? { kind: 'cookie', name: r.affinity.cookie } : { kind: 'header', name: r.affinity.header.toLowerCase() },
       split: r.split,
       pin: r.pin === undefined ? undefined : { header: r.pin.header?.toLowerCase(), cookie: r.pin.cookie },
       headers: routeHeaderRules(r, `/routes/${i}/headers`, routeProblems),

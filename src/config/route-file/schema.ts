@@ -159,6 +159,15 @@ const Route = Type.Object({
     errorMessage: 'must be a mapping with header and/or cookie',
     description: 'A request whose header (or cookie) of this name holds a group of split goes to that group only: no split, no fallback (503 when none of its targets admits it). The header wins over the cookie. Needs split.'
   })),
+  affinity: Type.Optional(Type.Union([
+    Type.Literal('ip'),
+    Type.Object({ cookie: Type.String({ pattern: '^[!#$%&\'*+.^_`|~0-9A-Za-z-]+$' }) }, { additionalProperties: false }),
+    Type.Object({ header: Type.String({ pattern: HEADER_NAME }) }, { additionalProperties: false })
+  ], {
+    errorMessage: 'must be ip, { cookie: <name> } or { header: <name> }',
+    examples: [{ cookie: 'gh_affinity' }],
+    description: 'Sticky sessions: the same client keeps reaching the same target while that target admits requests (not full, breaker closed); otherwise the usual choice, and the cookie names the new target. cookie: the gateway sets a cookie whose value names the target without revealing its address (AFFINITY_SECRET); header: the value of this request header (x-session), hashed to a target; ip: the client address, hashed. Default: no affinity.'
+  })),
   headers: Type.Optional(Type.Object({
     request: Type.Optional(HeaderRules('request', 'Rules for the request sent upstream.')),
     response: Type.Optional(HeaderRules('response', 'Rules for the upstream\'s response on its way to the client (the gateway\'s own answers, such as 404 or 429, are not changed).'))
@@ -264,6 +273,8 @@ export interface RouteConfig {
   /** Undefined: RESPONSE_BUFFER_SIZE. */
   responseBuffer: number | undefined
   allowEncodedSlashes: boolean
+  /** Sticky sessions; undefined: none. */
+  affinity: { kind: 'ip' } | { kind: 'cookie', name: string } | { kind: 'header', name: string } | undefined
   /** Weights by target group; undefined: all targets. */
   split: Readonly<Record<string, number>> | undefined
   /** Where a request names its group; undefined: never pinned. */
