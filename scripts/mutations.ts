@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { repoRoot } from '../src/repo-root.js'
 
-type Rule = 'selection' | 'breaker probes' | 'retry eligibility' | 'limiter admission' | 'path normalisation' | 'auth' | 'forwarding headers' | 'request framing' | 'slow clients'
+type Rule = 'selection' | 'breaker probes' | 'retry eligibility' | 'limiter admission' | 'path normalisation' | 'auth' | 'forwarding headers' | 'request framing' | 'slow clients' | 'traffic policy'
 
 /** One `node --test` run: a test file of test/, optionally only the tests whose names match. */
 interface TestRun {
@@ -274,6 +274,33 @@ const MUTATIONS: Mutation[] = [
     replace: 'while (false)',
     bug: 'the read rate is averaged since the client fell behind: a burst at first buys a silent reader minutes',
     tests: [{ file: 'slow-clients', pattern: '^slow read' }]
+  },
+  {
+    id: 'cors-any-origin',
+    rule: 'traffic policy',
+    source: 'plugins/cors/index.ts',
+    line: 'if (origin !== undefined && policy.allows(origin)) {',
+    replace: 'if (origin !== undefined) {',
+    bug: 'an actual request from any origin gets Access-Control-Allow-Origin: pages of any site can read the answers',
+    tests: [{ file: 'cors', pattern: '^origins' }]
+  },
+  {
+    id: 'header-rules-owned',
+    rule: 'traffic policy',
+    source: 'src/config/route-file/header-rules.ts',
+    line: 'if (why !== undefined) {',
+    replace: 'if (false) {',
+    bug: 'header rules may set or remove the headers the gateway owns (host, x-forwarded-for, the claim headers of auth)',
+    tests: [{ file: 'header-rules', pattern: '^rules on headers' }]
+  },
+  {
+    id: 'pin-falls-back',
+    rule: 'traffic policy',
+    source: 'plugins/route-table/split.ts',
+    line: 'pinned: new Map(order.map(g => [g, Object.freeze([pools.get(g)])])),',
+    replace: 'pinned: new Map(order.map(g => [g, inOrder(g)])),',
+    bug: 'a pinned request whose group admits nothing goes to another group instead of 503',
+    tests: [{ file: 'split', pattern: '^retries stay' }]
   }
 ]
 

@@ -44,7 +44,7 @@ function typeOf (node: Node): string {
   if (node.errorMessage === SIZE_EXPECTED) return 'size'
   if (node.anyOf !== undefined) {
     const values = node.anyOf.filter(n => n.const !== undefined).map(n => code(n.const))
-    const others = node.anyOf.filter(n => n.const === undefined).map(typeOf)
+    const others = [...new Set(node.anyOf.filter(n => n.const === undefined).map(typeOf))]
     return [values.join(', '), ...others].filter(t => t !== '').join(' or ')
   }
   switch (node.type) {

@@ -53,7 +53,7 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
     }
     const upstream = route.upstream
     const pools = route.split === undefined ? route.pools : splitPools(route.split, request.headers, Math.random)
-    const sticky = route.affinity === undefined ? undefined : stickyTarget(route.affinity, pools[0] as Pool<Target>, request.headers, request.ip)
+    const sticky = route.affinity === undefined ? undefined : stickyTarget(route.affinity, pools[0] as Pool<Target>, request.headers, () => request.ip)
     const first = sticky ?? selectInPools(pools)
     if (first === undefined) throw unavailable(upstream, pools, request, reply)
 

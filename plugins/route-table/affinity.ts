@@ -28,7 +28,7 @@ export function compileAffinity (affinity: { kind: 'ip' } | { kind: 'cookie', na
 }
 
 /** The client's sticky target in `pool`, when it admits a request; undefined otherwise (choose as usual). */
-export function stickyTarget (affinity: CompiledAffinity, pool: Pool<Target>, headers: Record<string, string | string[] | undefined>, ip: string): Target | undefined {
+export function stickyTarget (affinity: CompiledAffinity, pool: Pool<Target>, headers: Record<string, string | string[] | undefined>, ip: () => string): Target | undefined {
   let target: Target | undefined
   if (affinity.kind === 'cookie') {
     const cookies = headers.cookie
@@ -36,7 +36,8 @@ export function stickyTarget (affinity: CompiledAffinity, pool: Pool<Target>, he
     target = value === undefined ? undefined : affinity.byValue.get(value)
     if (target !== undefined && !pool.targets.includes(target)) target = undefined
   } else {
-    const key = affinity.kind === 'ip' ? ip : headers[affinity.name]
+    // The client address only when it is the key: working it out (TRUST_PROXY) is not free.
+    const key = affinity.kind === 'ip' ? ip() : headers[affinity.name]
     if (typeof key === 'string' && key !== '') target = rendezvous(pool.targets, key)
   }
   return target !== undefined && target.admits() ? target : undefined
