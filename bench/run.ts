@@ -81,7 +81,7 @@ const progress = (line: string): void => { process.stderr.write(line + '\n') }
 
 // ---- what can be measured ------------------------------------------------------------------
 
-type Feature = 'none' | 'log' | 'limit-memory' | 'limit-redis' | 'jwt' | 'tracing' | 'post' | 'post-streamed' | 'header-rules' | 'cors' | 'split' | 'affinity'
+type Feature = 'none' | 'log' | 'limit-memory' | 'limit-redis' | 'jwt' | 'tracing' | 'post' | 'post-streamed' | 'header-rules' | 'cors' | 'split' | 'affinity' | 'params'
 
 interface Spec {
   id: string
@@ -124,6 +124,7 @@ const SPECS: Spec[] = [
   { id: 'gatehouse-cors', letter: 'j', label: 'Gatehouse (j) (c) + CORS, requests with an allowed Origin', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'cors' },
   { id: 'gatehouse-split', letter: 'k', label: 'Gatehouse (k) (c) + split with a pin header (not sent)', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'split' },
   { id: 'gatehouse-affinity', letter: 'l', label: 'Gatehouse (l) (c) + affinity by header', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'affinity' },
+  { id: 'gatehouse-params', letter: 'm', label: 'Gatehouse (m) (c) on a route with a parameter, rewritten (/:section → /v1/:section)', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'params' },
   // The package behind each feature, alone on the bare proxy and set up as its documentation
   // does: the floor under what the same feature adds to Gatehouse.
   { id: 'bare-log', label: 'bare + Fastify\'s request log (info, to a file)', kind: 'bare', memory: false, quick: false, feature: 'log' },
@@ -289,7 +290,7 @@ http {
 /** What bare-proxy.ts needs for its BARE_FEATURE: the same limit, Redis, sampling and log destination as Gatehouse's. */
 function bareFeatureEnv (spec: Spec, shared: Shared): Record<string, string> {
   const feature = spec.feature ?? 'none'
-  if (feature === 'none' || feature === 'jwt' || feature === 'header-rules' || feature === 'cors' || feature === 'split' || feature === 'affinity') return {}
+  if (feature === 'none' || feature === 'jwt' || feature === 'header-rules' || feature === 'cors' || feature === 'split' || feature === 'affinity' || feature === 'params') return {}
   const env: Record<string, string> = { BARE_FEATURE: feature }
   if (feature === 'log') env.LOG_FILE = join(shared.logsDir, `${spec.id}.log`)
   if (feature === 'limit-memory' || feature === 'limit-redis') Object.assign(env, { LIMIT_MAX: String(LIMIT_MAX), LIMIT_WINDOW_MS: String(LIMIT_WINDOW_MS) })
@@ -382,7 +383,9 @@ function routeFile (upstreamUrl: string, feature: Feature, jwt: BenchIssuer | un
       `        algorithms: [${JWT_ALGORITHM}]`, '        forwardClaims:', '          sub: x-user-id')
   }
   const group = feature === 'split' ? ['    group: stable'] : []
-  return ['name: bench', 'targets:', `  - url: ${upstreamUrl}`, `    maxConnections: ${POOL}`, ...group, 'routes:', '  - path: /bench', ...extra, ''].join('\n')
+  // The parameter route matches the bench's path (/bench) as its :section.
+  const route = feature === 'params' ? ['  - path: /:section', '    rewritePrefix: /v1/:section'] : ['  - path: /bench']
+  return ['name: bench', 'targets:', `  - url: ${upstreamUrl}`, `    maxConnections: ${POOL}`, ...group, 'routes:', ...route, ...extra, ''].join('\n')
 }
 
 // ---- measuring -----------------------------------------------------------------------------
