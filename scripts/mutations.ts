@@ -278,10 +278,10 @@ const MUTATIONS: Mutation[] = [
   {
     id: 'cors-any-origin',
     rule: 'traffic policy',
-    source: 'plugins/cors/index.ts',
-    line: 'if (origin !== undefined && policy.allows(origin)) {',
-    replace: 'if (origin !== undefined) {',
-    bug: 'an actual request from any origin gets Access-Control-Allow-Origin: pages of any site can read the answers',
+    source: 'src/config/route-file/cors.ts',
+    line: 'if (!this.allows(origin))',
+    replace: 'if (false)',
+    bug: 'any origin gets Access-Control-Allow-Origin: pages of any site can read the answers',
     tests: [{ file: 'cors', pattern: '^origins' }]
   },
   {

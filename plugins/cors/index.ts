@@ -35,8 +35,9 @@ async function corsPlugin (app: FastifyInstance): Promise<void> {
         return
       }
       reply.header('vary', 'Origin')
-      if (origin !== undefined && policy.allows(origin)) {
-        reply.header('access-control-allow-origin', policy.anyOrigin && !policy.credentials ? '*' : origin)
+      const allowOrigin = origin === undefined ? undefined : policy.allowOrigin(origin)
+      if (allowOrigin !== undefined) {
+        reply.header('access-control-allow-origin', allowOrigin)
         if (policy.credentials) reply.header('access-control-allow-credentials', 'true')
         if (policy.exposeHeaders !== undefined) reply.header('access-control-expose-headers', policy.exposeHeaders)
       }
@@ -45,8 +46,9 @@ async function corsPlugin (app: FastifyInstance): Promise<void> {
     }
     reply.header('vary', PREFLIGHT_VARY)
     // A disallowed origin gets an answer without any Access-Control-* header: the browser stops there.
-    if (policy.allows(origin)) {
-      reply.header('access-control-allow-origin', policy.anyOrigin && !policy.credentials ? '*' : origin)
+    const allowOrigin = policy.allowOrigin(origin)
+    if (allowOrigin !== undefined) {
+      reply.header('access-control-allow-origin', allowOrigin)
       reply.header('access-control-allow-methods', policy.allowMethods)
       const asked = headers['access-control-request-headers']
       const allowHeaders = policy.allowHeaders ?? asked

@@ -47,6 +47,12 @@ export class CorsPolicy {
     this.maxAge = maxAgeMs === undefined ? undefined : String(Math.floor(maxAgeMs / 1000))
   }
 
+  /** Access-Control-Allow-Origin for a request from `origin`; undefined when that origin is not allowed. */
+  allowOrigin (origin: string): string | undefined {
+    if (!this.allows(origin)) return undefined
+    return this.anyOrigin && !this.credentials ? '*' : origin
+  }
+
   /** Whether a request from `origin` (its Origin header) may read the response. */
   allows (origin: string): boolean {
     if (this.anyOrigin) return true
