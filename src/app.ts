@@ -14,6 +14,7 @@ import rateLimitPlugin from '../plugins/rate-limit/index.js'
 import requestGuardPlugin from '../plugins/request-guard/index.js'
 import routeTablePlugin from '../plugins/route-table/index.js'
 import tracingPlugin from '../plugins/tracing/index.js'
+import websocketPlugin from '../plugins/websocket/index.js'
 import type { GatewayEnv } from './config/env.js'
 import { BadPathError, BadRequestError, HeadersTooLargeError, RequestTimeoutError, UriTooLongError } from './errors.js'
 import { answerInFlight } from './http/parser-answer.js'
@@ -95,6 +96,7 @@ export async function buildApp (env: GatewayEnv, options: AppOptions = {}): Prom
     watch: env.watchRoutes,
     debounceMs: env.reloadDebounceMs
   })
+  await app.register(websocketPlugin)
   await app.register(corsPlugin)
   await app.register(authPlugin, { jwksCooldownMs: env.jwksCooldownMs })
   await app.register(rateLimitPlugin, { redis: env.redis, redisKeyPrefix: env.redisKeyPrefix, redisTimeoutMs: env.redisTimeoutMs })
@@ -132,8 +134,8 @@ export const PIPELINE = [
  * response). A plugin the pipeline needs that is not registered fails here, at boot.
  */
 export async function registerPipeline (app: FastifyInstance, proxy: ProxyOptions): Promise<void> {
-  // The proxy itself needs the client-rate watch.
-  const missing = [...PIPELINE, 'clientRate'].filter(name => !app.hasDecorator(name))
+  // The proxy itself needs the client-rate watch and the WebSocket upgrades.
+  const missing = [...PIPELINE, 'clientRate', 'websocket'].filter(name => !app.hasDecorator(name))
   if (missing.length > 0) throw new Error(`the proxied pipeline needs ${missing.join(', ')}: register the plugins that decorate them before it`)
   await app.register(async function proxied (scope) {
     for (const name of PIPELINE) scope.addHook('onRequest', app[name])

@@ -58,6 +58,12 @@ export const UpstreamSaturatedError = createError<'GATEHOUSE_ERR_UPSTREAM_SATURA
 export const UpstreamUnavailableError = createError<'GATEHOUSE_ERR_UPSTREAM_UNAVAILABLE', 503, [string, ErrorOptions?]>(
   'GATEHOUSE_ERR_UPSTREAM_UNAVAILABLE', 'No target of upstream %s can take requests: their circuit breakers are open', 503)
 
+export const TunnelsFullError = createError<'GATEHOUSE_ERR_WEBSOCKET_FULL', 503, [string, number, ErrorOptions?]>(
+  'GATEHOUSE_ERR_WEBSOCKET_FULL', 'Every target of upstream %s that can take a WebSocket holds its %d tunnels (websocket.maxPerTarget)', 503)
+
+export const UpgradeRefusedError = createError<'GATEHOUSE_ERR_UPGRADE_REFUSED', 400, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_UPGRADE_REFUSED', 'Upgrade refused: %s', 400)
+
 // nginx's 499: nobody receives it, but the access log and metrics say who gave up.
 export const ClientClosedError = createError<'GATEHOUSE_ERR_CLIENT_CLOSED', 499, [ErrorOptions?]>(
   'GATEHOUSE_ERR_CLIENT_CLOSED', 'The client closed the connection before the response', 499)

@@ -74,6 +74,8 @@ export async function start (): Promise<void> {
       forced = true
       app.log.warn({ timeoutMs }, 'shutdown timeout: closing the connections still open')
       app.server.closeAllConnections()
+      // Node does not count upgraded sockets among its connections: the tunnels are closed apart.
+      app.websocket.closeAll()
       setTimeout(() => exit(1), 1000).unref()
     }, timeoutMs)
     // Keep-alive connections that finish their last request while we drain would otherwise

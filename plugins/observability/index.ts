@@ -14,6 +14,7 @@ import { answeredInFlight } from '../../src/http/parser-answer.js'
 import { repoRoot } from '../../src/repo-root.js'
 import { DURATION_BUCKETS, DurationHistogram } from '../../src/stats/duration-histogram.js'
 import { AUTH_FAILURE_REASONS } from '../auth/verifier.js'
+import { UPGRADE_OUTCOMES } from '../websocket/index.js'
 import { AccessLog, type AccessLogOptions } from './access-log.js'
 
 // The version of package.json, read once (the package is not imported as JSON to keep dist/ flat;
@@ -143,6 +144,26 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
   counter('upstream_requests_total', 'Tries sent to each target, by outcome: ok, bad-status (a breaker failure status), connect-failure, reset, timeout, aborted (the client left).', ['upstream', 'target', 'outcome'], function * () {
     for (const t of targets()) {
       for (const [outcome, n] of Object.entries(t.tries.outcomes)) yield [{ upstream: t.upstream, target: t.origin, outcome }, n]
+    }
+  })
+  new client.Gauge({
+    name: 'websocket_connections_active',
+    help: 'Open WebSocket tunnels per target, for upstreams with a websocket route.',
+    labelNames: ['upstream', 'target'],
+    collect () {
+      this.reset()
+      for (const u of upstreams()) {
+        if (u.tunnels !== undefined) for (const t of u.targets) this.set({ upstream: u.name, target: t.origin }, t.tunnels.open.size)
+      }
+    }
+  })
+  counter('websocket_upgrades_total', 'WebSocket handshakes by outcome: upgraded (the upstream answered 101), refused (it answered otherwise), failed (unreachable, timed out, reset), unavailable (no target could take a tunnel, or shutting down), rejected (the gateway refused: a route without websocket, auth, rate limit).', ['upstream', 'outcome'], function * () {
+    const counted = app.websocket.upgrades
+    for (const u of upstreams()) {
+      if (u.tunnels !== undefined && !counted.has(u.name)) for (const outcome of UPGRADE_OUTCOMES) yield [{ upstream: u.name, outcome }, 0]
+    }
+    for (const [upstream, counts] of counted) {
+      for (const outcome of UPGRADE_OUTCOMES) yield [{ upstream, outcome }, counts[outcome]]
     }
   })
   // The registry reads only name, help, type and get(); its types list only prom-client's own classes.
@@ -317,4 +338,4 @@ declare module 'fastify' {
   }
 }
 
-export default fp(observabilityPlugin, { name: 'gatehouse-observability', fastify: '5.x', dependencies: ['gatehouse-route-table', 'gatehouse-auth', 'gatehouse-rate-limit', 'gatehouse-client-rate'] })
+export default fp(observabilityPlugin, { name: 'gatehouse-observability', fastify: '5.x', dependencies: ['gatehouse-route-table', 'gatehouse-auth', 'gatehouse-rate-limit', 'gatehouse-client-rate', 'gatehouse-websocket'] })

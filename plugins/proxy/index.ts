@@ -16,6 +16,8 @@ import { splitPools } from '../route-table/split.js'
 import { compileForwardRules } from './headers.js'
 import { limitBody, receiveBody, type ReceivingBody } from './request-body.js'
 import { UpstreamCall } from './upstream-call.js'
+import { proxyUpgrade } from './upgrade-call.js'
+import { upgradeHead } from '../websocket/index.js'
 import { unavailable, upstreamError } from './upstream-errors.js'
 
 export interface ProxyOptions {
@@ -41,6 +43,7 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
   const memory = app.clientRate.memory
 
   function proxy (request: FastifyRequest, reply: FastifyReply): void {
+    if (upgradeHead(request.raw) !== undefined && proxyUpgrade(request, reply, rules, app.websocket)) return
     const { route, forward } = request.match as RouteMatch
     // The client may be gone already (a parse error later in the same packet destroyed the
     // socket): nothing to send, and a body that will never end must not hold a target.

@@ -24,7 +24,8 @@ const PRECISE_BELOW_MS = 2000
 const TIMEOUT = new Set(['UND_ERR_HEADERS_TIMEOUT'])
 const ABORTED = new Set(['UND_ERR_ABORTED', 'ABORT_ERR'])
 
-function classify (err: Error & { code?: string }): TryFailure {
+/** What a try that got no response ran into. */
+export function classify (err: Error & { code?: string }): TryFailure {
   const code = err.code ?? ''
   // A failed TLS handshake carried no request to the upstream's application.
   if (CONNECT_FAILURE.has(code) || tlsFailure(err) !== undefined) return 'connect-failure'

@@ -90,6 +90,8 @@ async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions):
     for (const target of built.removed) {
       // close() lets requests already sent finish, then frees the sockets.
       target.pool.close().catch(err => app.log.warn({ err, target: target.origin }, 'closing a removed target failed'))
+      // Its tunnels get websocket.closeDelay to finish on their own (clients reconnect elsewhere meanwhile).
+      if (target.tunnels.open.size > 0) setTimeout(() => target.tunnels.closeAll('target-removed'), target.tunnels.closeDelayMs).unref()
     }
     for (const failure of failures) {
       app.log.error({ file: failure.file, problems: failure.problems, reason }, `route file rejected, ${accepted.has(failure.file) ? 'its last good version keeps serving' : 'it does not serve'}`)

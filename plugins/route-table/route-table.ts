@@ -3,7 +3,7 @@ import type { RedirectRewrite } from '../proxy/headers.js'
 import FindMyWay, { type HTTPVersion, type Instance } from 'find-my-way'
 import type { CorsPolicy } from '../../src/config/route-file/cors.js'
 import type { HeaderRules } from '../../src/config/route-file/header-rules.js'
-import { HTTP_METHODS, routeMethods, type JwtAuthConfig, type RateLimitConfig, type UpstreamConfig } from '../../src/config/route-file/index.js'
+import { HTTP_METHODS, routeMethods, type JwtAuthConfig, type RateLimitConfig, type UpstreamConfig, type WebSocketSettings } from '../../src/config/route-file/index.js'
 import { RetryBudget, type RetryOptions } from '../../src/upstream/retry.js'
 import type { Pool } from '../../src/upstream/select.js'
 import { compileRewrite, hasParams, routerPath, type RewriteTemplate } from './path-params.js'
@@ -23,6 +23,8 @@ export interface CompiledUpstream {
   readonly failureStatuses: ReadonlySet<number>
   /** Kept across reloads, like targets: it counts requests in progress. */
   readonly budget: RetryBudget
+  /** The file's websocket settings; undefined when none of its routes accepts upgrades. */
+  readonly tunnels: WebSocketSettings | undefined
 }
 
 /** A route's rate limit, with what its headers say precomputed. */
@@ -68,6 +70,8 @@ export interface CompiledRoute {
   readonly split: CompiledSplit | undefined
   /** CORS policy; undefined: none. */
   readonly cors: CorsPolicy | undefined
+  /** Accepts WebSocket upgrades. */
+  readonly websocket: boolean
   /** Registered only to answer CORS preflights: any other request of its method is not this route's. */
   readonly preflightOnly: boolean
   /** Header rules for the request upstream; undefined: none. */
@@ -132,6 +136,8 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
       kept?.breaker.configure(config.breaker)
       const target = kept ?? new Target(options, onTransition)
       target.weight = t.weight
+      target.tunnels.maxConnections = config.websocket.maxPerTarget
+      target.tunnels.closeDelayMs = config.websocket.closeDelayMs
       targets.set(key, target)
       return target
     })
@@ -144,7 +150,8 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
       idleTimeoutMs: config.timeouts.idleMs,
       retry: config.retry,
       failureStatuses: new Set(config.breaker.failureStatuses),
-      budget: budgetOf(previous, config)
+      budget: budgetOf(previous, config),
+      tunnels: config.routes.some(r => r.websocket) ? config.websocket : undefined
     })
     // Routes without a split choose among all of the upstream's targets.
     const allTargets: ReadonlyArray<Pool<Target>> = Object.freeze([upstream])
@@ -173,6 +180,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
         affinity: route.affinity === undefined ? undefined : compileAffinity(route.affinity, config.name, upstream.targets, defaults.affinitySecret),
         split: route.split === undefined ? undefined : compileSplit(route.split, route.pin, upstream.targets, config.targets.map(t => t.group)),
         cors: route.cors,
+        websocket: route.websocket,
         preflightOnly: false,
         requestHeaders: route.headers?.request,
         responseHeaders: route.cors === undefined ? route.headers?.response : withoutUpstreamCors(route.headers?.response)

@@ -1,6 +1,7 @@
 // One origin of an upstream service: its connection pool, its load and its breaker.
 import { buildConnector, errors, Pool } from 'undici'
 import { CircuitBreaker, type BreakerOptions, type BreakerState } from './breaker.js'
+import type { Selectable } from './select.js'
 import { TryStats } from './try-stats.js'
 
 export interface TargetOptions {
@@ -44,6 +45,8 @@ export class Target {
   readonly tries = new TryStats()
   /** Breaker transitions since start, by the state entered (for metrics). */
   readonly transitions: Record<BreakerState, number> = { closed: 0, open: 0, 'half-open': 0 }
+  /** WebSocket tunnels to this target, on a budget of their own. */
+  readonly tunnels = new TunnelSlots(this)
 
   constructor (options: TargetOptions, onTransition: TargetTransitionListener = () => {}) {
     this.upstream = options.upstream
@@ -75,6 +78,41 @@ export class Target {
   /** Not full, and its breaker lets a request through. */
   admits (): boolean {
     return this.inFlight < this.maxConnections && this.breaker.admits()
+  }
+}
+
+/** An open tunnel, as its target knows it: something to close. */
+export interface OpenTunnel { close: (reason: TunnelCloseReason) => void }
+
+export type TunnelCloseReason = 'idle' | 'lifetime' | 'target-removed' | 'shutdown'
+
+/**
+ * A target's WebSocket tunnels. They hold no slot of the pool (undici hands an upgraded socket
+ * over), so they get a budget of their own, and are placed by the same least-saturated choice as
+ * requests: the Selectable names (inFlight, maxConnections) count tunnels here.
+ */
+export class TunnelSlots implements Selectable {
+  /** Open tunnels and handshakes under way. */
+  inFlight = 0
+  /** websocket.maxPerTarget of the target's file. */
+  maxConnections = 1000
+  /** websocket.closeDelay of the target's file: how long open tunnels outlive the target's removal. */
+  closeDelayMs = 30_000
+  readonly open = new Set<OpenTunnel>()
+
+  constructor (readonly target: Target) {}
+
+  get weight (): number {
+    return this.target.weight
+  }
+
+  /** Below its tunnel budget, and its breaker lets a handshake through. */
+  admits (): boolean {
+    return this.inFlight < this.maxConnections && this.target.breaker.admits()
+  }
+
+  closeAll (reason: TunnelCloseReason): void {
+    for (const tunnel of this.open) tunnel.close(reason)
   }
 }
 

@@ -70,6 +70,7 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
       affinity: r.affinity === undefined ? undefined : r.affinity === 'ip' ? { kind: 'ip' } : 'cookie' in r.affinity ? { kind: 'cookie', name: r.affinity.cookie } : { kind: 'header', name: r.affinity.header.toLowerCase() },
       split: r.split,
       pin: r.pin === undefined ? undefined : { header: r.pin.header?.toLowerCase(), cookie: r.pin.cookie },
+      websocket: r.websocket,
       headers: routeHeaderRules(r, `/routes/${i}/headers`, routeProblems),
       cors: routeCors(r, `/routes/${i}/cors`, routeProblems),
       auth: r.auth === undefined ? undefined : jwtAuth(r.auth.jwt, env),
@@ -85,6 +86,12 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
     })),
     // Default() has filled every key that has a default, nested objects included.
     timeouts: { connectMs: toMs(raw.timeouts!.connect), requestMs: toMs(raw.timeouts!.request), idleMs: toMs(raw.timeouts!.idle) },
+    websocket: {
+      maxPerTarget: raw.websocket!.maxPerTarget,
+      idleTimeoutMs: toMs(raw.websocket!.idleTimeout),
+      maxLifetimeMs: raw.websocket!.maxLifetime === undefined ? undefined : toMs(raw.websocket!.maxLifetime),
+      closeDelayMs: toMs(raw.websocket!.closeDelay)
+    },
     retry: {
       attempts: raw.retry!.attempts,
       backoffMs: toMs(raw.retry!.backoff),
@@ -116,6 +123,7 @@ function checkUpstream (upstream: UpstreamConfig, raw: RawRouteFile): string[] {
     if (RESERVED_PATHS.includes(route.path)) problems.push(`/routes/${i}/path: ${route.path} is served by the gateway itself`)
     problems.push(...paramProblems(route, i))
     problems.push(...splitProblems(route, i, upstream.targets))
+    if (route.websocket && route.methods !== undefined && !route.methods.includes('GET')) problems.push(`/routes/${i}/websocket: a WebSocket handshake is a GET, and methods does not list GET`)
     if (route.rateLimit !== undefined && route.rateLimit.windowMs < 1) problems.push(`/routes/${i}/rateLimit/window: must be at least 1ms`)
     if (route.rateLimit?.key.kind === 'claim' && route.auth === undefined) problems.push(`/routes/${i}/rateLimit/key: claim keys need auth on the route (the claim comes from the verified token)`)
     const jwt = raw.routes[i]?.auth?.jwt

@@ -172,6 +172,10 @@ const Route = Type.Object({
     request: Type.Optional(HeaderRules('request', 'Rules for the request sent upstream.')),
     response: Type.Optional(HeaderRules('response', 'Rules for the upstream\'s response on its way to the client (the gateway\'s own answers, such as 404 or 429, are not changed).'))
   }, { additionalProperties: false, description: 'Header rules of this route. Headers the gateway owns (hop-by-hop, host, content-length, x-forwarded-*, x-request-id, the claim headers of auth, the rate-limit headers) cannot be set or removed: such a rule is refused at load, naming the header.' })),
+  websocket: Type.Boolean({
+    default: false,
+    description: 'Accept WebSocket upgrades on this route: the handshake runs the route\'s pipeline (authentication, rate limit, target choice) and the upstream\'s answer to it is what the client gets; after a 101 the connection is a tunnel to that target, under the file\'s websocket settings (docs/protocols.md#websocket). Otherwise an upgrade is refused with 400. Default false.'
+  }),
   cors: Type.Optional(Type.Object({
     origins: Type.Array(Type.String({
       pattern: '^(\\*|https?://(\\*\\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*(:[0-9]{1,5})?)$',
@@ -225,6 +229,12 @@ export const RouteFileSchema = Type.Object({
     request: Duration({ default: '30s', description: 'Per try: time for the upstream to answer with its headers. Default 30s.' }),
     idle: Duration({ default: '30s', description: 'Longest silence while the upstream streams its body; the response is cut after it. Default 30s.' })
   }, { additionalProperties: false, default: {}, description: 'Upstream timeouts.' })),
+  websocket: Type.Optional(Type.Object({
+    maxPerTarget: Type.Integer({ minimum: 1, default: 1000, description: 'Open tunnels (and handshakes under way) one target may hold, counted apart from maxConnections; a new tunnel goes to the target with the lowest share of it, and when every target is full the handshake gets 503 with Retry-After. Default 1000.' }),
+    idleTimeout: Duration({ default: '5m', description: 'A tunnel with no bytes in either direction for this long is closed (WebSocket pings count as bytes). Default 5m.' }),
+    maxLifetime: Type.Optional(Duration({ description: 'A tunnel open this long is closed, busy or not, so clients reconnect and spread over the targets. Default: no limit.' })),
+    closeDelay: Duration({ default: '30s', description: 'When a reload removes a target, how long its open tunnels stay before they are closed (tunnels to targets that stay are never touched by a reload). Default 30s.' })
+  }, { additionalProperties: false, default: {}, description: 'Tunnels of this file\'s routes with websocket: true (docs/protocols.md#websocket).' })),
   retry: Type.Optional(Type.Object({
     attempts: Type.Integer({ minimum: 0, maximum: 10, default: 1, description: 'Retries after the first try; 0 disables. Default 1.' }),
     backoff: Duration({ default: '25ms', description: 'Base of exponential backoff with full jitter. Default 25ms.' }),
@@ -281,6 +291,8 @@ export interface RouteConfig {
   pin: { header: string | undefined, cookie: string | undefined } | undefined
   /** Undefined: no header rules. */
   headers: RouteHeaderRules | undefined
+  /** Accepts WebSocket upgrades. */
+  websocket: boolean
   /** Undefined: no CORS handling. */
   cors: CorsPolicy | undefined
   auth: JwtAuthConfig | undefined
@@ -328,6 +340,15 @@ export interface TargetConfig {
   tls?: TargetTls
 }
 
+/** Tunnels of an upstream's websocket routes. */
+export interface WebSocketSettings {
+  maxPerTarget: number
+  idleTimeoutMs: number
+  /** Undefined: no limit. */
+  maxLifetimeMs: number | undefined
+  closeDelayMs: number
+}
+
 /** A route file after checking: defaults applied, units resolved, frozen. */
 export interface UpstreamConfig {
   name: string
@@ -335,6 +356,7 @@ export interface UpstreamConfig {
   targets: TargetConfig[]
   routes: RouteConfig[]
   timeouts: { connectMs: number, requestMs: number, idleMs: number }
+  websocket: WebSocketSettings
   retry: RetryOptions
   breaker: BreakerOptions & { failureStatuses: number[] }
 }
