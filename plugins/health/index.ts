@@ -15,6 +15,8 @@ declare module 'fastify' {
   interface FastifyInstance {
     /** Turns /ready to 503 so load balancers stop sending new traffic (SIGTERM). */
     markDraining: () => void
+    /** Since markDraining(). */
+    readonly draining: boolean
   }
 }
 
@@ -32,6 +34,7 @@ async function healthPlugin (app: FastifyInstance, opts: HealthOptions): Promise
 
   let draining = false
   app.decorate('markDraining', () => { draining = true })
+  app.decorate('draining', { getter: () => draining })
 
   app.get('/ready', { logLevel: 'warn' }, async (_request, reply) => {
     if (draining) {

@@ -14,12 +14,11 @@ import type { Target, TunnelSlots } from '../../src/upstream/target.js'
 import type { RouteMatch } from '../route-table/index.js'
 import { splitPools } from '../route-table/split.js'
 import { endTry, startTry } from '../tracing/spans.js'
-import type { WebSocketState } from '../websocket/index.js'
+import { isWebSocketHandshake, type WebSocketState } from '../websocket/index.js'
 import { clientResponseHeaders, upstreamRequestHeaders, type ForwardRules } from './headers.js'
 import { classify } from './upstream-call.js'
 import { unavailable, upstreamError } from './upstream-errors.js'
 
-const WEBSOCKET = /^\s*websocket\s*$/i
 const ABORTED = new Set(['UND_ERR_ABORTED', 'ABORT_ERR'])
 
 /**
@@ -29,14 +28,15 @@ const ABORTED = new Set(['UND_ERR_ABORTED', 'ABORT_ERR'])
  */
 export function proxyUpgrade (request: FastifyRequest, reply: FastifyReply, rules: ForwardRules, websocket: WebSocketState): boolean {
   const { route, forward } = request.match as RouteMatch
-  if (!WEBSOCKET.test(request.headers.upgrade ?? '')) {
+  if (!isWebSocketHandshake(request)) {
     // Node has stopped parsing this connection: a body after the head could not be read.
     if (request.headers['content-length'] !== undefined || request.headers['transfer-encoding'] !== undefined) throw new UpgradeRefusedError('an Upgrade offer other than websocket is ignored only on a request without a body')
     return false
   }
   if (!route.websocket) throw new UpgradeRefusedError(`the route ${route.path} of upstream ${route.upstream.name} does not accept WebSocket upgrades`)
   if (request.method !== 'GET') throw new UpgradeRefusedError('a WebSocket handshake must be a GET')
-  if (websocket.draining) {
+  // A tunnel opened now would be cut at SHUTDOWN_TIMEOUT: from SIGTERM on, the client is sent elsewhere.
+  if (request.server.draining) {
     websocket.settle(request, 'unavailable')
     reply.header('retry-after', '5')
     throw new NotReadyError('draining for shutdown')

@@ -27,9 +27,14 @@ export function upgradeHead (req: IncomingMessage): Buffer | undefined {
   return (req as UpgradeRequest)[HEAD]
 }
 
+const WEBSOCKET = /^\s*websocket\s*$/i
+
+/** An upgrade request that asks for a WebSocket (not, say, curl's h2c offer). */
+export function isWebSocketHandshake (request: FastifyRequest): boolean {
+  return upgradeHead(request.raw) !== undefined && WEBSOCKET.test(request.headers.upgrade ?? '')
+}
+
 export interface WebSocketState {
-  /** Set when the gateway starts closing: new handshakes get 503. */
-  readonly draining: boolean
   /** Records how a handshake the proxy took on ended (unset: rejected). */
   settle: (request: FastifyRequest, outcome: UpgradeOutcome) => void
   /** Turns an upgraded handshake into a tunnel between the client's socket and the upstream's. */
@@ -52,7 +57,7 @@ async function websocketPlugin (app: FastifyInstance): Promise<void> {
   const outcomes = new WeakMap<FastifyRequest, UpgradeOutcome>()
   const upgrades = new Map<string, Record<UpgradeOutcome, number>>()
   const open = new Set<Tunnel>()
-  let draining = false
+  let allClosed: (() => void) | undefined
 
   function onUpgrade (req: IncomingMessage, socket: Socket, head: Buffer): void {
     // Node removed its own listeners: an error now would be thrown, and it ends in 'close',
@@ -67,14 +72,15 @@ async function websocketPlugin (app: FastifyInstance): Promise<void> {
     app.routing(req, res)
   }
   app.server.on('upgrade', onUpgrade)
-  app.addHook('preClose', (done) => {
-    draining = true
-    done()
+  // Node lets the server close as soon as the last tunnel's socket is destroyed, before the socket
+  // says so: the process must not exit before every tunnel's access line is written.
+  app.addHook('onClose', async () => {
+    if (open.size > 0) await new Promise<void>(resolve => { allClosed = resolve })
   })
 
   // The outcome of every handshake that matched a route, counted when its response closes.
   app.addHook('onRequest', (request, reply, done) => {
-    if (upgradeHead(request.raw) !== undefined) {
+    if (isWebSocketHandshake(request)) {
       reply.raw.once('close', () => {
         const upstream = request.match?.route.upstream.name
         if (upstream === undefined) return
@@ -87,15 +93,18 @@ async function websocketPlugin (app: FastifyInstance): Promise<void> {
   })
 
   app.decorate('websocket', {
-    get draining () { return draining },
     upgrades,
     settle: (request, outcome) => { outcomes.set(request, outcome) },
     tunnel (request, upstream, slots, settings) {
-      const client = request.raw.socket
-      const tunnel = new Tunnel(client, upstream, upgradeHead(request.raw) as Buffer, slots, settings,
-        failure => { request.failure = failure },
-        ended => open.delete(ended))
+      const tunnel = new Tunnel(request.raw.socket, upstream, upgradeHead(request.raw) as Buffer, slots, settings, failure => { request.failure = failure })
       open.add(tunnel)
+      // Its access line is written when its response closes, a tick after its socket.
+      request.raw.socket.once('close', () => {
+        process.nextTick(() => {
+          open.delete(tunnel)
+          if (open.size === 0) allClosed?.()
+        })
+      })
     },
     closeAll () {
       for (const tunnel of open) tunnel.close('shutdown')

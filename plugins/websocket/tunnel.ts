@@ -23,7 +23,7 @@ export class Tunnel implements OpenTunnel {
 
   /**
    * `head`: what the client sent after its handshake, before the 101 (sent upstream first).
-   * `closedBy` receives the gateway's reason when it closes the tunnel itself; `ended` is called once, however it ends.
+   * `closedBy` receives the gateway's reason when it closes the tunnel itself.
    */
   constructor (
     private readonly client: Socket,
@@ -31,8 +31,7 @@ export class Tunnel implements OpenTunnel {
     head: Buffer,
     private readonly slots: TunnelSlots,
     private readonly settings: WebSocketSettings,
-    private readonly closedBy: (failure: Failure) => void,
-    private readonly ended: (tunnel: Tunnel) => void
+    private readonly closedBy: (failure: Failure) => void
   ) {
     slots.open.add(this)
     if (head.length > 0) upstream.write(head)
@@ -83,6 +82,5 @@ export class Tunnel implements OpenTunnel {
     clearTimeout(this.lifetime)
     this.slots.open.delete(this)
     this.slots.inFlight--
-    this.ended(this)
   }
 }
