@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { repoRoot } from '../src/repo-root.js'
 
-type Rule = 'selection' | 'breaker probes' | 'retry eligibility' | 'limiter admission' | 'path normalisation' | 'auth' | 'forwarding headers' | 'request framing' | 'slow clients' | 'traffic policy'
+type Rule = 'selection' | 'breaker probes' | 'retry eligibility' | 'limiter admission' | 'path normalisation' | 'auth' | 'forwarding headers' | 'request framing' | 'slow clients' | 'traffic policy' | 'tunnels'
 
 /** One `node --test` run: a test file of test/, optionally only the tests whose names match. */
 interface TestRun {
@@ -301,6 +301,24 @@ const MUTATIONS: Mutation[] = [
     replace: 'pinned: new Map(order.map(g => [g, inOrder(g)])),',
     bug: 'a pinned request whose group admits nothing goes to another group instead of 503',
     tests: [{ file: 'split', pattern: '^retries stay' }]
+  },
+  {
+    id: 'tunnel-unbounded',
+    rule: 'tunnels',
+    source: 'plugins/websocket/tunnel.ts',
+    line: 'upstream.pipe(client);',
+    replace: "upstream.on('data', chunk => client.write(chunk));",
+    bug: 'a WebSocket client that stops reading makes the gateway hold everything its upstream sends',
+    tests: [{ file: 'websocket', pattern: '^backpressure' }]
+  },
+  {
+    id: 'upgrade-any-route',
+    rule: 'tunnels',
+    source: 'plugins/proxy/upgrade-call.ts',
+    line: 'if (!route.websocket)',
+    replace: 'if (false)',
+    bug: 'a WebSocket upgrade is tunnelled on a route that never opted in',
+    tests: [{ file: 'websocket', pattern: '^refusals' }]
   }
 ]
 

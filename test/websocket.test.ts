@@ -288,3 +288,33 @@ test('SIGTERM: new handshakes get 503 at once, open tunnels keep working until S
   assert.ok(gw.logs.some(l => l.code === 'GATEHOUSE_ERR_WEBSOCKET_SHUTDOWN'))
   await until('the upstream side is closed', () => up.open.size === 0)
 })
+
+test('backpressure: a client that stops reading makes the upstream wait, and an upstream that stops reading makes the client wait', async t => {
+  const up = await wsUpstream(t)
+  const gw = await gateway(t, { 'chat.yaml': wsRoutes([up.url]) })
+  const ws = await open(gw, '/ws')
+  t.after(() => ws.terminate())
+  await echoed(ws, 'ready')
+  const server = [...up.open][0] as WebSocket
+  const chunk = Buffer.alloc(1 << 20)
+  const total = 64
+  // Upstream → client, the client not reading: what the upstream could not hand over stays with it.
+  ws.pause()
+  for (let i = 0; i < total; i++) server.send(chunk)
+  await sleep(1000)
+  const heldUpstream = server.bufferedAmount
+  assert.ok(heldUpstream > 32 << 20, `the upstream still holds ${heldUpstream >> 20} MiB of ${total}: the gateway did not read it all into memory`)
+  let received = 0
+  ws.on('message', (data: Buffer) => { received += data.length })
+  ws.resume()
+  await until('the client gets everything', () => received === total << 20, 20_000)
+
+  // Client → upstream, the upstream not reading.
+  server.pause()
+  for (let i = 0; i < total; i++) ws.send(chunk)
+  await sleep(1000)
+  const heldClient = ws.bufferedAmount
+  assert.ok(heldClient > 32 << 20, `the client still holds ${heldClient >> 20} MiB of ${total}`)
+  server.resume()
+  await until('the upstream echoes it all back', () => received === 2 * total << 20, 30_000)
+})
