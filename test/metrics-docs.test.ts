@@ -11,7 +11,7 @@ import { gateway, ROOT, send, upstream } from './helpers.js'
 test('every exported metric is in the docs\' metric table and has a series; every row of the table is exported; known label sets start at 0', async t => {
   const origin = await upstream(t)
   const gw = await gateway(t, {
-    'limited.yaml': `targets:\n  - url: ${origin.url}\nroutes:\n  - path: /limited\n    rateLimit: { max: 5, window: 1m }\n  - path: /open\n`,
+    'limited.yaml': `targets:\n  - url: ${origin.url}\nroutes:\n  - path: /limited\n    rateLimit: { max: 5, window: 1m }\n  - path: /open\n  - { path: /live, websocket: true }\n`,
     'secured.yaml': `targets:\n  - url: ${origin.url}\nroutes:\n  - path: /secured\n    auth:\n      jwt: { jwksUrl: https://issuer.example.com/jwks.json, issuer: https://issuer.example.com, audience: secured }\n`
   })
   // One proxied request, so the request histograms have something to say.

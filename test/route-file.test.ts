@@ -98,12 +98,14 @@ test('every option set: values, units and method lists kept', () => {
     '    bodyLimit: 512kb',
     '    requestBuffer: 256kb',
     '    responseBuffer: 4mb',
+    '    websocket: true',
     '    rateLimit:',
     '      max: 100',
     '      window: 1m',
     '      key: header:X-Api-Key',
     '      algorithm: sliding-window',
     '      onStoreError: closed',
+    'websocket: { maxPerTarget: 50, idleTimeout: 1m, maxLifetime: 2h, closeDelay: 5s }',
     'timeouts:',
     '  connect: 500ms',
     '  request: 1m',
@@ -128,8 +130,9 @@ test('every option set: values, units and method lists kept', () => {
     ''
   ].join('\n'))
   assert.deepEqual(config.targets, [{ url: 'https://10.0.0.5:9001', origin: 'https://10.0.0.5:9001', maxConnections: 7, weight: 2.5 }])
-  assert.deepEqual(config.routes, [{ path: '/api/users', methods: ['GET', 'POST'], hosts: ['api.example.com'], rewritePrefix: '', rewriteRedirects: true, bodyLimit: 512 * 1024, requestBuffer: 256 * 1024, responseBuffer: 4 * 1024 * 1024, allowEncodedSlashes: false, affinity: undefined, split: undefined, pin: undefined, headers: undefined, cors: undefined, auth: undefined, rateLimit: { max: 100, windowMs: 60_000, key: { kind: 'header', name: 'x-api-key' }, algorithm: 'sliding-window', onStoreError: 'closed' } }])
+  assert.deepEqual(config.routes, [{ path: '/api/users', methods: ['GET', 'POST'], hosts: ['api.example.com'], rewritePrefix: '', rewriteRedirects: true, bodyLimit: 512 * 1024, requestBuffer: 256 * 1024, responseBuffer: 4 * 1024 * 1024, allowEncodedSlashes: false, affinity: undefined, split: undefined, pin: undefined, websocket: true, headers: undefined, cors: undefined, auth: undefined, rateLimit: { max: 100, windowMs: 60_000, key: { kind: 'header', name: 'x-api-key' }, algorithm: 'sliding-window', onStoreError: 'closed' } }])
   assert.deepEqual(config.timeouts, { connectMs: 500, requestMs: 60_000, idleMs: 2500 })
+  assert.deepEqual(config.websocket, { maxPerTarget: 50, idleTimeoutMs: 60_000, maxLifetimeMs: 7_200_000, closeDelayMs: 5000 })
   assert.deepEqual(config.retry, { attempts: 3, backoffMs: 10, maxBackoffMs: 1000, on: ['connect-failure', 503, 500], budget: 0.5, bufferBody: 1024 ** 2 })
   assert.deepEqual(config.breaker, {
     consecutiveFailures: 0,
@@ -152,7 +155,7 @@ test('unknown key maxConn under a target: refused at /targets/0/maxConn, listing
 test('unknown top-level key (route instead of routes): both the typo and the missing key reported', () => {
   const err = refused('users.yaml', 'targets:\n  - url: http://127.0.0.1:9001\nroute:\n  - path: /api\n')
   assert.deepEqual(err.problems.sort(), [
-    '/route: unknown key (allowed: $schema, name, targets, routes, timeouts, retry, circuitBreaker)',
+    '/route: unknown key (allowed: $schema, name, targets, routes, timeouts, websocket, retry, circuitBreaker)',
     '/routes: is required'
   ])
 })
@@ -464,4 +467,9 @@ test('target urls the pattern lets through are refused naming the field: a port 
 test('YAML that parses but cannot be read (an alias before its anchor, found by the loader fuzz): not valid YAML, naming the file', () => {
   const err = refused('svc.yaml', 'targets:\n  - url: *a\nroutes:\n  - path: &a /x\n')
   assert.match(err.problems[0] ?? '', /^not valid YAML: Unresolved alias/)
+})
+
+test('websocket: a route that takes upgrades must serve GET; the tunnel settings are checked like any', () => {
+  assert.deepEqual(refused('chat.yaml', yaml({ route: '    websocket: true\n    methods: [POST]\n' })).problems, ['/routes/0/websocket: a WebSocket handshake is a GET, and methods does not list GET'])
+  assert.match(refused('chat.yaml', yaml({ top: 'websocket: { maxPerTarget: 0, idleTimeout: soon }\n' })).problems.join('\n'), /\/websocket\/maxPerTarget: .*\n\/websocket\/idleTimeout: /)
 })
