@@ -64,6 +64,9 @@ export const TunnelsFullError = createError<'GATEHOUSE_ERR_WEBSOCKET_FULL', 503,
 export const UpgradeRefusedError = createError<'GATEHOUSE_ERR_UPGRADE_REFUSED', 400, [string, ErrorOptions?]>(
   'GATEHOUSE_ERR_UPGRADE_REFUSED', 'Upgrade refused: %s', 400)
 
+export const GrpcNeedsHttp2Error = createError<'GATEHOUSE_ERR_GRPC_NEEDS_HTTP2', 400, [ErrorOptions?]>(
+  'GATEHOUSE_ERR_GRPC_NEEDS_HTTP2', 'This route is a gRPC route: it is served over HTTP/2 only (TLS_PORT, or H2C_PORT with prior knowledge)', 400)
+
 // nginx's 499: nobody receives it, but the access log and metrics say who gave up.
 export const ClientClosedError = createError<'GATEHOUSE_ERR_CLIENT_CLOSED', 499, [ErrorOptions?]>(
   'GATEHOUSE_ERR_CLIENT_CLOSED', 'The client closed the connection before the response', 499)
