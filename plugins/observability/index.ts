@@ -55,6 +55,8 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
   // access line and one observation, unless its route logs above info (health, readiness, metrics).
   const accessLog = opts.accessLog === undefined ? undefined : new AccessLog(opts.accessLog)
   const durations = new RequestDurations()
+  /** Requests by HTTP version (1.0, 1.1, 2.0): a counter of its own, not a label of the histogram (that would double its series). */
+  const versions = new Map<string, number>()
   let active = 0
   const ended = (request: FastifyRequest, reply: FastifyReply): void => {
     active--
@@ -73,6 +75,8 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
     // The route that matched, refused requests included (401, 403, 429, a saturated 503).
     const route = request.match?.route
     durations.observe(route?.id ?? '', route?.upstream.name ?? '', request.method, statusCode, reply.elapsedTime / 1000)
+    const version = request.raw.httpVersion
+    versions.set(version, (versions.get(version) ?? 0) + 1)
     accessLog?.write(request, reply, statusCode, failure)
   }
   const observe = (request: FastifyRequest, reply: FastifyReply): void => {
@@ -84,6 +88,15 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
   app.addHook('onRequest', (request, reply, done) => {
     observe(request, reply)
     done()
+  })
+  new client.Counter({
+    name: 'http_requests_by_version_total',
+    help: 'Requests served (those with an access line), by HTTP version: 1.0, 1.1 or 2.0.',
+    labelNames: ['http_version'],
+    collect () {
+      this.reset()
+      for (const [version, n] of versions) this.inc({ http_version: version }, n)
+    }
   })
   new client.Gauge({
     name: 'http_requests_active',
