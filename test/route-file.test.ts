@@ -49,7 +49,7 @@ test('minimal YAML file: defaults filled in, name from the file name', () => {
   const expected: UpstreamConfig = {
     name: 'users',
     file: 'users.yaml',
-    targets: [{ url: 'http://127.0.0.1:9001', origin: 'http://127.0.0.1:9001', maxConnections: 100, weight: 1 }],
+    targets: [{ url: 'http://127.0.0.1:9001', origin: 'http://127.0.0.1:9001', maxConnections: 100, weight: 1, protocol: 'http1' }],
     routes: [{ path: '/api/users', methods: undefined, hosts: undefined, rewritePrefix: undefined, rewriteRedirects: true, bodyLimit: undefined, requestBuffer: undefined, responseBuffer: undefined, allowEncodedSlashes: false, affinity: undefined, split: undefined, pin: undefined, headers: undefined, cors: undefined, auth: undefined, rateLimit: undefined }],
     timeouts: { connectMs: 2000, requestMs: 30_000, idleMs: 30_000 },
     retry: RETRY_DEFAULTS,

@@ -10,6 +10,7 @@ import fastifyMetrics from 'fastify-metrics'
 import fp from 'fastify-plugin'
 import type { Metric, Registry } from 'prom-client'
 import type { Target } from '../../src/upstream/target.js'
+import { responseDelivered } from '../../src/http/client-stream.js'
 import { answeredInFlight } from '../../src/http/parser-answer.js'
 import { repoRoot } from '../../src/repo-root.js'
 import { DURATION_BUCKETS, DurationHistogram } from '../../src/stats/duration-histogram.js'
@@ -67,7 +68,7 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
     let failure = request.failure
     // Not finished: the client left (499), unless the gateway cut the response (failure says why)
     // or answered the request's broken-off body itself (the client-error handler).
-    if (!res.writableFinished && failure === null) {
+    if (!responseDelivered(request.raw, res) && failure === null) {
       const answer = answeredInFlight(request.raw)
       statusCode = answer?.statusCode ?? 499
       failure = answer ?? CLIENT_CLOSED

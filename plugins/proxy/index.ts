@@ -7,7 +7,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { TrustProxy } from '../../src/config/env.js'
 import { HTTP_METHODS } from '../../src/config/route-file/index.js'
 import { BodyTooLargeError, ClientClosedError, ClientTooSlowError, RouteNotFoundError } from '../../src/errors.js'
-import { clientChannel, h2Stream } from '../../src/http/client-stream.js'
+import { clientChannel, h2Stream, responseDelivered } from '../../src/http/client-stream.js'
 import { onSocketClose } from '../../src/http/socket-close.js'
 import { socketProgress } from '../client-rate/index.js'
 import { selectInPools, type Pool } from '../../src/upstream/select.js'
@@ -90,7 +90,7 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
         if (receiving !== undefined) memory.request.give(receiving.held())
       }
     })
-    const unwatch = onSocketClose(channel, () => { if (!reply.raw.writableFinished) call.cancel(new ClientClosedError()) })
+    const unwatch = onSocketClose(channel, () => { if (!responseDelivered(request.raw, reply.raw)) call.cancel(new ClientClosedError()) })
 
     if (body === undefined) {
       call.start(undefined, true)
