@@ -126,7 +126,7 @@ test('every option set: values, units and method lists kept', () => {
     '  failureStatuses: [500, 503]',
     ''
   ].join('\n'))
-  assert.deepEqual(config.targets, [{ url: 'https://10.0.0.5:9001', origin: 'https://10.0.0.5:9001', maxConnections: 7, weight: 2.5 }])
+  assert.deepEqual(config.targets, [{ url: 'https://10.0.0.5:9001', origin: 'https://10.0.0.5:9001', maxConnections: 7, weight: 2.5, protocol: 'http1' }])
   assert.deepEqual(config.routes, [{ path: '/api/users', methods: ['GET', 'POST'], hosts: ['api.example.com'], rewritePrefix: '', rewriteRedirects: true, bodyLimit: 512 * 1024, requestBuffer: 256 * 1024, responseBuffer: 4 * 1024 * 1024, allowEncodedSlashes: false, affinity: undefined, split: undefined, pin: undefined, headers: undefined, cors: undefined, auth: undefined, rateLimit: { max: 100, windowMs: 60_000, key: { kind: 'header', name: 'x-api-key' }, algorithm: 'sliding-window', onStoreError: 'closed' } }])
   assert.deepEqual(config.timeouts, { connectMs: 500, requestMs: 60_000, idleMs: 2500 })
   assert.deepEqual(config.retry, { attempts: 3, backoffMs: 10, maxBackoffMs: 1000, on: ['connect-failure', 503, 500], budget: 0.5, bufferBody: 1024 ** 2 })
@@ -145,7 +145,7 @@ test('every option set: values, units and method lists kept', () => {
 
 test('unknown key maxConn under a target: refused at /targets/0/maxConn, listing the allowed keys', () => {
   const err = refused('users.yaml', yaml({ url: 'http://127.0.0.1:9001\n    maxConn: 5' }))
-  assert.deepEqual(err.problems, ['/targets/0/maxConn: unknown key (allowed: url, maxConnections, weight, group, tls)'])
+  assert.deepEqual(err.problems, ['/targets/0/maxConn: unknown key (allowed: url, maxConnections, weight, protocol, group, tls)'])
 })
 
 test('unknown top-level key (route instead of routes): both the typo and the missing key reported', () => {

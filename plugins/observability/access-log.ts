@@ -20,10 +20,10 @@ export class AccessLog {
       const { traceId, spanId } = request.span.spanContext()
       line += `,"trace_id":"${traceId}","span_id":"${spanId}"`
     }
-    line += `,"msg":"request completed","method":"${request.method}","url":${JSON.stringify(request.url)},"httpVersion":"${request.raw.httpVersion}","statusCode":${statusCode}`
+    line += `,"msg":"request completed","method":"${request.method}","url":${JSON.stringify(request.url)},"statusCode":${statusCode}`
     // Undefined on a request answered outside the proxied scope (a framework error): no upstream either.
     if (target != null) line += `,"upstream":${JSON.stringify(target.upstream)},"target":${JSON.stringify(target.origin)}`
-    line += `,"responseTimeMs":${Math.round(reply.elapsedTime * 100) / 100}`
+    line += `,"responseTimeMs":${Math.round(reply.elapsedTime * 100) / 100},"httpVersion":"${request.raw.httpVersion}"`
     if (failure !== null) line += `,"code":${JSON.stringify(failure.code ?? '')},"error":${JSON.stringify(failure.message)}`
     this.o.write(line + '}\n')
   }
