@@ -41,7 +41,7 @@ export interface GatewayLogger {
  */
 const PRETTY = {
   translateTime: 'SYS:HH:MM:ss.l',
-  ignore: 'pid,hostname,reqId,method,url,statusCode,responseTimeMs',
+  ignore: 'pid,hostname,reqId,method,url,statusCode,responseTimeMs,httpVersion',
   messageFormat: '{if reqId}{reqId} {end}{msg}{if responseTimeMs}: {method} {url} {statusCode} {responseTimeMs} ms{end}',
   singleLine: true,
   // The access line's `error` is a message, not an error object to print on lines of its own.

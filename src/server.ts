@@ -4,6 +4,7 @@ import v8 from 'node:v8'
 import type { FastifyInstance } from 'fastify'
 import { buildApp } from './app.js'
 import { loadEnv, type GatewayEnv } from './config/env.js'
+import { ExtraListeners } from './http/listeners.js'
 import { createLogger, type GatewayLogger } from './logger.js'
 import { onReload } from './reload-signals.js'
 import { startTracing, type Tracing } from './tracing.js'
@@ -24,6 +25,7 @@ const V8_FLAGS = '--no-allocation-site-pretenuring'
 export async function start (): Promise<void> {
   v8.setFlagsFromString(V8_FLAGS)
   let app: FastifyInstance | undefined
+  let listeners: ExtraListeners | undefined
   let stopping = false
 
   const stop = (signal: string): void => {
@@ -57,7 +59,10 @@ export async function start (): Promise<void> {
   try {
     tracing = await startTracing()
     app = await buildApp(env, { tracing, log })
+    // TLS_PORT and H2C_PORT, when set: their hooks close them with the app.
+    if (env.tls !== undefined || env.h2cPort !== undefined) listeners = new ExtraListeners(app, env)
     await app.listen({ port: env.port, host: env.host })
+    await listeners?.listen()
   } catch (err) {
     // The logger may not exist yet: say it plainly on stderr as well.
     console.error(`gatehouse: cannot start: ${(err as Error).message}`)
@@ -74,6 +79,7 @@ export async function start (): Promise<void> {
       forced = true
       app.log.warn({ timeoutMs }, 'shutdown timeout: closing the connections still open')
       app.server.closeAllConnections()
+      listeners?.closeAllConnections()
       // Node does not count upgraded sockets among its connections: the tunnels are closed apart.
       app.websocket.closeAll()
       setTimeout(() => exit(1), 1000).unref()

@@ -49,7 +49,7 @@ test('minimal YAML file: defaults filled in, name from the file name', () => {
   const expected: UpstreamConfig = {
     name: 'users',
     file: 'users.yaml',
-    targets: [{ url: 'http://127.0.0.1:9001', origin: 'http://127.0.0.1:9001', maxConnections: 100, weight: 1 }],
+    targets: [{ url: 'http://127.0.0.1:9001', origin: 'http://127.0.0.1:9001', maxConnections: 100, weight: 1, protocol: 'http1' }],
     routes: [{ path: '/api/users', methods: undefined, hosts: undefined, rewritePrefix: undefined, rewriteRedirects: true, bodyLimit: undefined, requestBuffer: undefined, responseBuffer: undefined, allowEncodedSlashes: false, affinity: undefined, split: undefined, pin: undefined, websocket: false, headers: undefined, cors: undefined, auth: undefined, rateLimit: undefined }],
     timeouts: { connectMs: 2000, requestMs: 30_000, idleMs: 30_000 },
     websocket: { maxPerTarget: 1000, idleTimeoutMs: 300_000, maxLifetimeMs: undefined, closeDelayMs: 30_000 },
@@ -129,7 +129,7 @@ test('every option set: values, units and method lists kept', () => {
     '  failureStatuses: [500, 503]',
     ''
   ].join('\n'))
-  assert.deepEqual(config.targets, [{ url: 'https://10.0.0.5:9001', origin: 'https://10.0.0.5:9001', maxConnections: 7, weight: 2.5 }])
+  assert.deepEqual(config.targets, [{ url: 'https://10.0.0.5:9001', origin: 'https://10.0.0.5:9001', maxConnections: 7, weight: 2.5, protocol: 'http1' }])
   assert.deepEqual(config.routes, [{ path: '/api/users', methods: ['GET', 'POST'], hosts: ['api.example.com'], rewritePrefix: '', rewriteRedirects: true, bodyLimit: 512 * 1024, requestBuffer: 256 * 1024, responseBuffer: 4 * 1024 * 1024, allowEncodedSlashes: false, affinity: undefined, split: undefined, pin: undefined, websocket: true, headers: undefined, cors: undefined, auth: undefined, rateLimit: { max: 100, windowMs: 60_000, key: { kind: 'header', name: 'x-api-key' }, algorithm: 'sliding-window', onStoreError: 'closed' } }])
   assert.deepEqual(config.timeouts, { connectMs: 500, requestMs: 60_000, idleMs: 2500 })
   assert.deepEqual(config.websocket, { maxPerTarget: 50, idleTimeoutMs: 60_000, maxLifetimeMs: 7_200_000, closeDelayMs: 5000 })
@@ -149,7 +149,7 @@ test('every option set: values, units and method lists kept', () => {
 
 test('unknown key maxConn under a target: refused at /targets/0/maxConn, listing the allowed keys', () => {
   const err = refused('users.yaml', yaml({ url: 'http://127.0.0.1:9001\n    maxConn: 5' }))
-  assert.deepEqual(err.problems, ['/targets/0/maxConn: unknown key (allowed: url, maxConnections, weight, group, tls)'])
+  assert.deepEqual(err.problems, ['/targets/0/maxConn: unknown key (allowed: url, maxConnections, weight, protocol, group, tls)'])
 })
 
 test('unknown top-level key (route instead of routes): both the typo and the missing key reported', () => {

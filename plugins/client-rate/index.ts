@@ -22,8 +22,11 @@ const SWEEP_MS = 1000
 
 type Direction = 'request' | 'response'
 
+/** Bytes moved so far in one direction of a client request: its socket's (HTTP/1.x), or counted for its HTTP/2 stream. */
+export type Progress = () => number
+
 interface Watched {
-  socket: Socket
+  progress: Progress
   direction: Direction
   /** Bytes moved on the socket in that direction, when the watch began and at each sweep since, as far back as the window needs. */
   samples: Array<{ at: number, bytes: number }>
@@ -41,6 +44,10 @@ interface SocketInternals {
  * taken wait in the socket's buffer (not yet handed to libuv) or in libuv's write queue. (Not
  * writableLength: it also counts a write libuv is working on, which may be megabytes long.)
  */
+export function socketProgress (socket: Socket, direction: Direction): Progress {
+  return () => moved(socket, direction)
+}
+
 function moved (socket: Socket, direction: Direction): number {
   if (direction === 'request') return socket.bytesRead
   const internals = socket as Socket & SocketInternals
@@ -82,8 +89,8 @@ export class ClientRate {
    * function is called (at 'drain', or when the response closes), the client must read at least
    * minDataRate bytes per second over the last graceMs once graceMs have passed, or `cut` is called.
    */
-  behind (socket: Socket, cut: () => void): () => void {
-    return this.#watch(socket, 'response', cut)
+  behind (progress: Progress, cut: () => void): () => void {
+    return this.#watch(progress, 'response', cut)
   }
 
   /**
@@ -92,13 +99,13 @@ export class ClientRate {
    * graceMs have passed, or `cut` is called. (Not for a body streamed upstream: an upstream that reads
    * slowly would slow the client down through no fault of its own.)
    */
-  receiving (socket: Socket, cut: () => void): () => void {
-    return this.#watch(socket, 'request', cut)
+  receiving (progress: Progress, cut: () => void): () => void {
+    return this.#watch(progress, 'request', cut)
   }
 
-  #watch (socket: Socket, direction: Direction, cut: () => void): () => void {
+  #watch (progress: Progress, direction: Direction, cut: () => void): () => void {
     if (this.minDataRate === 0) return () => {}
-    const watched: Watched = { socket, direction, samples: [{ at: Date.now(), bytes: moved(socket, direction) }], cut }
+    const watched: Watched = { progress, direction, samples: [{ at: Date.now(), bytes: progress() }], cut }
     this.#watched.add(watched)
     this.#timer ??= setInterval(() => { this.#sweep() }, SWEEP_MS).unref()
     return () => { this.#forget(watched) }
@@ -122,7 +129,7 @@ export class ClientRate {
   #sweep (): void {
     const now = Date.now()
     for (const w of this.#watched) {
-      const bytes = moved(w.socket, w.direction)
+      const bytes = w.progress()
       const samples = w.samples
       samples.push({ at: now, bytes })
       if (now - (samples[0] as { at: number }).at < this.graceMs) continue

@@ -23,7 +23,7 @@ export class AccessLog {
     line += `,"msg":"request completed","method":"${request.method}","url":${JSON.stringify(request.url)},"statusCode":${statusCode}`
     // Undefined on a request answered outside the proxied scope (a framework error): no upstream either.
     if (target != null) line += `,"upstream":${JSON.stringify(target.upstream)},"target":${JSON.stringify(target.origin)}`
-    line += `,"responseTimeMs":${Math.round(reply.elapsedTime * 100) / 100}`
+    line += `,"responseTimeMs":${Math.round(reply.elapsedTime * 100) / 100},"httpVersion":"${request.raw.httpVersion}"`
     if (failure !== null) line += `,"code":${JSON.stringify(failure.code ?? '')},"error":${JSON.stringify(failure.message)}`
     this.o.write(line + '}\n')
   }

@@ -10,6 +10,7 @@ import fastifyMetrics from 'fastify-metrics'
 import fp from 'fastify-plugin'
 import type { Metric, Registry } from 'prom-client'
 import type { Target } from '../../src/upstream/target.js'
+import { responseDelivered } from '../../src/http/client-stream.js'
 import { answeredInFlight } from '../../src/http/parser-answer.js'
 import { repoRoot } from '../../src/repo-root.js'
 import { DURATION_BUCKETS, DurationHistogram } from '../../src/stats/duration-histogram.js'
@@ -56,6 +57,8 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
   // access line and one observation, unless its route logs above info (health, readiness, metrics).
   const accessLog = opts.accessLog === undefined ? undefined : new AccessLog(opts.accessLog)
   const durations = new RequestDurations()
+  /** Requests by HTTP version (1.0, 1.1, 2.0): a counter of its own, not a label of the histogram (that would double its series). */
+  const versions = new Map<string, number>()
   let active = 0
   const ended = (request: FastifyRequest, reply: FastifyReply): void => {
     active--
@@ -66,7 +69,7 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
     let failure = request.failure
     // Not finished: the client left (499), unless the gateway cut the response (failure says why)
     // or answered the request's broken-off body itself (the client-error handler).
-    if (!res.writableFinished && failure === null) {
+    if (!responseDelivered(request.raw, res) && failure === null) {
       const answer = answeredInFlight(request.raw)
       statusCode = answer?.statusCode ?? 499
       failure = answer ?? CLIENT_CLOSED
@@ -74,6 +77,8 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
     // The route that matched, refused requests included (401, 403, 429, a saturated 503).
     const route = request.match?.route
     durations.observe(route?.id ?? '', route?.upstream.name ?? '', request.method, statusCode, reply.elapsedTime / 1000)
+    const version = request.raw.httpVersion
+    versions.set(version, (versions.get(version) ?? 0) + 1)
     accessLog?.write(request, reply, statusCode, failure)
   }
   const observe = (request: FastifyRequest, reply: FastifyReply): void => {
@@ -85,6 +90,15 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
   app.addHook('onRequest', (request, reply, done) => {
     observe(request, reply)
     done()
+  })
+  new client.Counter({
+    name: 'http_requests_by_version_total',
+    help: 'Requests served (those with an access line), by HTTP version: 1.0, 1.1 or 2.0.',
+    labelNames: ['http_version'],
+    collect () {
+      this.reset()
+      for (const [version, n] of versions) this.inc({ http_version: version }, n)
+    }
   })
   new client.Gauge({
     name: 'http_requests_active',

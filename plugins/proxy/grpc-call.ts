@@ -56,7 +56,8 @@ class GrpcCall implements Dispatcher.DispatchHandler {
     private readonly pools: ReadonlyArray<Pool<Target>>,
     private readonly rules: ForwardRules
   ) {
-    const timeout = grpcTimeoutMs(request.headers['grpc-timeout'])
+    const header = request.headers['grpc-timeout']
+    const timeout = grpcTimeoutMs(typeof header === 'string' ? header : undefined)
     this.deadlineAt = timeout === undefined ? undefined : performance.now() + timeout
     // Content parsing hands the request stream over as the body: messages go up as they come.
     this.body = request.body as Readable
@@ -131,15 +132,16 @@ class GrpcCall implements Dispatcher.DispatchHandler {
     return this.reply.raw.write(chunk)
   }
 
-  onComplete (trailers: Record<string, string | string[] | undefined> | Buffer[] | null): void {
+  onComplete (trailers: string[] | null): void {
     this.ended()
     const res = this.reply.raw
     if (this.phase === Phase.Forwarding) {
-      // HTTP/2 trailers come from undici as an object.
-      if (trailers !== null && !Array.isArray(trailers)) {
+      // undici's types say a flat list; over HTTP/2 its client-h2 passes Node's trailers object.
+      const received = trailers as unknown as Record<string, string | string[] | undefined> | null
+      if (received !== null) {
         const copy: Record<string, string | string[]> = {}
-        for (const name of Object.keys(trailers)) {
-          const value = trailers[name]
+        for (const name of Object.keys(received)) {
+          const value = received[name]
           if (value !== undefined) copy[name] = value
         }
         res.addTrailers(copy)

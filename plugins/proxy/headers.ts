@@ -62,6 +62,8 @@ export function upstreamRequestHeaders (request: FastifyRequest, host: string, w
   const out: string[] = []
   for (let i = 0; i < raw.length; i += 2) {
     const original = raw[i] as string
+    // HTTP/2 pseudo-headers (:method, :path, :authority, :scheme) are the request line, not headers.
+    if (original.charCodeAt(0) === 0x3a) continue
     const name = original.toLowerCase()
     const value = raw[i + 1] as string
     if (NOT_FORWARDED.has(name)) {
@@ -79,7 +81,8 @@ export function upstreamRequestHeaders (request: FastifyRequest, host: string, w
   const socket = request.raw.socket
   const peer = socket.remoteAddress ?? ''
   const proto = 'encrypted' in socket && socket.encrypted === true ? 'https' : 'http'
-  const clientHost = request.headers.host
+  // HTTP/2 names the host in :authority (a Host beside it must be the same: the guard checks).
+  const clientHost = request.headers.host ?? request.headers[':authority'] as string | undefined
   const headers = request.headers
   if (rules.trusted(peer)) {
     const chain = headers['x-forwarded-for']
@@ -111,6 +114,8 @@ function overridden (identity: ReadonlyArray<[string, string | undefined]>, name
 export function clientResponseHeaders (raw: Buffer[], reply: FastifyReply, routeRules: HeaderRules | undefined): string[] {
   // Fastify keeps the reply's header names in lower case; the gateway's own replace the upstream's.
   const own = reply.getHeaders()
+  // HTTP/2 has no connection-specific headers at all (RFC 9113 §8.2.2): Node throws on one.
+  const h2 = reply.request.raw.httpVersionMajor === 2
   const out: string[] = []
   let named: Set<string> | undefined
   for (let i = 0; i < raw.length; i += 2) {
@@ -129,7 +134,7 @@ export function clientResponseHeaders (raw: Buffer[], reply: FastifyReply, route
   if (routeRules !== undefined) appendRuled(out, routeRules, reply.request)
   for (const name in own) {
     const value = own[name]
-    if (value === undefined) continue
+    if (value === undefined || (h2 && NOT_RETURNED.has(name))) continue
     if (Array.isArray(value)) for (const v of value) out.push(name, v)
     else out.push(name, String(value))
   }

@@ -7,7 +7,9 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { TrustProxy } from '../../src/config/env.js'
 import { HTTP_METHODS } from '../../src/config/route-file/index.js'
 import { BodyTooLargeError, ClientClosedError, ClientTooSlowError, RouteNotFoundError } from '../../src/errors.js'
+import { clientChannel, h2Stream, responseDelivered } from '../../src/http/client-stream.js'
 import { onSocketClose } from '../../src/http/socket-close.js'
+import { socketProgress } from '../client-rate/index.js'
 import { selectInPools, type Pool } from '../../src/upstream/select.js'
 import type { Target } from '../../src/upstream/target.js'
 import type { RouteMatch } from '../route-table/index.js'
@@ -47,11 +49,14 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
     const { route, forward } = request.match as RouteMatch
     // The client may be gone already (a parse error later in the same packet destroyed the
     // socket): nothing to send, and a body that will never end must not hold a target.
-    const socket = request.raw.socket
-    if (socket.destroyed) throw new ClientClosedError()
+    // For HTTP/2 the channel is the request's stream, not the connection every stream shares.
+    const channel = clientChannel(request.raw)
+    const stream = h2Stream(request.raw)
+    if (channel.destroyed) throw new ClientClosedError()
     const declared = request.headers['content-length']
     if (declared !== undefined && Number(declared) > route.bodyLimit) {
-      reply.header('connection', 'close')
+      // The unread body would be taken for the next request; an HTTP/2 stream is simply reset.
+      if (stream === undefined) reply.header('connection', 'close')
       throw new BodyTooLargeError(route.bodyLimit)
     }
     const upstream = route.upstream
@@ -88,7 +93,7 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
         if (receiving !== undefined) memory.request.give(receiving.held())
       }
     })
-    const unwatch = onSocketClose(socket, () => { if (!reply.raw.writableFinished) call.cancel(new ClientClosedError()) })
+    const unwatch = onSocketClose(channel, () => { if (!responseDelivered(request.raw, reply.raw)) call.cancel(new ClientClosedError()) })
 
     if (body === undefined) {
       call.start(undefined, true)
@@ -98,7 +103,15 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
       receiving = receiveBody(body, route.requestBuffer, memory.request, declared === undefined ? undefined : Number(declared))
       const { stop } = receiving
       const rate = app.clientRate
-      const stopWatch = rate.receiving(socket, () => { stop(new ClientTooSlowError('sent its body', rate.minDataRate)) })
+      // An HTTP/2 stream's bytes are its own only as counted here; the socket's are every stream's.
+      let received = 0
+      const count = (chunk: Buffer): void => { received += chunk.length }
+      if (stream !== undefined) request.raw.on('data', count)
+      const watch = rate.receiving(stream === undefined ? socketProgress(request.raw.socket, 'request') : () => received, () => { stop(new ClientTooSlowError('sent its body', rate.minDataRate)) })
+      const stopWatch = (): void => {
+        watch()
+        request.raw.off('data', count)
+      }
       receiving.body.then(whole => {
         stopWatch()
         // A chunked body that grew past the buffer comes back as a stream: sent once, never retried.

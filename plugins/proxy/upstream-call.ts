@@ -4,6 +4,7 @@
 // state travels with the dispatch (as in undici's own interceptors, lib/interceptor/retry.js),
 // and the final response is written to the client as undici reads it, with no stream in between.
 import type { ServerResponse } from 'node:http'
+import { constants as h2 } from 'node:http2'
 import type { Readable } from 'node:stream'
 import type { Span } from '@opentelemetry/api'
 import type { FastifyReply, FastifyRequest } from 'fastify'
@@ -12,7 +13,8 @@ import { ClientTooSlowError, UpstreamUnavailableError } from '../../src/errors.j
 import { backoffMs, retryable, retryAfterMs, type TryFailure } from '../../src/upstream/retry.js'
 import { selectInPools, type Pool } from '../../src/upstream/select.js'
 import { tlsFailure, type Target } from '../../src/upstream/target.js'
-import type { BufferMemory, ClientRate } from '../client-rate/index.js'
+import { h2Stream } from '../../src/http/client-stream.js'
+import { socketProgress, type BufferMemory, type ClientRate } from '../client-rate/index.js'
 import { affinityCookie } from '../route-table/affinity.js'
 import type { CompiledRoute, CompiledUpstream } from '../route-table/route-table.js'
 import { endTry, startTry } from '../tracing/spans.js'
@@ -97,6 +99,8 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
   private readAhead = 0
   /** The upstream waits for the client to drain. */
   private paused = false
+  /** Response body bytes written to the client (an HTTP/2 stream's progress is counted from it). */
+  private written = 0
 
   constructor (private readonly o: CallOptions) {
     o.upstream.budget.active++
@@ -236,6 +240,7 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
   onData (chunk: Buffer): boolean {
     if (this.phase !== Phase.Forwarding) return true
     const res = this.o.reply.raw
+    this.written += chunk.length
     if (res.write(chunk)) return true
     if (this.stopWatch === undefined) this.behind(res)
     // Read ahead of the client into memory, so the upstream can finish and free its slot; past
@@ -255,12 +260,18 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
    */
   private behind (res: ServerResponse): void {
     const rate = this.o.clientRate
-    const socket = this.o.request.raw.socket
-    this.stopWatch = rate.behind(socket, () => {
+    const raw = this.o.request.raw
+    // HTTP/2: the connection's bytes are every stream's; this stream's are what was written less
+    // what it still holds (flow control keeps it there while the client does not read).
+    const stream = h2Stream(raw)
+    const progress = stream === undefined ? socketProgress(raw.socket, 'response') : () => this.written - stream.writableLength
+    this.stopWatch = rate.behind(progress, () => {
       const err = new ClientTooSlowError('read the response', rate.minDataRate)
       this.o.request.failure = { code: err.code, message: err.message }
-      // A reset, not a FIN: the kernel would otherwise keep trying to deliver what it holds.
-      socket.resetAndDestroy()
+      // A reset, not a FIN: the kernel would otherwise keep trying to deliver what it holds. On
+      // HTTP/2, the stream's reset: the other streams of the connection go on.
+      if (stream === undefined) raw.socket.resetAndDestroy()
+      else stream.close(h2.NGHTTP2_CANCEL)
     })
     const caughtUp = (): void => {
       res.off('drain', caughtUp)

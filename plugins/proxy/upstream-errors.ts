@@ -6,6 +6,7 @@ import {
   UpstreamTlsError, UpstreamUnavailableError, UpstreamUnreachableError
 } from '../../src/errors.js'
 import { formatMs } from '../../src/config/units.js'
+import { clientChannel } from '../../src/http/client-stream.js'
 import type { Pool } from '../../src/upstream/select.js'
 import { malformedResponse, tlsFailure, type Target } from '../../src/upstream/target.js'
 import type { CompiledUpstream } from '../route-table/route-table.js'
@@ -48,7 +49,7 @@ export function upstreamError (request: FastifyRequest, reply: FastifyReply, ups
     if (error instanceof RequestBufferFullError) reply.header('retry-after', RETRY_AFTER_SATURATED)
     return error
   }
-  if (request.raw.socket.destroyed) return new ClientClosedError({ cause: error })
+  if (clientChannel(request.raw).destroyed) return new ClientClosedError({ cause: error })
   // The call's own errors (no target left to retry on) are already ours.
   if (error instanceof UpstreamUnavailableError || error instanceof UpstreamSaturatedError) {
     reply.header('retry-after', RETRY_AFTER_SATURATED)

@@ -5,6 +5,7 @@ import type { ServerResponse } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
+import { h2Stream } from '../../src/http/client-stream.js'
 import { BadFramingError, HeadersTooLargeError, HttpVersionError, TooManyHeadersError, UriTooLongError } from '../../src/errors.js'
 
 declare module 'fastify' {
@@ -68,6 +69,9 @@ async function requestGuardPlugin (app: FastifyInstance, opts: RequestGuardOptio
   // Node may already have parsed requests pipelined behind a refused one: they are refused too.
   const refused = new WeakSet<Socket>()
   app.decorate('closeConnection', (request: FastifyRequest, reply: FastifyReply) => {
+    // HTTP/2 frames each stream on its own: a refused one leaves the others' framing intact (and
+    // Connection is not an HTTP/2 header, RFC 9113 §8.2.2).
+    if (h2Stream(request.raw) !== undefined) return
     refused.add(request.raw.socket)
     reply.header('connection', 'close')
   })
@@ -83,6 +87,51 @@ async function requestGuardPlugin (app: FastifyInstance, opts: RequestGuardOptio
     if (reply.getHeader('connection') === 'close') refused.add(request.raw.socket)
     done(null, payload)
   })
+
+  /**
+   * HTTP/2: Node has refused connection-specific headers (Transfer-Encoding among them) and a
+   * Content-Length the DATA frames contradict (RFC 9113 §8.1.1, §8.2.2); the authority is
+   * `:authority`, and a Host beside it must name the same (§8.3.1). Pseudo-headers are not counted.
+   */
+  const checkH2 = (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void => {
+    const raw = request.raw
+    if ((raw.url as string).length > opts.maxUrlLength) {
+      refuse(request, reply, new UriTooLongError(opts.maxUrlLength), done)
+      return
+    }
+    const names = raw.rawHeaders
+    let count = 0
+    let size = 0
+    for (let i = 0; i < names.length; i += 2) {
+      const name = names[i] as string
+      if (name.charCodeAt(0) === 0x3a) continue // :
+      count++
+      size += name.length + (names[i + 1] as string).length + 4
+    }
+    if (count > opts.maxHeaders) {
+      refuse(request, reply, new TooManyHeadersError(opts.maxHeaders), done)
+      return
+    }
+    if (size > opts.maxHeaderSize) {
+      refuse(request, reply, new HeadersTooLargeError(), done)
+      return
+    }
+    const authority = raw.headers[':authority'] as string | undefined
+    const host = raw.headers.host
+    if (authority === undefined && host === undefined) {
+      refuse(request, reply, new BadFramingError('no :authority or Host'), done)
+      return
+    }
+    if (authority !== undefined && host !== undefined && authority !== host) {
+      refuse(request, reply, new BadFramingError('Host differs from :authority'), done)
+      return
+    }
+    if (!validHost((authority ?? host) as string)) {
+      refuse(request, reply, new BadFramingError(':authority is not a host[:port]'), done)
+      return
+    }
+    done()
+  }
 
   const check = (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void => {
     const raw = request.raw
@@ -148,6 +197,11 @@ async function requestGuardPlugin (app: FastifyInstance, opts: RequestGuardOptio
     // A pipelined request waits until the response before it is over: that response may still
     // close the connection (a body found too large while streaming), and then this one must not
     // have reached an upstream. Pipelining is rare; its responses are sent in order anyway.
+    // HTTP/2 has no pipelining: each stream stands alone.
+    if (h2Stream(request.raw) !== undefined) {
+      checkH2(request, reply, done)
+      return
+    }
     const socket = request.raw.socket
     const earlier = lastResponse.get(socket)
     lastResponse.set(socket, reply.raw)

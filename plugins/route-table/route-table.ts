@@ -129,7 +129,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
   const authenticated: string[] = []
   for (const config of configs) {
     const upstreamTargets = config.targets.map(t => {
-      const options = { upstream: config.name, origin: t.origin, maxConnections: t.maxConnections, weight: t.weight, connectTimeoutMs: config.timeouts.connectMs, breaker: config.breaker, tls: t.tls }
+      const options = { upstream: config.name, origin: t.origin, maxConnections: t.maxConnections, weight: t.weight, protocol: t.protocol, connectTimeoutMs: config.timeouts.connectMs, breaker: config.breaker, tls: t.tls }
       const key = Target.key(options)
       const kept = previous?.targets.get(key)
       // A kept target keeps its breaker state; only its settings change.

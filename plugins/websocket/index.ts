@@ -3,7 +3,7 @@
 // the handshake runs the whole proxied pipeline (route, CORS, auth, rate limit) and the proxy
 // answers it. The tunnels that follow a 101 are tracked here: Node's server forgets an upgraded
 // socket (closeAllConnections() never closes it), so the gateway closes them itself on shutdown.
-import { ServerResponse, type IncomingMessage, type Server } from 'node:http'
+import { ServerResponse, type IncomingMessage } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import fp from 'fastify-plugin'
@@ -43,8 +43,6 @@ export interface WebSocketState {
   closeAll: () => void
   /** Handshakes by upstream and outcome, since start. */
   readonly upgrades: ReadonlyMap<string, Record<UpgradeOutcome, number>>
-  /** Serves the upgrades of another listener of this app (the TLS one). */
-  accept: (server: Server) => void
 }
 
 declare module 'fastify' {
@@ -108,8 +106,7 @@ async function websocketPlugin (app: FastifyInstance): Promise<void> {
     },
     closeAll () {
       for (const tunnel of open) tunnel.close('shutdown')
-    },
-    accept (server) { server.on('upgrade', onUpgrade) }
+    }
   } satisfies WebSocketState)
 }
 

@@ -11,6 +11,11 @@ import { schemaErrors } from './validate.js'
 export const EnvSchema = Type.Object({
   PORT: Type.Integer({ minimum: 0, maximum: 65535, default: 8080, description: 'Port the gateway listens on.' }),
   ADMIN_PORT: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535, description: 'Serve /metrics on this port (same HOST) instead of the main port, so it need not be public; unset: the main port.' })),
+  TLS_PORT: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535, description: 'Also serve HTTPS on this port (same HOST, same routes): HTTP/2 and HTTP/1.1 chosen by ALPN. Needs TLS_CERT_FILE and TLS_KEY_FILE; unset: no TLS listener.' })),
+  TLS_CERT_FILE: Type.Optional(Type.String({ minLength: 1, description: 'PEM certificate (chain) of the TLS listener; reloaded when the file changes (a bad new one is logged and the old one kept).' })),
+  TLS_KEY_FILE: Type.Optional(Type.String({ minLength: 1, description: 'PEM private key (unencrypted) of TLS_CERT_FILE; reloaded with it.' })),
+  H2C_PORT: Type.Optional(Type.Integer({ minimum: 0, maximum: 65535, description: 'Also serve cleartext HTTP/2 with prior knowledge (h2c) on this port (same HOST, same routes); HTTP/1.1 is not answered there. Unset: none.' })),
+  H2_MAX_CONCURRENT_STREAMS: Type.Integer({ minimum: 1, maximum: 1000, default: 100, description: 'Most streams (requests) one HTTP/2 connection may have open at once, on TLS_PORT and H2C_PORT.' }),
   HOST: Type.String({ minLength: 1, default: '0.0.0.0', description: 'Address the gateway binds to.' }),
   ROUTES_DIR: Type.String({ minLength: 1, default: './routes.d', description: 'Folder of route files, one per upstream service.' }),
   REDIS_URL: Type.Optional(Type.String({ description: 'Redis for rate-limit budgets shared by all replicas: redis://host:port, redis+cluster://host:port,host:port or redis+sentinel://host:port,host:port/master-name (rediss for TLS; see docs/rate-limits.md); unset: in-memory stores.' })),
@@ -57,8 +62,18 @@ export type LogFormat = 'json' | 'pretty'
 /** Trust for X-Forwarded-*: nobody, the nearest N hops, or these addresses. */
 export type TrustProxy = false | number | string[]
 
+/** The TLS listener (TLS_PORT, TLS_CERT_FILE, TLS_KEY_FILE). */
+export interface TlsListenerEnv {
+  port: number
+  certFile: string
+  keyFile: string
+}
+
 export interface GatewayEnv {
   port: number
+  tls: TlsListenerEnv | undefined
+  h2cPort: number | undefined
+  h2MaxConcurrentStreams: number
   adminPort: number | undefined
   host: string
   routesDir: string
@@ -128,11 +143,15 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
     const request = toMs(raw.REQUEST_TIMEOUT)
     if (headers === 0) errors.push('HEADERS_TIMEOUT: must be more than 0')
     if (raw.ADMIN_PORT !== undefined && raw.ADMIN_PORT !== 0 && raw.ADMIN_PORT === raw.PORT) errors.push('ADMIN_PORT: must differ from PORT')
+    errors.push(...tlsProblems(raw))
     if (request > 0 && headers > request) errors.push('HEADERS_TIMEOUT: must not exceed REQUEST_TIMEOUT (the head is part of the request)')
   }
   if (errors.length > 0) throw new ConfigEnvError(errors.join('\n'))
   return Object.freeze({
     port: raw.PORT,
+    tls: raw.TLS_PORT === undefined ? undefined : { port: raw.TLS_PORT, certFile: raw.TLS_CERT_FILE as string, keyFile: raw.TLS_KEY_FILE as string },
+    h2cPort: raw.H2C_PORT,
+    h2MaxConcurrentStreams: raw.H2_MAX_CONCURRENT_STREAMS,
     adminPort: raw.ADMIN_PORT,
     host: raw.HOST,
     routesDir: raw.ROUTES_DIR,
@@ -168,6 +187,23 @@ export function loadEnv (env: NodeJS.ProcessEnv = process.env, dotenvPath = '.en
     maxHeapUsedBytes: toBytes(raw.MAX_HEAP_USED_BYTES),
     maxRssBytes: toBytes(raw.MAX_RSS_BYTES)
   })
+}
+
+const TLS_VARIABLES = ['TLS_PORT', 'TLS_CERT_FILE', 'TLS_KEY_FILE'] as const
+
+/** The TLS listener's variables go together (all three or none), and no two listeners share a port. */
+function tlsProblems (raw: RawEnv): string[] {
+  const problems: string[] = []
+  const given = TLS_VARIABLES.filter(name => raw[name] !== undefined)
+  if (given.length > 0 && given.length < TLS_VARIABLES.length) {
+    for (const name of TLS_VARIABLES.filter(n => raw[n] === undefined)) problems.push(`${name}: needed with ${given.join(' and ')} (TLS_PORT, TLS_CERT_FILE and TLS_KEY_FILE go together)`)
+  }
+  const ports: Array<[string, number | undefined]> = [['PORT', raw.PORT], ['ADMIN_PORT', raw.ADMIN_PORT], ['TLS_PORT', raw.TLS_PORT], ['H2C_PORT', raw.H2C_PORT]]
+  for (const [name, port] of ports.slice(2)) {
+    const other = ports.find(([n, p]) => n !== name && p === port && p !== 0)
+    if (port !== undefined && port !== 0 && other !== undefined) problems.push(`${name}: must differ from ${other[0]}`)
+  }
+  return problems
 }
 
 function parseTrustProxy (text: string): TrustProxy | Error {

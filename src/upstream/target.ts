@@ -1,14 +1,19 @@
 // One origin of an upstream service: its connection pool, its load and its breaker.
-import { buildConnector, errors, Pool } from 'undici'
+import { buildConnector, errors, H2CClient, Pool } from 'undici'
 import { CircuitBreaker, type BreakerOptions, type BreakerState } from './breaker.js'
 import type { Selectable } from './select.js'
 import { TryStats } from './try-stats.js'
+
+/** HTTP version spoken to a target: HTTP/1.1, HTTP/2 over TLS (ALPN), HTTP/2 with prior knowledge over TCP. */
+export type UpstreamProtocol = 'http1' | 'h2' | 'h2c'
 
 export interface TargetOptions {
   upstream: string
   origin: string
   maxConnections: number
   weight: number
+  /** Default http1. */
+  protocol?: UpstreamProtocol
   connectTimeoutMs: number
   breaker: BreakerOptions
   /** https:// targets only; absent: Node's public roots, SNI and identity from the URL's host. */
@@ -36,6 +41,7 @@ export class Target {
   /** The Host header of requests sent here (host[:port] of the origin). */
   readonly host: string
   readonly maxConnections: number
+  readonly protocol: UpstreamProtocol
   weight: number
   /** Requests sent to this target whose response has not finished. */
   inFlight = 0
@@ -53,11 +59,16 @@ export class Target {
     this.origin = options.origin
     this.host = new URL(options.origin).host
     this.maxConnections = options.maxConnections
+    this.protocol = options.protocol ?? 'http1'
     this.weight = options.weight
-    // The pool never opens more sockets than the cap.
+    // The pool never opens more sockets than the cap. allowH2 is explicit: undici 8 turns it on
+    // by default, which would move every https:// target to HTTP/2 unasked. An h2c pool's
+    // connections are H2CClients (HTTP/2 from the first byte, up to 100 streams each).
     this.pool = new Pool(options.origin, {
       connections: options.maxConnections,
-      connect: connector(options)
+      allowH2: this.protocol === 'h2',
+      connect: connector(options, this.protocol),
+      ...(this.protocol === 'h2c' ? { factory: (origin: URL, opts: object) => new H2CClient(origin, opts) } : {})
     })
     this.breaker = new CircuitBreaker(options.breaker, (from, to, cause) => {
       this.transitions[to]++
@@ -67,7 +78,7 @@ export class Target {
 
   /** Identity across reloads: same upstream, origin and pool settings keep the same Target. */
   static key (options: TargetOptions): string {
-    return `${options.upstream} ${options.origin} ${options.maxConnections} ${options.connectTimeoutMs} ${options.tls?.fingerprint ?? '-'}`
+    return `${options.upstream} ${options.origin} ${options.protocol ?? 'http1'} ${options.maxConnections} ${options.connectTimeoutMs} ${options.tls?.fingerprint ?? '-'}`
   }
 
   /** in-flight ÷ maxConnections: 0 idle, 1 full. */
@@ -120,11 +131,11 @@ export class TunnelSlots implements Selectable {
  * Connect options of a target's pool. The upstream's certificate is always verified:
  * rejectUnauthorized is set explicitly, so NODE_TLS_REJECT_UNAUTHORIZED=0 cannot turn it off.
  */
-function connector (options: TargetOptions): Pool.Options['connect'] {
+function connector (options: TargetOptions, protocol: UpstreamProtocol): buildConnector.connector {
   const tls = options.tls
-  const base = { timeout: options.connectTimeoutMs, rejectUnauthorized: true }
-  if (tls === undefined) return base
-  const { ca, cert, key, servername } = tls
+  // The connector reads allowH2 (the ALPN offer) and useH2c itself: set both, whatever undici's defaults.
+  const base = { timeout: options.connectTimeoutMs, rejectUnauthorized: true, allowH2: protocol === 'h2', useH2c: protocol === 'h2c' }
+  const { ca, cert, key, servername } = tls ?? {}
   const connect = buildConnector({ ...base, ca, cert, key, servername })
   if (servername === undefined) return connect
   // undici derives a servername from the request's Host header (the URL's host) and prefers it

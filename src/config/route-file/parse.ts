@@ -192,6 +192,9 @@ function targetConfig (raw: RawTarget, i: number, problems: string[]): TargetCon
   const { tls, ...rest } = raw
   // An unusable url is reported with the file's other problems; the origin is only a placeholder then.
   const target: TargetConfig = { ...rest, origin: targetOrigin(raw.url, `/targets/${i}/url`, problems) ?? raw.url }
+  // h2 is negotiated by ALPN inside TLS; h2c is HTTP/2 over plain TCP.
+  if (raw.protocol === 'h2' && !raw.url.startsWith('https://')) problems.push(`/targets/${i}/protocol: h2 needs an https:// url (${raw.url} is plain HTTP; h2c is HTTP/2 without TLS)`)
+  if (raw.protocol === 'h2c' && !raw.url.startsWith('http://')) problems.push(`/targets/${i}/protocol: h2c needs an http:// url (${raw.url} is TLS; h2 is HTTP/2 over TLS)`)
   if (tls === undefined) return target
   if (!raw.url.startsWith('https://')) {
     problems.push(`/targets/${i}/tls: only for https:// targets (${raw.url} is plain HTTP)`)

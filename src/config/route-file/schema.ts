@@ -4,7 +4,7 @@
 import Type, { type Static } from 'typebox'
 import type { BreakerOptions } from '../../upstream/breaker.js'
 import type { RetryOptions } from '../../upstream/retry.js'
-import type { TargetTls } from '../../upstream/target.js'
+import type { TargetTls, UpstreamProtocol } from '../../upstream/target.js'
 import type { CorsPolicy } from './cors.js'
 import type { RouteHeaderRules } from './header-rules.js'
 import { Duration, Size } from '../units.js'
@@ -31,6 +31,11 @@ const Target = Type.Object({
   }),
   maxConnections: Type.Integer({ minimum: 1, default: 100, description: 'In-flight requests this target may hold; beyond it the target counts as full. Default 100.' }),
   weight: Type.Number({ exclusiveMinimum: 0, default: 1, description: 'Share of traffic relative to the other targets when none is loaded. Default 1.' }),
+  protocol: Type.Union([Type.Literal('http1'), Type.Literal('h2'), Type.Literal('h2c')], {
+    default: 'http1',
+    errorMessage: 'must be http1, h2 or h2c',
+    description: 'HTTP version spoken to this target: http1 (HTTP/1.1), h2 (HTTP/2 over TLS, https:// only; a target whose ALPN does not offer h2 gets HTTP/1.1) or h2c (HTTP/2 with prior knowledge over plain TCP, http:// only). Default http1.'
+  }),
   group: Type.Optional(Type.String({
     pattern: '^[a-z0-9][a-z0-9_-]{0,62}$',
     errorMessage: 'must be lowercase letters, digits, - or _, starting with a letter or digit (e.g. stable, canary)',
@@ -334,6 +339,7 @@ export interface TargetConfig {
   origin: string
   maxConnections: number
   weight: number
+  protocol: UpstreamProtocol
   /** Undefined: in no group. */
   group?: string
   /** Present only when the file sets `tls`: the contents of its files, checked. */
