@@ -198,6 +198,12 @@ export async function startGateway (routesDir: string, env: Record<string, strin
   }
 }
 
+/** The port a gateway's extra listener got ('TLS' or 'h2c'), from its log line. */
+export async function listenerPort (gw: GatewayProcess, name: 'TLS' | 'h2c'): Promise<number> {
+  const line = await gw.waitForLog(l => typeof l.msg === 'string' && l.msg.startsWith(`${name} listening at `))
+  return Number(/:(\d+)$/.exec(line.msg as string)?.[1])
+}
+
 /** A gateway process serving a fresh route folder of `files`; stopped (and the folder removed) when `t` ends. */
 export async function gateway (t: Owner, files: Record<string, string>, env: Record<string, string> = {}): Promise<GatewayProcess> {
   const dir = await routeDir(files)

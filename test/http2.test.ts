@@ -12,7 +12,7 @@ import { test } from 'node:test'
 import tls from 'node:tls'
 import { loadEnv } from '../src/config/env.js'
 import { parseRouteFile } from '../src/config/route-file/index.js'
-import { gateway, metric, removeDir, routeFile, runCli, runs, skipUnless, tempDir, until, upstream, within, type GatewayProcess, type Owner } from './helpers.js'
+import { gateway, listenerPort, metric, removeDir, routeFile, runCli, runs, skipUnless, tempDir, until, upstream, within, type GatewayProcess, type Owner } from './helpers.js'
 
 const TOOLS_MISSING = skipUnless(runs('openssl', ['version']) && runs('curl', ['--version']), 'openssl and curl are needed (.ci/run installs them)')
 
@@ -29,12 +29,6 @@ async function selfSigned (t: Owner, name = 'gatehouse-test'): Promise<{ dir: st
 function makeCert (cert: string, key: string, name: string): void {
   execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert,
     '-days', '2', '-subj', `/CN=${name}`, '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'], { stdio: 'ignore' })
-}
-
-/** The port a gateway's extra listener got ('TLS' or 'h2c'), from its log line. */
-async function listenerPort (gw: GatewayProcess, name: 'TLS' | 'h2c'): Promise<number> {
-  const line = await gw.waitForLog(l => typeof l.msg === 'string' && l.msg.startsWith(`${name} listening at `))
-  return Number(/:(\d+)$/.exec(line.msg as string)?.[1])
 }
 
 interface CurlResult { status: number, version: string, body: string }

@@ -50,7 +50,7 @@ test('minimal YAML file: defaults filled in, name from the file name', () => {
     name: 'users',
     file: 'users.yaml',
     targets: [{ url: 'http://127.0.0.1:9001', origin: 'http://127.0.0.1:9001', maxConnections: 100, weight: 1, protocol: 'http1' }],
-    routes: [{ path: '/api/users', methods: undefined, hosts: undefined, rewritePrefix: undefined, rewriteRedirects: true, bodyLimit: undefined, requestBuffer: undefined, responseBuffer: undefined, allowEncodedSlashes: false, affinity: undefined, split: undefined, pin: undefined, websocket: false, headers: undefined, cors: undefined, auth: undefined, rateLimit: undefined }],
+    routes: [{ path: '/api/users', methods: undefined, hosts: undefined, rewritePrefix: undefined, rewriteRedirects: true, bodyLimit: undefined, requestBuffer: undefined, responseBuffer: undefined, allowEncodedSlashes: false, affinity: undefined, split: undefined, pin: undefined, websocket: false, grpc: false, headers: undefined, cors: undefined, auth: undefined, rateLimit: undefined }],
     timeouts: { connectMs: 2000, requestMs: 30_000, idleMs: 30_000 },
     websocket: { maxPerTarget: 1000, idleTimeoutMs: 300_000, maxLifetimeMs: undefined, closeDelayMs: 30_000 },
     retry: RETRY_DEFAULTS,
@@ -130,7 +130,7 @@ test('every option set: values, units and method lists kept', () => {
     ''
   ].join('\n'))
   assert.deepEqual(config.targets, [{ url: 'https://10.0.0.5:9001', origin: 'https://10.0.0.5:9001', maxConnections: 7, weight: 2.5, protocol: 'http1' }])
-  assert.deepEqual(config.routes, [{ path: '/api/users', methods: ['GET', 'POST'], hosts: ['api.example.com'], rewritePrefix: '', rewriteRedirects: true, bodyLimit: 512 * 1024, requestBuffer: 256 * 1024, responseBuffer: 4 * 1024 * 1024, allowEncodedSlashes: false, affinity: undefined, split: undefined, pin: undefined, websocket: true, headers: undefined, cors: undefined, auth: undefined, rateLimit: { max: 100, windowMs: 60_000, key: { kind: 'header', name: 'x-api-key' }, algorithm: 'sliding-window', onStoreError: 'closed' } }])
+  assert.deepEqual(config.routes, [{ path: '/api/users', methods: ['GET', 'POST'], hosts: ['api.example.com'], rewritePrefix: '', rewriteRedirects: true, bodyLimit: 512 * 1024, requestBuffer: 256 * 1024, responseBuffer: 4 * 1024 * 1024, allowEncodedSlashes: false, affinity: undefined, split: undefined, pin: undefined, websocket: true, grpc: false, headers: undefined, cors: undefined, auth: undefined, rateLimit: { max: 100, windowMs: 60_000, key: { kind: 'header', name: 'x-api-key' }, algorithm: 'sliding-window', onStoreError: 'closed' } }])
   assert.deepEqual(config.timeouts, { connectMs: 500, requestMs: 60_000, idleMs: 2500 })
   assert.deepEqual(config.websocket, { maxPerTarget: 50, idleTimeoutMs: 60_000, maxLifetimeMs: 7_200_000, closeDelayMs: 5000 })
   assert.deepEqual(config.retry, { attempts: 3, backoffMs: 10, maxBackoffMs: 1000, on: ['connect-failure', 503, 500], budget: 0.5, bufferBody: 1024 ** 2 })

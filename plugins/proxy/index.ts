@@ -19,6 +19,8 @@ import { compileForwardRules } from './headers.js'
 import { limitBody, receiveBody, type ReceivingBody } from './request-body.js'
 import { UpstreamCall } from './upstream-call.js'
 import { proxyUpgrade } from './upgrade-call.js'
+import { proxyGrpc } from './grpc-call.js'
+import { answerGrpc, grpcStatusOf, isGrpcRequest } from '../../src/http/grpc.js'
 import { upgradeHead } from '../websocket/index.js'
 import { unavailable, upstreamError } from './upstream-errors.js'
 
@@ -47,6 +49,10 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
   function proxy (request: FastifyRequest, reply: FastifyReply): void {
     if (upgradeHead(request.raw) !== undefined && proxyUpgrade(request, reply, rules, app.websocket)) return
     const { route, forward } = request.match as RouteMatch
+    if (route.grpc) {
+      proxyGrpc(request, reply, rules)
+      return
+    }
     // The client may be gone already (a parse error later in the same packet destroyed the
     // socket): nothing to send, and a body that will never end must not hold a target.
     // For HTTP/2 the channel is the request's stream, not the connection every stream shares.
@@ -128,6 +134,19 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
   for (const method of HTTP_METHODS) {
     for (const url of ['/*', '/']) app.route({ method, url, exposeHeadRoute: false, handler: proxy })
   }
+  // A gRPC client reads only gRPC statuses: the gateway's own answers (401, 429, 503, 404...)
+  // are given in its terms. Everything else goes to Fastify's handler.
+  app.setErrorHandler((error: Error & { statusCode?: number, code?: string, grpcStatus?: number }, request, reply) => {
+    // Over HTTP/1.x no gRPC client is listening: JSON, as for any request.
+    if (!isGrpcRequest(request) || h2Stream(request.raw) === undefined || reply.raw.headersSent) {
+      reply.send(error)
+      return
+    }
+    const statusCode = error.statusCode ?? 500
+    request.failure = { code: error.code, message: error.message }
+    if (statusCode >= 500 && error.code?.startsWith('GATEHOUSE_ERR_') !== true) request.log.error({ err: error }, 'unexpected error')
+    answerGrpc(reply, error.grpcStatus ?? grpcStatusOf(statusCode), error.message)
+  })
   app.setNotFoundHandler((request, reply) => {
     reply.send(new RouteNotFoundError(request.method, request.url.split('?')[0] ?? ''))
   })

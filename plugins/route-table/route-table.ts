@@ -72,6 +72,8 @@ export interface CompiledRoute {
   readonly cors: CorsPolicy | undefined
   /** Accepts WebSocket upgrades. */
   readonly websocket: boolean
+  /** gRPC calls, on the streaming path (plugins/proxy/grpc-call.ts). */
+  readonly grpc: boolean
   /** Registered only to answer CORS preflights: any other request of its method is not this route's. */
   readonly preflightOnly: boolean
   /** Header rules for the request upstream; undefined: none. */
@@ -181,6 +183,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
         split: route.split === undefined ? undefined : compileSplit(route.split, route.pin, upstream.targets, config.targets.map(t => t.group)),
         cors: route.cors,
         websocket: route.websocket,
+        grpc: route.grpc,
         preflightOnly: false,
         requestHeaders: route.headers?.request,
         responseHeaders: route.cors === undefined ? route.headers?.response : withoutUpstreamCors(route.headers?.response)

@@ -71,6 +71,7 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
       split: r.split,
       pin: r.pin === undefined ? undefined : { header: r.pin.header?.toLowerCase(), cookie: r.pin.cookie },
       websocket: r.websocket,
+      grpc: r.grpc,
       headers: routeHeaderRules(r, `/routes/${i}/headers`, routeProblems),
       cors: routeCors(r, `/routes/${i}/cors`, routeProblems),
       auth: r.auth === undefined ? undefined : jwtAuth(r.auth.jwt, env),
@@ -124,6 +125,12 @@ function checkUpstream (upstream: UpstreamConfig, raw: RawRouteFile): string[] {
     problems.push(...paramProblems(route, i))
     problems.push(...splitProblems(route, i, upstream.targets))
     if (route.websocket && route.methods !== undefined && !route.methods.includes('GET')) problems.push(`/routes/${i}/websocket: a WebSocket handshake is a GET, and methods does not list GET`)
+    const http1 = upstream.targets.findIndex(t => t.protocol === 'http1')
+    const http2 = upstream.targets.findIndex(t => t.protocol !== 'http1')
+    if (route.websocket && http2 !== -1) problems.push(`/routes/${i}/websocket: WebSocket tunnels need HTTP/1.1 targets, and /targets/${http2} has protocol ${upstream.targets[http2]?.protocol ?? ''}`)
+    if (route.grpc && http1 !== -1) problems.push(`/routes/${i}/grpc: gRPC needs HTTP/2 targets, and /targets/${http1} has protocol http1 (set protocol: h2 for https://, h2c for http://)`)
+    if (route.grpc && route.websocket) problems.push(`/routes/${i}: a route is gRPC or WebSocket, not both`)
+    if (route.grpc && route.methods !== undefined && !route.methods.includes('POST')) problems.push(`/routes/${i}/grpc: gRPC calls are POSTs, and methods does not list POST`)
     if (route.rateLimit !== undefined && route.rateLimit.windowMs < 1) problems.push(`/routes/${i}/rateLimit/window: must be at least 1ms`)
     if (route.rateLimit?.key.kind === 'claim' && route.auth === undefined) problems.push(`/routes/${i}/rateLimit/key: claim keys need auth on the route (the claim comes from the verified token)`)
     const jwt = raw.routes[i]?.auth?.jwt

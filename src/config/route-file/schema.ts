@@ -181,6 +181,10 @@ const Route = Type.Object({
     default: false,
     description: 'Accept WebSocket upgrades on this route: the handshake runs the route\'s pipeline (authentication, rate limit, target choice) and the upstream\'s answer to it is what the client gets; after a 101 the connection is a tunnel to that target, under the file\'s websocket settings (docs/protocols.md#websocket). Otherwise an upgrade is refused with 400. Default false.'
   }),
+  grpc: Type.Boolean({
+    default: false,
+    description: 'A gRPC route: calls stream to the targets over HTTP/2 (every target needs protocol h2 or h2c), response trailers relayed, the client\'s grpc-timeout honoured with timeouts.request, and the gateway\'s own refusals answered as gRPC statuses (docs/protocols.md#grpc). Served on TLS_PORT and H2C_PORT only. Default false.'
+  }),
   cors: Type.Optional(Type.Object({
     origins: Type.Array(Type.String({
       pattern: '^(\\*|https?://(\\*\\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*(:[0-9]{1,5})?)$',
@@ -298,6 +302,8 @@ export interface RouteConfig {
   headers: RouteHeaderRules | undefined
   /** Accepts WebSocket upgrades. */
   websocket: boolean
+  /** gRPC calls, on the streaming path. */
+  grpc: boolean
   /** Undefined: no CORS handling. */
   cors: CorsPolicy | undefined
   auth: JwtAuthConfig | undefined
