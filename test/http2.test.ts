@@ -12,7 +12,7 @@ import { test } from 'node:test'
 import tls from 'node:tls'
 import { loadEnv } from '../src/config/env.js'
 import { parseRouteFile } from '../src/config/route-file/index.js'
-import { gateway, listenerPort, metric, removeDir, routeFile, runCli, runs, skipUnless, tempDir, until, upstream, within, type GatewayProcess, type Owner } from './helpers.js'
+import { gateway, listenerPort, metric, removeDir, routeFile, runCli, runs, skipUnless, tempDir, until, upstream, within, type Owner } from './helpers.js'
 
 const TOOLS_MISSING = skipUnless(runs('openssl', ['version']) && runs('curl', ['--version']), 'openssl and curl are needed (.ci/run installs them)')
 
