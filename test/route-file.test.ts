@@ -473,3 +473,12 @@ test('websocket: a route that takes upgrades must serve GET; the tunnel settings
   assert.deepEqual(refused('chat.yaml', yaml({ route: '    websocket: true\n    methods: [POST]\n' })).problems, ['/routes/0/websocket: a WebSocket handshake is a GET, and methods does not list GET'])
   assert.match(refused('chat.yaml', yaml({ top: 'websocket: { maxPerTarget: 0, idleTimeout: soon }\n' })).problems.join('\n'), /\/websocket\/maxPerTarget: .*\n\/websocket\/idleTimeout: /)
 })
+
+test('grpc and websocket routes need targets of the right protocol', () => {
+  const h2c = 'targets:\n  - { url: http://127.0.0.1:9001, protocol: h2c }\nroutes:\n'
+  const http1 = 'targets:\n  - { url: http://127.0.0.1:9001 }\nroutes:\n'
+  assert.equal(parseRouteFile('echo.yaml', `${h2c}  - { path: /test.Echo, grpc: true }\n`).routes[0]?.grpc, true)
+  assert.deepEqual(refused('echo.yaml', `${http1}  - { path: /test.Echo, grpc: true }\n`).problems, ['/routes/0/grpc: gRPC needs HTTP/2 targets, and /targets/0 has protocol http1 (set protocol: h2 for https://, h2c for http://)'])
+  assert.deepEqual(refused('echo.yaml', `${h2c}  - { path: /ws, websocket: true }\n`).problems, ['/routes/0/websocket: WebSocket tunnels need HTTP/1.1 targets, and /targets/0 has protocol h2c'])
+  assert.deepEqual(refused('echo.yaml', `${h2c}  - { path: /test.Echo, grpc: true, methods: [GET] }\n`).problems, ['/routes/0/grpc: gRPC calls are POSTs, and methods does not list POST'])
+})
