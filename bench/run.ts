@@ -36,7 +36,9 @@ import { startSink, type OtlpSink } from './otlp.js'
 import { ensurePeers, PEERS_DIR, type PeerVersions } from './peers.js'
 import { Children, childPids, cleanEnv, cpuMicros, getJson, median, running, START_TIMEOUT_MS, waitFor200, withTimeout, type Child, CLK_TCK } from './procs.js'
 import { redisServerVersion } from './redis.js'
-import { benchWebSocket, websocketTable } from './websocket.js'
+import { benchGrpc } from './grpc.js'
+import type { RoundOptions } from './protocol-rounds.js'
+import { benchWebSocket } from './websocket.js'
 import { runWrk, wrkVersion, writeWrkScript, type WrkRun } from './wrk.js'
 
 // ---- settings ------------------------------------------------------------------------------
@@ -139,19 +141,20 @@ const SPECS: Spec[] = [
 
 function usage (): string {
   return `usage: npm run bench [-- --only ID,ID,...] [-- --json]
-  IDs: ${SPECS.map(s => s.letter === undefined ? s.id : `${s.id} (${s.letter})`).join(', ')}, websocket (bench/websocket.ts)
+  IDs: ${SPECS.map(s => s.letter === undefined ? s.id : `${s.id} (${s.letter})`).join(', ')}, websocket (bench/websocket.ts), grpc (bench/grpc.ts)
   env: BENCH_DURATION (s, ${DURATION_S}), BENCH_CONNECTIONS (${CONNECTIONS}), BENCH_ROUNDS (${ROUNDS}), BENCH_QUICK=1 (bare, peers, Gatehouse a and c)`
 }
 
-const WEBSOCKET = 'websocket'
+/** The protocol benches, after the HTTP subjects: each against a direct connection. */
+const PROTOCOLS: Record<string, (o: RoundOptions) => Promise<string>> = { websocket: benchWebSocket, grpc: benchGrpc }
 
-/** Whether the WebSocket echo runs: named in --only, or a full run. */
-function websocketWanted (): boolean {
+/** The protocol benches that run: named in --only, or all in a full run. */
+function protocolsWanted (): string[] {
   const at = args.findIndex(a => a === '--only' || a.startsWith('--only='))
-  if (at === -1) return !QUICK
+  if (at === -1) return QUICK ? [] : Object.keys(PROTOCOLS)
   const arg = args[at] as string
   const list = arg.startsWith('--only=') ? arg.slice('--only='.length) : args[at + 1] ?? ''
-  return list.split(',').map(s => s.trim()).includes(WEBSOCKET)
+  return list.split(',').map(s => s.trim()).filter(s => s in PROTOCOLS)
 }
 
 /** The specs asked for: --only, else BENCH_QUICK, else all. The baseline is always measured. */
@@ -162,8 +165,8 @@ function selected (): Spec[] {
   const list = arg.startsWith('--only=') ? arg.slice('--only='.length) : args[at + 1]
   if (list === undefined || list === '') throw new Error(`--only needs a list of IDs\n${usage()}`)
   const wanted = new Set(list.split(',').map(s => s.trim()).filter(s => s !== ''))
-  wanted.delete(WEBSOCKET)
-  // Only the WebSocket echo: no HTTP subject, not even the baseline.
+  for (const name of Object.keys(PROTOCOLS)) wanted.delete(name)
+  // Only protocol benches: no HTTP subject, not even the baseline.
   if (wanted.size === 0) return []
   for (const w of wanted) {
     if (!SPECS.some(s => s.id === w || s.letter === w)) throw new Error(`--only: unknown ID "${w}"\n${usage()}`)
@@ -980,10 +983,7 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 
 try {
   if (selected().length > 0) await main()
-  if (websocketWanted()) {
-    const result = await benchWebSocket({ rounds: ROUNDS, durationS: DURATION_S, progress })
-    console.log(JSON_OUTPUT ? JSON.stringify({ websocket: result }) : `\n${websocketTable(result)}`)
-  }
+  for (const name of protocolsWanted()) console.log(`\n${await (PROTOCOLS[name] as (o: RoundOptions) => Promise<string>)({ rounds: ROUNDS, durationS: DURATION_S, progress })}`)
 } catch (err) {
   progress(`bench: ${(err as Error).message}`)
   process.exitCode = 1
