@@ -597,3 +597,18 @@ export async function promtool (args: string[], options: { cwd?: string, input?:
     child.stdin?.end(options.input ?? '')
   })
 }
+
+/** A self-signed certificate for 127.0.0.1 in a temp folder of `t`: the paths of cert.pem and key.pem. */
+export async function selfSigned (t: Owner, name = 'gatehouse-test'): Promise<{ dir: string, cert: string, key: string }> {
+  const dir = await mkdtemp(join(tmpdir(), 'gatehouse-h2-'))
+  t.after(() => removeDir(dir))
+  const cert = join(dir, 'cert.pem')
+  const key = join(dir, 'key.pem')
+  makeCert(cert, key, name)
+  return { dir, cert, key }
+}
+
+export function makeCert (cert: string, key: string, name: string): void {
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert,
+    '-days', '2', '-subj', `/CN=${name}`, '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'], { stdio: 'ignore' })
+}

@@ -1,35 +1,19 @@
 // HTTP/2: the TLS listener (h2 and HTTP/1.1 by ALPN, certificate reload), the h2c listener, h2
 // and h2c upstreams, per-stream cancellation, and the bounds on abusive clients.
 import assert from 'node:assert/strict'
-import { execFile, execFileSync } from 'node:child_process'
+import { execFile } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdtemp, readFile, rename, writeFile } from 'node:fs/promises'
+import { readFile, rename, writeFile } from 'node:fs/promises'
 import http2, { type ClientHttp2Session, type IncomingHttpHeaders } from 'node:http2'
 import type { AddressInfo } from 'node:net'
-import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import tls from 'node:tls'
 import { loadEnv } from '../src/config/env.js'
 import { parseRouteFile } from '../src/config/route-file/index.js'
-import { gateway, listenerPort, metric, removeDir, routeFile, runCli, runs, skipUnless, tempDir, until, upstream, within, type Owner } from './helpers.js'
+import { gateway, listenerPort, makeCert, metric, routeFile, runCli, runs, selfSigned, skipUnless, tempDir, until, upstream, within, type Owner } from './helpers.js'
 
 const TOOLS_MISSING = skipUnless(runs('openssl', ['version']) && runs('curl', ['--version']), 'openssl and curl are needed (.ci/run installs them)')
-
-/** A self-signed certificate for 127.0.0.1 in a temp folder of `t`: the paths of cert.pem and key.pem. */
-async function selfSigned (t: Owner, name = 'gatehouse-test'): Promise<{ dir: string, cert: string, key: string }> {
-  const dir = await mkdtemp(join(tmpdir(), 'gatehouse-h2-'))
-  t.after(() => removeDir(dir))
-  const cert = join(dir, 'cert.pem')
-  const key = join(dir, 'key.pem')
-  makeCert(cert, key, name)
-  return { dir, cert, key }
-}
-
-function makeCert (cert: string, key: string, name: string): void {
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert,
-    '-days', '2', '-subj', `/CN=${name}`, '-addext', 'subjectAltName=IP:127.0.0.1,DNS:localhost'], { stdio: 'ignore' })
-}
 
 interface CurlResult { status: number, version: string, body: string }
 

@@ -1,13 +1,14 @@
 // WebSocket tunnels end to end: ws clients → a gateway process → ws servers on 127.0.0.1.
 import assert from 'node:assert/strict'
 import { once } from 'node:events'
+import { readFile } from 'node:fs/promises'
 import http, { type IncomingMessage } from 'node:http'
 import type { AddressInfo, Socket } from 'node:net'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'node:test'
 import { SignJWT } from 'jose'
 import WebSocket, { WebSocketServer } from 'ws'
-import { gateway, metric, removeRoute, send, until, within, writeRoutes, type Owner } from './helpers.js'
+import { gateway, listenerPort, metric, removeRoute, selfSigned, send, until, within, writeRoutes, type Owner } from './helpers.js'
 
 interface WsUpstream {
   url: string
@@ -317,4 +318,16 @@ test('backpressure: a client that stops reading makes the upstream wait, and an 
   assert.ok(heldClient > 32 << 20, `the client still holds ${heldClient >> 20} MiB of ${total}`)
   server.resume()
   await until('the upstream echoes it all back', () => received === 2 * total << 20, 30_000)
+})
+
+test('wss on TLS_PORT: the same route, the same tunnel, X-Forwarded-Proto https', async t => {
+  const up = await wsUpstream(t)
+  const pem = await selfSigned(t)
+  const gw = await gateway(t, { 'chat.yaml': wsRoutes([up.url]) }, { TLS_PORT: '0', TLS_CERT_FILE: pem.cert, TLS_KEY_FILE: pem.key })
+  const port = await listenerPort(gw, 'TLS')
+  const ws = new WebSocket(`wss://127.0.0.1:${port}/ws`, { ca: await readFile(pem.cert) })
+  t.after(() => ws.terminate())
+  await within(5000, 'the tunnel opens', once(ws, 'open'))
+  assert.equal((await echoed(ws, 'over TLS')).data.toString(), 'over TLS')
+  assert.equal(up.handshakes[0]?.headers['x-forwarded-proto'], 'https')
 })
