@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { repoRoot } from '../src/repo-root.js'
 
-type Rule = 'selection' | 'breaker probes' | 'retry eligibility' | 'limiter admission' | 'path normalisation' | 'auth' | 'forwarding headers' | 'request framing' | 'slow clients' | 'traffic policy' | 'tunnels'
+type Rule = 'selection' | 'breaker probes' | 'retry eligibility' | 'limiter admission' | 'path normalisation' | 'auth' | 'forwarding headers' | 'request framing' | 'slow clients' | 'traffic policy' | 'tunnels' | 'grpc'
 
 /** One `node --test` run: a test file of test/, optionally only the tests whose names match. */
 interface TestRun {
@@ -319,6 +319,24 @@ const MUTATIONS: Mutation[] = [
     replace: 'if (false)',
     bug: 'a WebSocket upgrade is tunnelled on a route that never opted in',
     tests: [{ file: 'websocket', pattern: '^refusals' }]
+  },
+  {
+    id: 'grpc-trailers-dropped',
+    rule: 'grpc',
+    source: 'plugins/proxy/grpc-call.ts',
+    line: 'res.addTrailers(copy);',
+    replace: '',
+    bug: 'a gRPC call\'s trailers (its status) never reach the client',
+    tests: [{ file: 'grpc', pattern: '^unary' }]
+  },
+  {
+    id: 'grpc-trailers-only-split',
+    rule: 'grpc',
+    source: 'plugins/proxy/grpc-call.ts',
+    line: "if (headers.some((h, i) => i % 2 === 0 && h.toLowerCase() === 'grpc-status')) {",
+    replace: 'if (false) {',
+    bug: 'an upstream\'s status-only answer (NOT_FOUND) is written as headers then an empty end, which clients read as a broken call',
+    tests: [{ file: 'grpc', pattern: '^statuses' }]
   }
 ]
 
