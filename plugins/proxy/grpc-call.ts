@@ -17,10 +17,8 @@ import type { Target } from '../../src/upstream/target.js'
 import type { RouteMatch } from '../route-table/index.js'
 import { splitPools } from '../route-table/split.js'
 import { clientResponseHeaders, upstreamRequestHeaders, type ForwardRules } from './headers.js'
-import { classify } from './upstream-call.js'
+import { ABORTED, classify } from './upstream-call.js'
 import { unavailable, upstreamError } from './upstream-errors.js'
-
-const ABORTED = new Set(['UND_ERR_ABORTED', 'ABORT_ERR'])
 
 /** The proxy step of a route with grpc: true. */
 export function proxyGrpc (request: FastifyRequest, reply: FastifyReply, rules: ForwardRules): void {

@@ -16,10 +16,8 @@ import { splitPools } from '../route-table/split.js'
 import { endTry, startTry } from '../tracing/spans.js'
 import { isWebSocketHandshake, type WebSocketState } from '../websocket/index.js'
 import { clientResponseHeaders, upstreamRequestHeaders, type ForwardRules } from './headers.js'
-import { classify } from './upstream-call.js'
+import { ABORTED, classify } from './upstream-call.js'
 import { unavailable, upstreamError } from './upstream-errors.js'
-
-const ABORTED = new Set(['UND_ERR_ABORTED', 'ABORT_ERR'])
 
 /**
  * The proxy step of an upgrade request: true when it took the request on (a WebSocket handshake,

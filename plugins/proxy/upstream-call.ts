@@ -24,7 +24,8 @@ import { CONNECT_FAILURE } from './upstream-errors.js'
 const PRECISE_BELOW_MS = 2000
 
 const TIMEOUT = new Set(['UND_ERR_HEADERS_TIMEOUT'])
-const ABORTED = new Set(['UND_ERR_ABORTED', 'ABORT_ERR'])
+/** undici codes of a try aborted by the gateway (the client left, a deadline). */
+export const ABORTED = new Set(['UND_ERR_ABORTED', 'ABORT_ERR'])
 
 /** What a try that got no response ran into. */
 export function classify (err: Error & { code?: string }): TryFailure {
