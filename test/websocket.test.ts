@@ -191,6 +191,22 @@ test('idle timeout closes both sides; pings keep a tunnel open', async t => {
   assert.equal(line.level, 30)
 })
 
+test('maxLifetime closes a tunnel that is busy', async t => {
+  const up = await wsUpstream(t)
+  const gw = await gateway(t, { 'chat.yaml': wsRoutes([up.url], 'websocket: { maxLifetime: 800ms }') })
+  const ws = await open(gw, '/ws')
+  t.after(() => ws.terminate())
+  const pings = setInterval(() => ws.ping(), 100)
+  t.after(() => clearInterval(pings))
+  const started = performance.now()
+  await within(4000, 'the tunnel is closed at its lifetime', once(ws, 'close'))
+  const after = performance.now() - started
+  assert.ok(after >= 700 && after < 3000, `closed after ${Math.round(after)} ms, maxLifetime 800ms`)
+  const line = await gw.waitForLog(l => l.code === 'GATEHOUSE_ERR_WEBSOCKET_LIFETIME')
+  assert.equal(line.statusCode, 101)
+  await until('the upstream side is closed too', () => up.open.size === 0)
+})
+
 test('tunnel budget: maxPerTarget 2 refuses the third with 503 and Retry-After; 50 tunnels on one target send the next ones to the other', async t => {
   const a = await wsUpstream(t)
   const gw = await gateway(t, { 'chat.yaml': wsRoutes([a.url], 'websocket: { maxPerTarget: 2 }') })
