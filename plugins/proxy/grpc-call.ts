@@ -100,9 +100,7 @@ class GrpcCall implements Dispatcher.DispatchHandler {
   onHeaders (statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
     const target = this.target as Target
     const upstream = (this.request.match as RouteMatch).route.upstream
-    const failed = upstream.failureStatuses.has(statusCode)
-    target.breaker.record(this.probe, !failed, failed ? `status ${statusCode}` : '')
-    target.tries.record(failed ? 'bad-status' : 'ok', statusCode, (performance.now() - this.began) / 1000)
+    target.recordAnswer(this.probe, statusCode, upstream.failureStatuses, (performance.now() - this.began) / 1000)
     const { reply } = this
     if (statusCode !== 200) {
       // Not a gRPC answer (a proxy's 404, an overloaded server's 503): its status, in gRPC's terms.

@@ -21,7 +21,7 @@ import { UpstreamCall } from './upstream-call.js'
 import { proxyUpgrade } from './upgrade-call.js'
 import { proxyGrpc } from './grpc-call.js'
 import { answerGrpc, grpcStatusOf, isGrpcRequest } from '../../src/http/grpc.js'
-import { upgradeHead } from '../websocket/index.js'
+import { isWebSocketHandshake, upgradeHead } from '../websocket/index.js'
 import { unavailable, upstreamError } from './upstream-errors.js'
 
 export interface ProxyOptions {
@@ -134,9 +134,11 @@ export default async function proxyRoutes (app: FastifyInstance, opts: ProxyOpti
   for (const method of HTTP_METHODS) {
     for (const url of ['/*', '/']) app.route({ method, url, exposeHeadRoute: false, handler: proxy })
   }
-  // A gRPC client reads only gRPC statuses: the gateway's own answers (401, 429, 503, 404...)
+  // Errors of the proxied scope. A gRPC client reads only gRPC statuses: the gateway's own answers (401, 429, 503, 404...)
   // are given in its terms. Everything else goes to Fastify's handler.
   app.setErrorHandler((error: Error & { statusCode?: number, code?: string, grpcStatus?: number }, request, reply) => {
+    // A WebSocket handshake answered with an error the proxy did not settle: the gateway refused it (auth, limit, route).
+    if (isWebSocketHandshake(request)) app.websocket.settle(request, 'rejected')
     // Over HTTP/1.x no gRPC client is listening: JSON, as for any request.
     if (!isGrpcRequest(request) || h2Stream(request.raw) === undefined || reply.raw.headersSent) {
       reply.send(error)

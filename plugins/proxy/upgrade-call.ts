@@ -111,7 +111,7 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
 
   onUpgrade (statusCode: number, rawHeaders: Buffer[] | string[] | null, socket: Socket): void {
     const slots = this.slots as TunnelSlots
-    this.answered(statusCode, false)
+    this.answered(statusCode)
     this.unwatch()
     if (this.cancelled !== undefined) {
       socket.destroy()
@@ -144,7 +144,7 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
     if (statusCode < 200) return true
     const { request, reply } = this
     const route = (request.match as RouteMatch).route
-    this.answered(statusCode, route.upstream.failureStatuses.has(statusCode))
+    this.answered(statusCode)
     this.websocket.settle(request, 'refused')
     // A header Node will not send throws here: undici then ends the try with onError (502).
     reply.raw.writeHead(statusCode, clientResponseHeaders(rawHeaders, reply, route.responseHeaders))
@@ -196,11 +196,10 @@ class UpgradeCall implements Dispatcher.DispatchHandler {
   }
 
   /** The upstream answered the handshake: the try counts for its target's breaker and metrics. */
-  private answered (statusCode: number, failed: boolean): void {
+  private answered (statusCode: number): void {
     const target = (this.slots as TunnelSlots).target
     target.inFlight--
-    target.breaker.record(this.probe, !failed, failed ? `status ${statusCode}` : '')
-    target.tries.record(failed ? 'bad-status' : 'ok', statusCode, (performance.now() - this.began) / 1000)
+    target.recordAnswer(this.probe, statusCode, (this.request.match as RouteMatch).route.upstream.failureStatuses, (performance.now() - this.began) / 1000)
     this.endSpan(statusCode)
   }
 

@@ -199,9 +199,7 @@ export class UpstreamCall implements Dispatcher.DispatchHandler {
     clearTimeout(this.deadline)
     const { upstream } = this.o
     const target = this.target as Target
-    const failed = upstream.failureStatuses.has(statusCode)
-    target.breaker.record(this.probe, !failed, failed ? `status ${statusCode}` : '')
-    target.tries.record(failed ? 'bad-status' : 'ok', statusCode, (performance.now() - this.began) / 1000)
+    target.recordAnswer(this.probe, statusCode, upstream.failureStatuses, (performance.now() - this.began) / 1000)
     this.settled(statusCode)
     const delay = this.retryDelay(statusCode, rawHeaders)
     if (delay !== undefined) {

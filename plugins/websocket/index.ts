@@ -35,7 +35,7 @@ export function isWebSocketHandshake (request: FastifyRequest): boolean {
 }
 
 export interface WebSocketState {
-  /** Records how a handshake the proxy took on ended (unset: rejected). */
+  /** Counts how a handshake on a route ended, the first time it is known (the proxy's answers, then the proxied scope's error handler: rejected). */
   settle: (request: FastifyRequest, outcome: UpgradeOutcome) => void
   /** Turns an upgraded handshake into a tunnel between the client's socket and the upstream's. */
   tunnel: (request: FastifyRequest, upstream: Socket, slots: TunnelSlots, settings: WebSocketSettings) => void
@@ -52,7 +52,7 @@ declare module 'fastify' {
 }
 
 async function websocketPlugin (app: FastifyInstance): Promise<void> {
-  const outcomes = new WeakMap<FastifyRequest, UpgradeOutcome>()
+  const settled = new WeakSet<FastifyRequest>()
   const upgrades = new Map<string, Record<UpgradeOutcome, number>>()
   const open = new Set<Tunnel>()
   let allClosed: (() => void) | undefined
@@ -76,23 +76,17 @@ async function websocketPlugin (app: FastifyInstance): Promise<void> {
     if (open.size > 0) await new Promise<void>(resolve => { allClosed = resolve })
   })
 
-  // The outcome of every handshake that matched a route, counted when its response closes.
-  app.addHook('onRequest', (request, reply, done) => {
-    if (isWebSocketHandshake(request)) {
-      reply.raw.once('close', () => {
-        const upstream = request.match?.route.upstream.name
-        if (upstream === undefined) return
-        let counts = upgrades.get(upstream)
-        if (counts === undefined) upgrades.set(upstream, counts = { upgraded: 0, refused: 0, failed: 0, unavailable: 0, rejected: 0 })
-        counts[outcomes.get(request) ?? 'rejected']++
-      })
-    }
-    done()
-  })
-
   app.decorate('websocket', {
     upgrades,
-    settle: (request, outcome) => { outcomes.set(request, outcome) },
+    settle (request, outcome) {
+      // Counted once, when first known: a refusal that follows (the error it is answered with) is not a second outcome.
+      const upstream = request.match?.route.upstream.name
+      if (upstream === undefined || settled.has(request)) return
+      settled.add(request)
+      let counts = upgrades.get(upstream)
+      if (counts === undefined) upgrades.set(upstream, counts = { upgraded: 0, refused: 0, failed: 0, unavailable: 0, rejected: 0 })
+      counts[outcome]++
+    },
     tunnel (request, upstream, slots, settings) {
       const tunnel = new Tunnel(request.raw.socket, upstream, upgradeHead(request.raw) as Buffer, slots, settings, failure => { request.failure = failure })
       open.add(tunnel)

@@ -90,6 +90,16 @@ export class Target {
   admits (): boolean {
     return this.inFlight < this.maxConnections && this.breaker.admits()
   }
+
+  /**
+   * A try got its answer: a status among `failureStatuses` counts as a breaker failure, any other
+   * as a success; the try is counted with its time to the answer.
+   */
+  recordAnswer (probe: boolean, statusCode: number, failureStatuses: ReadonlySet<number>, seconds: number): void {
+    const failed = failureStatuses.has(statusCode)
+    this.breaker.record(probe, !failed, failed ? `status ${statusCode}` : '')
+    this.tries.record(failed ? 'bad-status' : 'ok', statusCode, seconds)
+  }
 }
 
 /** An open tunnel, as its target knows it: something to close. */
