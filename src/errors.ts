@@ -58,6 +58,13 @@ export const UpstreamSaturatedError = createError<'GATEHOUSE_ERR_UPSTREAM_SATURA
 export const UpstreamUnavailableError = createError<'GATEHOUSE_ERR_UPSTREAM_UNAVAILABLE', 503, [string, ErrorOptions?]>(
   'GATEHOUSE_ERR_UPSTREAM_UNAVAILABLE', 'No target of upstream %s can take requests: their circuit breakers are open', 503)
 
+// Every target of the upstream comes from DNS, and no name has an address (yet, or any more).
+export const UpstreamNoTargetsError = createError<'GATEHOUSE_ERR_UPSTREAM_NO_TARGETS', 503, [string, string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_UPSTREAM_NO_TARGETS', 'Upstream %s has no targets: %s', 503)
+
+export const UpstreamUnhealthyError = createError<'GATEHOUSE_ERR_UPSTREAM_UNHEALTHY', 503, [string, ErrorOptions?]>(
+  'GATEHOUSE_ERR_UPSTREAM_UNHEALTHY', 'Every target of upstream %s fails its health checks (healthCheck.panic: closed)', 503)
+
 export const TunnelsFullError = createError<'GATEHOUSE_ERR_WEBSOCKET_FULL', 503, [string, number, ErrorOptions?]>(
   'GATEHOUSE_ERR_WEBSOCKET_FULL', 'Every target of upstream %s that can take a WebSocket holds its %d tunnels (websocket.maxPerTarget)', 503)
 

@@ -42,8 +42,8 @@ export const echo: UpstreamHandler = (req, res, body) => {
   res.end(JSON.stringify({ port, method: req.method, url: req.url, headers: req.headers, body }))
 }
 
-/** A real HTTP server on 127.0.0.1 (`port`, default a free one) that records what it sees. */
-export async function startUpstream (handler: UpstreamHandler = echo, port = 0): Promise<Upstream> {
+/** A real HTTP server on `host` (default 127.0.0.1; any 127.x address or ::1), `port` (default a free one), that records what it sees. */
+export async function startUpstream (handler: UpstreamHandler = echo, port = 0, host = '127.0.0.1'): Promise<Upstream> {
   const upstream: Upstream = { url: '', port: 0, requests: [], inFlight: 0, maxInFlight: 0, close: async () => {} }
   const server = http.createServer((req, res) => {
     upstream.inFlight++
@@ -59,10 +59,10 @@ export async function startUpstream (handler: UpstreamHandler = echo, port = 0):
     })
   })
   server.keepAliveTimeout = 60_000
-  server.listen(port, '127.0.0.1')
+  server.listen(port, host)
   await once(server, 'listening')
   upstream.port = (server.address() as AddressInfo).port
-  upstream.url = `http://127.0.0.1:${upstream.port}`
+  upstream.url = `http://${host.includes(':') ? `[${host}]` : host}:${upstream.port}`
   upstream.close = async () => {
     server.closeAllConnections()
     await new Promise<void>(resolve => server.close(() => resolve()))
@@ -74,8 +74,8 @@ export async function startUpstream (handler: UpstreamHandler = echo, port = 0):
 export interface Owner { after: (fn: () => unknown) => void }
 
 /** startUpstream, closed when test `t` ends. */
-export async function upstream (t: Owner, handler?: UpstreamHandler, port?: number): Promise<Upstream> {
-  const u = await startUpstream(handler, port)
+export async function upstream (t: Owner, handler?: UpstreamHandler, port?: number, host?: string): Promise<Upstream> {
+  const u = await startUpstream(handler, port, host)
   t.after(() => u.close())
   return u
 }

@@ -50,11 +50,13 @@ test('minimal YAML file: defaults filled in, name from the file name', () => {
     name: 'users',
     file: 'users.yaml',
     targets: [{ url: 'http://127.0.0.1:9001', origin: 'http://127.0.0.1:9001', maxConnections: 100, weight: 1, protocol: 'http1' }],
+    discover: [],
     routes: [{ path: '/api/users', methods: undefined, hosts: undefined, rewritePrefix: undefined, rewriteRedirects: true, bodyLimit: undefined, requestBuffer: undefined, responseBuffer: undefined, allowEncodedSlashes: false, affinity: undefined, split: undefined, pin: undefined, websocket: false, grpc: false, headers: undefined, cors: undefined, auth: undefined, rateLimit: undefined }],
     timeouts: { connectMs: 2000, requestMs: 30_000, idleMs: 30_000 },
     websocket: { maxPerTarget: 1000, idleTimeoutMs: 300_000, maxLifetimeMs: undefined, closeDelayMs: 30_000 },
     retry: RETRY_DEFAULTS,
-    breaker: BREAKER_DEFAULTS
+    breaker: BREAKER_DEFAULTS,
+    healthCheck: undefined
   }
   assert.deepEqual(config, expected)
   assert.ok(Object.isFrozen(config) && Object.isFrozen(config.targets[0]) && Object.isFrozen(config.routes))

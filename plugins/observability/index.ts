@@ -10,6 +10,7 @@ import fastifyMetrics from 'fastify-metrics'
 import fp from 'fastify-plugin'
 import type { Metric, Registry } from 'prom-client'
 import type { Target } from '../../src/upstream/target.js'
+import { PROBE_RESULTS } from '../../src/upstream/health-check.js'
 import { responseDelivered } from '../../src/http/client-stream.js'
 import { answeredInFlight } from '../../src/http/parser-answer.js'
 import { repoRoot } from '../../src/repo-root.js'
@@ -125,7 +126,7 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
   perTarget('upstream_active_connections', 'In-flight requests per target.', t => t.inFlight)
   perTarget('upstream_max_connections', 'maxConnections per target.', t => t.maxConnections)
   perTarget('circuit_breaker_state', 'Breaker state per target: 0 closed, 1 open, 2 half-open.', t => states[t.breaker.state])
-  perTarget('upstream_target_healthy', '1 while the target\'s breaker is closed, 0 while it is open or half-open.', t => t.breaker.state === 'closed' ? 1 : 0)
+  perTarget('upstream_target_healthy', '1 while the target\'s breaker is closed and it passes its active health checks (if any), 0 otherwise.', t => t.breaker.state === 'closed' && !t.unhealthy ? 1 : 0)
   // A counter read from state at scrape time: `totals` yields every label set with its count so far.
   const counter = (name: string, help: string, labelNames: string[], totals: () => Iterable<[Record<string, string>, number]>): void => {
     new client.Counter({
@@ -160,6 +161,25 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
       for (const [outcome, n] of Object.entries(t.tries.outcomes)) yield [{ upstream: t.upstream, target: t.origin, outcome }, n]
     }
   })
+  counter('health_checks_total', 'Active health probes per target, by result: pass (an expected status), fail (another status), timeout, error (no connection).', ['upstream', 'target', 'result'], function * () {
+    for (const u of upstreams()) {
+      for (const [t, results] of u.health?.results ?? []) {
+        for (const result of PROBE_RESULTS) yield [{ upstream: u.name, target: t.origin, result }, results[result]]
+      }
+    }
+  })
+  new client.Gauge({
+    name: 'upstream_panic_active',
+    help: '1 while every target of the upstream fails its health checks and healthCheck.panic is open (the probes are ignored), else 0; upstreams with healthCheck only.',
+    labelNames: ['upstream'],
+    collect () {
+      this.reset()
+      for (const u of upstreams()) if (u.health !== undefined) this.set({ upstream: u.name }, u.health.panic ? 1 : 0)
+    }
+  })
+  counter('dns_resolution_failures_total', 'DNS resolutions of discover entries that failed: an error, NXDOMAIN, or no addresses (the last known addresses keep serving unless onEmpty: clear).', ['upstream'], function * () {
+    for (const [upstream, n] of app.routeTable.discovery.failures) yield [{ upstream }, n]
+  })
   new client.Gauge({
     name: 'websocket_connections_active',
     help: 'Open WebSocket tunnels per target, for upstreams with a websocket route.',
@@ -188,6 +208,9 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
         if (h !== undefined) yield [{ upstream: t.upstream, target: t.origin, status_class: statusClass }, h]
       }
     }
+  }))
+  histogram(new ScrapedHistogram('health_check_duration_seconds', 'Time of one active health probe, to its whole answer or its failure, per upstream.', function * () {
+    for (const u of upstreams()) if (u.health !== undefined) yield [{ upstream: u.name }, u.health.latency]
   }))
   histogram(new ScrapedHistogram('http_request_duration_seconds', 'Requests by method, status code, route (<upstream>-<route index>) and its upstream, requests the gateway refused on a route included; both empty when no route matched.', () => durations.series()))
   histogram(new ScrapedHistogram('rate_limiter_duration_seconds', 'Time of one rate-limit decision by the store (Redis or memory; fallbacks included).', function * () {

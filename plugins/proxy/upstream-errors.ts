@@ -3,7 +3,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import {
   BodyTooLargeError, ClientClosedError, ClientTooSlowError, RequestBufferFullError, UpstreamBadResponseError, UpstreamResetError, UpstreamSaturatedError, UpstreamTimeoutError,
-  UpstreamTlsError, UpstreamUnavailableError, UpstreamUnreachableError
+  UpstreamNoTargetsError, UpstreamTlsError, UpstreamUnavailableError, UpstreamUnhealthyError, UpstreamUnreachableError
 } from '../../src/errors.js'
 import { formatMs } from '../../src/config/units.js'
 import { clientChannel } from '../../src/http/client-stream.js'
@@ -18,11 +18,17 @@ const TIMEOUT = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT'])
 
 export const RETRY_AFTER_SATURATED = '1'
 
-/** 503 when no target of the request's pools admits it: saturated, or every breaker open (then Retry-After says until the next probe). */
+/**
+ * 503 when no target of the request's pools admits it: saturated; every breaker open (then
+ * Retry-After says until the next probe); every target failing its health checks; or no targets.
+ */
 export function unavailable (upstream: CompiledUpstream, pools: ReadonlyArray<Pool<Target>>, request: FastifyRequest, reply: FastifyReply): Error {
   let soonest = Infinity
+  let targets = 0
   for (const pool of pools) {
     for (const t of pool.targets) {
+      targets++
+      if (t.ejected) continue
       if (t.breaker.state !== 'open') {
         reply.header('retry-after', RETRY_AFTER_SATURATED)
         return new UpstreamSaturatedError(upstream.name)
@@ -30,10 +36,26 @@ export function unavailable (upstream: CompiledUpstream, pools: ReadonlyArray<Po
       soonest = Math.min(soonest, t.breaker.retryAfterMs())
     }
   }
+  if (targets === 0) {
+    reply.header('retry-after', RETRY_AFTER_SATURATED)
+    return new UpstreamNoTargetsError(upstream.name, noTargetsReason(upstream))
+  }
+  if (soonest === Infinity) {
+    // Every target is ejected: the next probe may bring one back.
+    reply.header('retry-after', String(Math.max(1, Math.ceil((upstream.health?.config.intervalMs ?? 1000) / 1000))))
+    return new UpstreamUnhealthyError(upstream.name)
+  }
   const seconds = Math.max(1, Math.ceil(soonest / 1000))
   request.span?.addEvent('circuit_breaker.rejected', { 'gatehouse.upstream': upstream.name, 'circuit_breaker.retry_after_s': seconds })
   reply.header('retry-after', String(seconds))
   return new UpstreamUnavailableError(upstream.name)
+}
+
+/** Why an upstream has no targets: its DNS names, and what each answered. */
+function noTargetsReason (upstream: CompiledUpstream): string {
+  if (upstream.discovery.length === 0) return 'none of its targets is in the group this request goes to'
+  const names = upstream.discovery.map(w => `${w.name} (${w.failure ?? (w.settled ? 'no addresses' : 'no answer yet')})`)
+  return `its DNS names have no addresses: ${names.join(', ')}`
 }
 
 /** The gateway error for a call that ended in `error` before any response was written. */

@@ -6,9 +6,10 @@ import type { FastifyInstance, onRequestHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import { loadRouteDirStrict, readRouteDir, resolveRouteFiles, type AcceptedFile } from '../../src/config/route-dir.js'
 import { ROUTE_FILE_EXTENSIONS } from '../../src/config/route-file/index.js'
+import { Discovery } from '../../src/upstream/discovery.js'
 import type { Target, TargetTransitionListener } from '../../src/upstream/target.js'
 import { routeResolver, type RouteMatch } from './resolve.js'
-import { buildRouteTable, type RouteDefaults, type RouteTable } from './route-table.js'
+import { buildRouteTable, type BuildResult, type BuildSources, type RouteDefaults, type RouteTable } from './route-table.js'
 
 export type { RouteMatch } from './resolve.js'
 
@@ -35,7 +36,12 @@ export interface RouteTableHolder {
   reload: (reason: string) => Promise<ReloadReport>
   /** Reload outcomes since start, for metrics. */
   readonly reloads: { success: number, failure: number }
+  /** The DNS watches of discover entries. */
+  readonly discovery: Discovery
 }
+
+// How long a start or reload waits for new DNS names' first answers before it goes on without them.
+const FIRST_ANSWER_WAIT_MS = 3000
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -69,7 +75,18 @@ async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions):
     }
   }
   let accepted: Map<string, AcceptedFile> = await loadRouteDirStrict(opts.routesDir)
-  let table = buildRouteTable(configsOf(accepted), opts.defaults, undefined, onTransition).table
+  let ready = false
+  // A DNS answer that changes an address set rebuilds the table from the same files.
+  const discovery = new Discovery(app.log, watch => {
+    if (!ready) return
+    apply(buildRouteTable(configsOf(accepted), opts.defaults, table, sources))
+    app.log.debug({ version: table.version, upstream: watch.upstream, dns: watch.name }, 'route table rebuilt: DNS changed')
+  })
+  const sources: BuildSources = { onTransition, watchOf: (upstream, d) => discovery.watchOf(upstream, d), log: app.log }
+  warnUnresolved(await discovery.sync(configsOf(accepted), FIRST_ANSWER_WAIT_MS))
+  let table = buildRouteTable(configsOf(accepted), opts.defaults, undefined, sources).table
+  syncHealthChecks(undefined, table)
+  ready = true
   const reloads = { success: 0, failure: 0 }
   app.log.info({ version: table.version, files: [...accepted.keys()] }, 'route table loaded')
   if (accepted.size === 0) app.log.warn({ routesDir: opts.routesDir }, 'no route files: every request will get 404')
@@ -83,16 +100,10 @@ async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions):
     const failures = [...read.failures, ...resolution.failures]
     const applied = [...resolution.accepted.keys()].filter(f => accepted.get(f) !== resolution.accepted.get(f))
     const removedFiles = [...accepted.keys()].filter(f => !resolution.accepted.has(f))
-    const built = buildRouteTable(configsOf(resolution.accepted), opts.defaults, table, onTransition)
-    // The swap: one assignment. A request reads `table` once, so it never sees half a reload.
-    table = built.table
+    // New DNS names get their first answer before their routes serve.
+    warnUnresolved(await discovery.sync(configsOf(resolution.accepted), FIRST_ANSWER_WAIT_MS))
     accepted = resolution.accepted
-    for (const target of built.removed) {
-      // close() lets requests already sent finish, then frees the sockets.
-      target.pool.close().catch(err => app.log.warn({ err, target: target.origin }, 'closing a removed target failed'))
-      // Its tunnels get websocket.closeDelay to finish on their own (clients reconnect elsewhere meanwhile).
-      if (target.tunnels.open.size > 0) setTimeout(() => target.tunnels.closeAll('target-removed'), target.tunnels.closeDelayMs).unref()
-    }
+    apply(buildRouteTable(configsOf(accepted), opts.defaults, table, sources))
     for (const failure of failures) {
       app.log.error({ file: failure.file, problems: failure.problems, reason }, `route file rejected, ${accepted.has(failure.file) ? 'its last good version keeps serving' : 'it does not serve'}`)
     }
@@ -140,10 +151,31 @@ async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions):
     watcher.on('error', err => app.log.error({ err, routesDir: opts.routesDir }, 'watching the routes folder failed; SIGUSR1 still reloads'))
   }
 
+  /** Swaps in a new table, drains the targets it no longer has, and moves health checks along. */
+  function apply (built: BuildResult): void {
+    const before = table
+    // The swap: one assignment. A request reads `table` once, so it never sees half a reload.
+    table = built.table
+    for (const target of built.removed) {
+      // close() lets requests already sent finish, then frees the sockets.
+      target.pool.close().catch(err => app.log.warn({ err, target: target.origin }, 'closing a removed target failed'))
+      // Its tunnels get websocket.closeDelay to finish on their own (clients reconnect elsewhere meanwhile).
+      if (target.tunnels.open.size > 0) setTimeout(() => target.tunnels.closeAll('target-removed'), target.tunnels.closeDelayMs).unref()
+    }
+    syncHealthChecks(before, table)
+  }
+
+  function warnUnresolved (watches: ReadonlyArray<{ upstream: string, name: string, failure: string | undefined }>): void {
+    for (const w of watches) {
+      app.log.warn({ upstream: w.upstream, dns: w.name, failure: w.failure ?? 'no answer yet' }, 'DNS name has no addresses yet: they become targets when it resolves (until then its upstream has only its other targets, or answers 503)')
+    }
+  }
+
   app.decorate('routeTable', {
     get table () { return table },
     reload,
-    reloads
+    reloads,
+    discovery
   })
   app.decorateRequest('match', null)
   app.decorate('resolveRoute', routeResolver(() => table))
@@ -152,8 +184,17 @@ async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions):
     watcher?.close()
     clearTimeout(debounce)
     await running
+    discovery.stop()
+    for (const u of table.upstreams) u.health?.stop()
     await Promise.all([...table.targets.values()].map(t => t.pool.close()))
   })
+}
+
+/** Probes follow the table: every upstream with healthCheck probes its current targets; checkers no upstream has any more stop. */
+function syncHealthChecks (before: RouteTable | undefined, after: RouteTable): void {
+  const live = new Set(after.upstreams.map(u => u.health))
+  for (const u of before?.upstreams ?? []) if (u.health !== undefined && !live.has(u.health)) u.health.stop()
+  for (const u of after.upstreams) u.health?.track(u.targets)
 }
 
 function configsOf (accepted: Map<string, AcceptedFile>) {

@@ -3,13 +3,15 @@ import type { RedirectRewrite } from '../proxy/headers.js'
 import FindMyWay, { type HTTPVersion, type Instance } from 'find-my-way'
 import type { CorsPolicy } from '../../src/config/route-file/cors.js'
 import type { HeaderRules } from '../../src/config/route-file/header-rules.js'
-import { HTTP_METHODS, routeMethods, type JwtAuthConfig, type RateLimitConfig, type UpstreamConfig, type WebSocketSettings } from '../../src/config/route-file/index.js'
+import { HTTP_METHODS, routeMethods, type DiscoverConfig, type JwtAuthConfig, type RateLimitConfig, type UpstreamConfig, type WebSocketSettings } from '../../src/config/route-file/index.js'
+import { serviceName, type DiscoveredAddress, type DiscoveryLog, type DnsWatch } from '../../src/upstream/discovery.js'
+import { HealthChecker } from '../../src/upstream/health-check.js'
 import { RetryBudget, type RetryOptions } from '../../src/upstream/retry.js'
 import type { Pool } from '../../src/upstream/select.js'
 import { compileRewrite, hasParams, routerPath, type RewriteTemplate } from './path-params.js'
 import { compileAffinity, type CompiledAffinity } from './affinity.js'
 import { compileSplit, type CompiledSplit } from './split.js'
-import { Target, type TargetTransitionListener } from '../../src/upstream/target.js'
+import { Target, type TargetOptions, type TargetTransitionListener } from '../../src/upstream/target.js'
 
 export interface CompiledUpstream {
   readonly name: string
@@ -25,6 +27,10 @@ export interface CompiledUpstream {
   readonly budget: RetryBudget
   /** The file's websocket settings; undefined when none of its routes accepts upgrades. */
   readonly tunnels: WebSocketSettings | undefined
+  /** The DNS watches its discover entries read (why it may have no targets). */
+  readonly discovery: readonly DnsWatch[]
+  /** Active health checks; undefined: none. Kept across reloads, like the budget. */
+  readonly health: HealthChecker | undefined
 }
 
 /** A route's rate limit, with what its headers say precomputed. */
@@ -119,25 +125,35 @@ export interface RouteDefaults {
   affinitySecret?: string | undefined
 }
 
+/** What a build reads beside the files: the live state targets come from and report to. */
+export interface BuildSources {
+  onTransition?: TargetTransitionListener
+  /** The DNS watch of a discover entry; absent: discover entries have no targets. */
+  watchOf?: (upstream: string, d: DiscoverConfig) => DnsWatch | undefined
+  /** Where health checkers log. */
+  log?: DiscoveryLog
+}
+
 /**
  * Compiles upstream configs into a radix router. Targets whose identity is unchanged since
  * `previous` are carried over with their pool and in-flight count.
  */
-export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: RouteDefaults, previous?: RouteTable, onTransition?: TargetTransitionListener): BuildResult {
+export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: RouteDefaults, previous?: RouteTable, sources: BuildSources = {}): BuildResult {
   const router = FindMyWay({ caseSensitive: true, ignoreTrailingSlash: false, ignoreDuplicateSlashes: false })
   const targets = new Map<string, Target>()
   const upstreams: CompiledUpstream[] = []
   const limits = new Map<string, CompiledLimit>()
   const authenticated: string[] = []
   for (const config of configs) {
-    const upstreamTargets = config.targets.map(t => {
-      const options = { upstream: config.name, origin: t.origin, maxConnections: t.maxConnections, weight: t.weight, protocol: t.protocol, connectTimeoutMs: config.timeouts.connectMs, breaker: config.breaker, tls: t.tls }
+    const watches = config.discover.flatMap(d => sources.watchOf?.(config.name, d) ?? [])
+    const entries = targetEntries(config, sources)
+    const upstreamTargets = entries.map(({ options }) => {
       const key = Target.key(options)
       const kept = previous?.targets.get(key)
       // A kept target keeps its breaker state; only its settings change.
       kept?.breaker.configure(config.breaker)
-      const target = kept ?? new Target(options, onTransition)
-      target.weight = t.weight
+      const target = kept ?? new Target(options, sources.onTransition)
+      target.weight = options.weight
       target.tunnels.maxConnections = config.websocket.maxPerTarget
       target.tunnels.closeDelayMs = config.websocket.closeDelayMs
       targets.set(key, target)
@@ -153,7 +169,9 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
       retry: config.retry,
       failureStatuses: new Set(config.breaker.failureStatuses),
       budget: budgetOf(previous, config),
-      tunnels: config.routes.some(r => r.websocket) ? config.websocket : undefined
+      tunnels: config.routes.some(r => r.websocket) ? config.websocket : undefined,
+      discovery: watches,
+      health: healthOf(previous, config, sources.log)
     })
     // Routes without a split choose among all of the upstream's targets.
     const allTargets: ReadonlyArray<Pool<Target>> = Object.freeze([upstream])
@@ -180,7 +198,7 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
         allowEncodedSlashes: route.allowEncodedSlashes,
         pools: allTargets,
         affinity: route.affinity === undefined ? undefined : compileAffinity(route.affinity, config.name, upstream.targets, defaults.affinitySecret),
-        split: route.split === undefined ? undefined : compileSplit(route.split, route.pin, upstream.targets, config.targets.map(t => t.group)),
+        split: route.split === undefined ? undefined : compileSplit(route.split, route.pin, upstream.targets, entries.map(e => e.group)),
         cors: route.cors,
         websocket: route.websocket,
         grpc: route.grpc,
@@ -214,6 +232,49 @@ const UPSTREAM_CORS = ['access-control-allow-origin', 'access-control-allow-cred
 
 function withoutUpstreamCors (rules: HeaderRules | undefined): HeaderRules {
   return Object.freeze({ drop: new Set([...rules?.drop ?? [], ...UPSTREAM_CORS]), append: rules?.append ?? [] })
+}
+
+/** The targets of an upstream: its url entries, then each address its discover entries resolved to (an origin listed twice counts once). */
+function targetEntries (config: UpstreamConfig, sources: BuildSources): Array<{ options: TargetOptions, group: string | undefined }> {
+  const base = { upstream: config.name, connectTimeoutMs: config.timeouts.connectMs, breaker: config.breaker }
+  const entries: Array<{ options: TargetOptions, group: string | undefined }> = config.targets.map(t => ({
+    options: { ...base, origin: t.origin, maxConnections: t.maxConnections, weight: t.weight, protocol: t.protocol, tls: t.tls },
+    group: t.group
+  }))
+  const seen = new Set(entries.map(e => e.options.origin))
+  for (const d of config.discover) {
+    for (const address of sources.watchOf?.(config.name, d)?.addresses ?? []) {
+      const options = discoveredTarget(base, d, address)
+      if (seen.has(options.origin)) continue
+      seen.add(options.origin)
+      entries.push({ options, group: d.group })
+    }
+  }
+  return entries
+}
+
+/** A discovered address as a target: dialled by IP, named (Host, TLS) by its DNS name. */
+function discoveredTarget (base: Pick<TargetOptions, 'upstream' | 'connectTimeoutMs' | 'breaker'>, d: DiscoverConfig, a: DiscoveredAddress): TargetOptions {
+  const name = serviceName(d)
+  const defaultPort = d.scheme === 'https' ? 443 : 80
+  return {
+    ...base,
+    origin: `${d.scheme}://${a.ip.includes(':') ? `[${a.ip}]` : a.ip}:${a.port}`,
+    host: a.port === defaultPort ? name : `${name}:${a.port}`,
+    servername: name,
+    maxConnections: d.maxConnections,
+    weight: a.weight ?? d.weight,
+    protocol: d.protocol,
+    tls: d.tls
+  }
+}
+
+function healthOf (previous: RouteTable | undefined, config: UpstreamConfig, log: DiscoveryLog | undefined): HealthChecker | undefined {
+  if (config.healthCheck === undefined) return undefined
+  const kept = previous?.upstreams.find(u => u.name === config.name)?.health
+  if (kept === undefined) return new HealthChecker(config.name, config.healthCheck, log ?? { info () {}, warn () {} })
+  kept.configure(config.healthCheck)
+  return kept
 }
 
 function budgetOf (previous: RouteTable | undefined, config: UpstreamConfig): RetryBudget {

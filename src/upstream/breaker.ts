@@ -1,7 +1,8 @@
 // The circuit breaker of one target: a pure state machine with an injected clock.
 //   closed    → open       on `consecutiveFailures` in a row, or `failureRatio` of at least
 //                          `minRequests` requests within `window`
-//   open      → half-open  once `openFor` has passed (checked when a request asks)
+//   open      → half-open  once `openFor` has passed (checked when a request asks), or at once
+//                          when an active health check passes
 //   half-open → closed     after `closeAfter` successful probes
 //   half-open → open       on a failed probe; `openFor` doubles per consecutive re-open, up to `maxOpenFor`
 // Half-open admits at most `halfOpenProbes` requests at a time.
@@ -105,6 +106,14 @@ export class CircuitBreaker {
         this.open(`${failed} of ${ok + failed} requests failed in the window, last: ${cause}`)
       }
     }
+  }
+
+  /**
+   * An active health check passed: an open breaker goes to half-open at once, without waiting out
+   * openFor, so real requests can probe it. Never straight to closed: only real traffic closes it.
+   */
+  healthCheckPassed (): void {
+    if (this.state === 'open') this.transition('half-open', 'health check passed')
   }
 
   /** A request that was acquired but ended with no verdict on the target (the client left). */

@@ -25,6 +25,8 @@ function load (t: Selectable): number {
  */
 export function selectTarget<T extends Selectable> (targets: readonly T[], totalWeight: number, random: () => number = Math.random, exclude?: ReadonlySet<T>): T | undefined {
   const n = targets.length
+  // An upstream whose targets all come from DNS has none until a name resolves.
+  if (n === 0) return undefined
   if (n === 1) {
     const only = targets[0] as T
     return usable(only, exclude) ? only : undefined

@@ -1,5 +1,5 @@
 // One origin of an upstream service: its connection pool, its load and its breaker.
-import { buildConnector, errors, H2CClient, Pool } from 'undici'
+import { buildConnector, Client, errors, H2CClient, Pool, type Dispatcher } from 'undici'
 import { CircuitBreaker, type BreakerOptions, type BreakerState } from './breaker.js'
 import type { Selectable } from './select.js'
 import { TryStats } from './try-stats.js'
@@ -16,6 +16,10 @@ export interface TargetOptions {
   protocol?: UpstreamProtocol
   connectTimeoutMs: number
   breaker: BreakerOptions
+  /** Host header of its requests; default the origin's host[:port]. A discovered address keeps its DNS name here. */
+  host?: string
+  /** SNI and the name its certificate must hold when tls sets none; default the origin's host. */
+  servername?: string
   /** https:// targets only; absent: Node's public roots, SNI and identity from the URL's host. */
   tls?: TargetTls
 }
@@ -53,21 +57,27 @@ export class Target {
   readonly transitions: Record<BreakerState, number> = { closed: 0, open: 0, 'half-open': 0 }
   /** WebSocket tunnels to this target, on a budget of their own. */
   readonly tunnels = new TunnelSlots(this)
+  /** Failing its active health checks (src/upstream/health-check.ts). */
+  unhealthy = false
+  /** Out of selection because it is unhealthy and its upstream is not in panic: the flag selection reads. */
+  ejected = false
+  private readonly connect: buildConnector.connector
 
   constructor (options: TargetOptions, onTransition: TargetTransitionListener = () => {}) {
     this.upstream = options.upstream
     this.origin = options.origin
-    this.host = new URL(options.origin).host
+    this.host = options.host ?? new URL(options.origin).host
     this.maxConnections = options.maxConnections
     this.protocol = options.protocol ?? 'http1'
     this.weight = options.weight
+    this.connect = connector(options, this.protocol)
     // The pool never opens more sockets than the cap. allowH2 is explicit: undici 8 turns it on
     // by default, which would move every https:// target to HTTP/2 unasked. An h2c pool's
     // connections are H2CClients (HTTP/2 from the first byte, up to 100 streams each).
     this.pool = new Pool(options.origin, {
       connections: options.maxConnections,
       allowH2: this.protocol === 'h2',
-      connect: connector(options, this.protocol),
+      connect: this.connect,
       ...(this.protocol === 'h2c' ? { factory: (origin: URL, opts: object) => new H2CClient(origin, opts) } : {})
     })
     this.breaker = new CircuitBreaker(options.breaker, (from, to, cause) => {
@@ -78,7 +88,16 @@ export class Target {
 
   /** Identity across reloads: same upstream, origin and pool settings keep the same Target. */
   static key (options: TargetOptions): string {
-    return `${options.upstream} ${options.origin} ${options.protocol ?? 'http1'} ${options.maxConnections} ${options.connectTimeoutMs} ${options.tls?.fingerprint ?? '-'}`
+    return `${options.upstream} ${options.origin} ${options.host ?? '-'} ${options.protocol ?? 'http1'} ${options.maxConnections} ${options.connectTimeoutMs} ${options.tls?.fingerprint ?? '-'}`
+  }
+
+  /**
+   * A client of one connection to this target, apart from its pool: what health probes use, so a
+   * probe never takes one of maxConnections nor waits behind requests.
+   */
+  newClient (): Dispatcher {
+    const opts = { connect: this.connect, allowH2: this.protocol === 'h2' }
+    return this.protocol === 'h2c' ? new H2CClient(this.origin, opts) : new Client(this.origin, opts)
   }
 
   /** in-flight ÷ maxConnections: 0 idle, 1 full. */
@@ -86,9 +105,9 @@ export class Target {
     return this.inFlight / this.maxConnections
   }
 
-  /** Not full, and its breaker lets a request through. */
+  /** Not ejected by its health checks, not full, and its breaker lets a request through. */
   admits (): boolean {
-    return this.inFlight < this.maxConnections && this.breaker.admits()
+    return !this.ejected && this.inFlight < this.maxConnections && this.breaker.admits()
   }
 
   /**
@@ -127,9 +146,9 @@ export class TunnelSlots implements Selectable {
     return this.target.weight
   }
 
-  /** Below its tunnel budget, and its breaker lets a handshake through. */
+  /** Not ejected, below its tunnel budget, and its breaker lets a handshake through. */
   admits (): boolean {
-    return this.inFlight < this.maxConnections && this.target.breaker.admits()
+    return !this.target.ejected && this.inFlight < this.maxConnections && this.target.breaker.admits()
   }
 
   closeAll (reason: TunnelCloseReason): void {
@@ -145,7 +164,8 @@ function connector (options: TargetOptions, protocol: UpstreamProtocol): buildCo
   const tls = options.tls
   // The connector reads allowH2 (the ALPN offer) and useH2c itself: set both, whatever undici's defaults.
   const base = { timeout: options.connectTimeoutMs, rejectUnauthorized: true, allowH2: protocol === 'h2', useH2c: protocol === 'h2c' }
-  const { ca, cert, key, servername } = tls ?? {}
+  const { ca, cert, key } = tls ?? {}
+  const servername = tls?.servername ?? options.servername
   const connect = buildConnector({ ...base, ca, cert, key, servername })
   if (servername === undefined) return connect
   // undici derives a servername from the request's Host header (the URL's host) and prefers it

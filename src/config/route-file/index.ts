@@ -3,6 +3,6 @@
 export {
   HTTP_METHODS, JWT_ALGORITHMS, LIMIT_ALGORITHMS, RESERVED_PATHS, ROUTE_FILE_EXTENSIONS, RouteFileSchema,
   type JwtAuthConfig, type JwtKeySource, type LimitAlgorithm, type RateLimitConfig, type RateLimitKey,
-  type RouteConfig, type TargetConfig, type UpstreamConfig, type WebSocketSettings
+  type DiscoverConfig, type HealthCheckConfig, type RouteConfig, type TargetConfig, type UpstreamConfig, type WebSocketSettings
 } from './schema.js'
 export { parseRouteFile, RouteFileError, routeClaims, routeFileWarnings, routeMethods } from './parse.js'

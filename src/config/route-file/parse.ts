@@ -2,12 +2,13 @@
 // about the file as a whole, and compiles it into an UpstreamConfig.
 import Value from 'typebox/value'
 import YAML from 'yaml'
-import { DURATION_EXPECTED, toBytes, toMs } from '../units.js'
+import { isIP } from 'node:net'
+import { DURATION_EXPECTED, formatMs, toBytes, toMs } from '../units.js'
 import { schemaErrors } from '../validate.js'
 import { checkJwt, jwtAuth } from './jwt.js'
 import {
   HTTP_METHODS, RESERVED_PATHS, RouteFileSchema,
-  type RateLimitKey, type RawRouteFile, type RouteConfig, type TargetConfig, type UpstreamConfig
+  type DiscoverConfig, type HealthCheckConfig, type RateLimitKey, type RawRouteFile, type RouteConfig, type TargetConfig, type UpstreamConfig
 } from './schema.js'
 import { CorsPolicy, corsProblems } from './cors.js'
 import { compileHeaderRules, type RouteHeaderRules, type RouteOwned } from './header-rules.js'
@@ -56,7 +57,8 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
   const upstream: UpstreamConfig = {
     name: raw.name ?? defaultName(file),
     file,
-    targets: raw.targets.map((t, i) => targetConfig(t, i, targetProblems)),
+    targets: raw.targets.flatMap((t, i) => t.discover === undefined ? [targetConfig(t, i, targetProblems)] : []),
+    discover: raw.targets.flatMap((t, i) => t.discover === undefined ? [] : [discoverConfig(t, i, targetProblems)]),
     routes: raw.routes.map((r, i) => ({
       path: r.path,
       methods: r.methods,
@@ -101,7 +103,8 @@ export function parseRouteFile (file: string, text: string, env: NodeJS.ProcessE
       budget: raw.retry!.budget,
       bufferBody: raw.retry!.bufferBody === undefined ? undefined : toBytes(raw.retry!.bufferBody)
     },
-    breaker: breakerOptions(raw.circuitBreaker!)
+    breaker: breakerOptions(raw.circuitBreaker!),
+    healthCheck: raw.healthCheck === undefined ? undefined : healthCheckConfig(raw.healthCheck, targetProblems)
   }
   const semantic = [...checkUpstream(upstream, raw), ...targetProblems, ...routeProblems]
   if (semantic.length > 0) throw new RouteFileError(file, semantic)
@@ -119,16 +122,25 @@ function checkUpstream (upstream: UpstreamConfig, raw: RawRouteFile): string[] {
     if (origins.has(t.origin)) problems.push(`/targets/${i}/url: ${t.url} is listed twice`)
     origins.add(t.origin)
   })
+  const names = new Map<string, string>()
+  for (const d of upstream.discover) {
+    const name = `${d.type} ${d.dns}`
+    const other = names.get(name)
+    if (other !== undefined) problems.push(`${d.at}/discover/dns: ${d.type} ${d.dns} is already discovered by ${other}`)
+    names.set(name, d.at)
+  }
+  // Every entry's protocol: a url's, or the one each discovered address will speak.
+  const protocols = [...upstream.targets.map((t, i) => ({ at: `/targets/${i}`, protocol: t.protocol })), ...upstream.discover.map(d => ({ at: d.at, protocol: d.protocol }))]
+  const http1 = protocols.find(t => t.protocol === 'http1')
+  const http2 = protocols.find(t => t.protocol !== 'http1')
   const claims = new Map<string, number>()
   upstream.routes.forEach((route, i) => {
     if (RESERVED_PATHS.includes(route.path)) problems.push(`/routes/${i}/path: ${route.path} is served by the gateway itself`)
     problems.push(...paramProblems(route, i))
-    problems.push(...splitProblems(route, i, upstream.targets))
+    problems.push(...splitProblems(route, i, [...upstream.targets, ...upstream.discover]))
     if (route.websocket && route.methods !== undefined && !route.methods.includes('GET')) problems.push(`/routes/${i}/websocket: a WebSocket handshake is a GET, and methods does not list GET`)
-    const http1 = upstream.targets.findIndex(t => t.protocol === 'http1')
-    const http2 = upstream.targets.findIndex(t => t.protocol !== 'http1')
-    if (route.websocket && http2 !== -1) problems.push(`/routes/${i}/websocket: WebSocket tunnels need HTTP/1.1 targets, and /targets/${http2} has protocol ${upstream.targets[http2]?.protocol ?? ''}`)
-    if (route.grpc && http1 !== -1) problems.push(`/routes/${i}/grpc: gRPC needs HTTP/2 targets, and /targets/${http1} has protocol http1 (set protocol: h2 for https://, h2c for http://)`)
+    if (route.websocket && http2 !== undefined) problems.push(`/routes/${i}/websocket: WebSocket tunnels need HTTP/1.1 targets, and ${http2.at} has protocol ${http2.protocol}`)
+    if (route.grpc && http1 !== undefined) problems.push(`/routes/${i}/grpc: gRPC needs HTTP/2 targets, and ${http1.at} has protocol http1 (set protocol: h2 for https://, h2c for http://)`)
     if (route.grpc && route.websocket) problems.push(`/routes/${i}: a route is gRPC or WebSocket, not both`)
     if (route.grpc && route.methods !== undefined && !route.methods.includes('POST')) problems.push(`/routes/${i}/grpc: gRPC calls are POSTs, and methods does not list POST`)
     if (route.rateLimit !== undefined && route.rateLimit.windowMs < 1) problems.push(`/routes/${i}/rateLimit/window: must be at least 1ms`)
@@ -196,15 +208,16 @@ function targetOrigin (url: string, at: string, problems: string[]): string | un
 }
 
 function targetConfig (raw: RawTarget, i: number, problems: string[]): TargetConfig {
-  const { tls, ...rest } = raw
+  const { tls, url = '', ...rest } = raw
+  if (raw.url === undefined) problems.push(`/targets/${i}: needs url (one instance, http://10.0.0.5:9001) or discover (a DNS name whose addresses are instances)`)
   // An unusable url is reported with the file's other problems; the origin is only a placeholder then.
-  const target: TargetConfig = { ...rest, origin: targetOrigin(raw.url, `/targets/${i}/url`, problems) ?? raw.url }
+  const target: TargetConfig = { ...rest, url, origin: raw.url === undefined ? url : targetOrigin(url, `/targets/${i}/url`, problems) ?? url }
   // h2 is negotiated by ALPN inside TLS; h2c is HTTP/2 over plain TCP.
-  if (raw.protocol === 'h2' && !raw.url.startsWith('https://')) problems.push(`/targets/${i}/protocol: h2 needs an https:// url (${raw.url} is plain HTTP; h2c is HTTP/2 without TLS)`)
-  if (raw.protocol === 'h2c' && !raw.url.startsWith('http://')) problems.push(`/targets/${i}/protocol: h2c needs an http:// url (${raw.url} is TLS; h2 is HTTP/2 over TLS)`)
+  if (raw.protocol === 'h2' && !url.startsWith('https://')) problems.push(`/targets/${i}/protocol: h2 needs an https:// url (${raw.url} is plain HTTP; h2c is HTTP/2 without TLS)`)
+  if (raw.protocol === 'h2c' && !url.startsWith('http://')) problems.push(`/targets/${i}/protocol: h2c needs an http:// url (${raw.url} is TLS; h2 is HTTP/2 over TLS)`)
   if (tls === undefined) return target
-  if (!raw.url.startsWith('https://')) {
-    problems.push(`/targets/${i}/tls: only for https:// targets (${raw.url} is plain HTTP)`)
+  if (!url.startsWith('https://')) {
+    problems.push(`/targets/${i}/tls: only for https:// targets (${url} is plain HTTP)`)
     return target
   }
   const loaded = loadTls(tls, `/targets/${i}/tls`, problems)
@@ -212,8 +225,81 @@ function targetConfig (raw: RawTarget, i: number, problems: string[]): TargetCon
   return target
 }
 
+type RawDiscover = NonNullable<RawTarget['discover']>
+
+/** Refreshes faster than this would query DNS in a loop. */
+const MIN_REFRESH_MS = 100
+
+function discoverConfig (raw: RawTarget, i: number, problems: string[]): DiscoverConfig {
+  const at = `/targets/${i}`
+  const d = raw.discover as RawDiscover
+  if (raw.url !== undefined) problems.push(`${at}: has both url and discover: an entry is one instance (url) or a DNS name whose addresses are instances (discover)`)
+  const config: DiscoverConfig = {
+    at,
+    dns: d.dns.toLowerCase().replace(/\.$/, ''),
+    type: d.type,
+    scheme: d.scheme,
+    port: d.port ?? (d.scheme === 'https' ? 443 : 80),
+    refresh: d.refresh === 'ttl' ? 'ttl' : toMs(d.refresh),
+    minRefreshMs: toMs(d.minRefresh),
+    maxRefreshMs: toMs(d.maxRefresh),
+    onEmpty: d.onEmpty,
+    resolvers: d.resolvers,
+    maxConnections: raw.maxConnections,
+    weight: raw.weight,
+    protocol: raw.protocol
+  }
+  if (raw.group !== undefined) config.group = raw.group
+  if (config.minRefreshMs < MIN_REFRESH_MS) problems.push(`${at}/discover/minRefresh: must be at least ${MIN_REFRESH_MS}ms`)
+  if (config.maxRefreshMs < config.minRefreshMs) problems.push(`${at}/discover/maxRefresh: ${formatMs(config.maxRefreshMs)} is below minRefresh (${formatMs(config.minRefreshMs)})`)
+  if (typeof config.refresh === 'number' && config.refresh < MIN_REFRESH_MS) problems.push(`${at}/discover/refresh: must be ttl or at least ${MIN_REFRESH_MS}ms`)
+  if (d.type !== 'SRV' && /(^|\.)_/.test(config.dns)) problems.push(`${at}/discover/dns: ${d.dns} looks like an SRV name (_service._proto.name); set type: SRV`)
+  if (d.resolvers !== undefined) {
+    for (const [k, r] of d.resolvers.entries()) if (!validResolver(r)) problems.push(`${at}/discover/resolvers/${k}: ${r} is not an IP address with a port of 1-65535`)
+  }
+  if (raw.protocol === 'h2' && d.scheme !== 'https') problems.push(`${at}/protocol: h2 needs scheme: https in discover (h2c is HTTP/2 without TLS)`)
+  if (raw.protocol === 'h2c' && d.scheme !== 'http') problems.push(`${at}/protocol: h2c needs scheme: http in discover (h2 is HTTP/2 over TLS)`)
+  if (raw.tls !== undefined) {
+    if (d.scheme !== 'https') problems.push(`${at}/tls: only with scheme: https in discover`)
+    else {
+      const loaded = loadTls(raw.tls, `${at}/tls`, problems)
+      if (loaded !== undefined) config.tls = loaded
+    }
+  }
+  return config
+}
+
+function validResolver (text: string): boolean {
+  const m = /^\[?([^\]]+?)\]?(?::(\d+))?$/.exec(text)
+  if (m === null || isIP(m[1] as string) === 0) return false
+  return m[2] === undefined || (Number(m[2]) >= 1 && Number(m[2]) <= 65535)
+}
+
+function healthCheckConfig (raw: NonNullable<RawRouteFile['healthCheck']>, problems: string[]): HealthCheckConfig {
+  const expectStatus = raw.expectStatus.map((s, k): [number, number] => {
+    if (typeof s === 'number') return [s, s]
+    const [lo, hi] = s.split('-').map(Number) as [number, number]
+    if (lo > hi) problems.push(`/healthCheck/expectStatus/${k}: ${s} is an empty range (write the lower status first)`)
+    return [lo, hi]
+  })
+  const config: HealthCheckConfig = {
+    path: raw.path,
+    intervalMs: toMs(raw.interval),
+    timeoutMs: toMs(raw.timeout),
+    unhealthyThreshold: raw.unhealthyThreshold,
+    healthyThreshold: raw.healthyThreshold,
+    expectStatus,
+    headers: Object.fromEntries(Object.entries(raw.headers ?? {}).map(([k, v]) => [k.toLowerCase(), v])),
+    panic: raw.panic
+  }
+  if (config.intervalMs < MIN_REFRESH_MS) problems.push(`/healthCheck/interval: must be at least ${MIN_REFRESH_MS}ms`)
+  if (config.timeoutMs < 1) problems.push('/healthCheck/timeout: must be at least 1ms')
+  if ('host' in config.headers) problems.push('/healthCheck/headers/host: the Host of a probe is the target\'s, as for requests')
+  return config
+}
+
 /** A split naming a group no target is in, or weighing nothing; a pin without a split. */
-function splitProblems (route: RouteConfig, i: number, targets: readonly TargetConfig[]): string[] {
+function splitProblems (route: RouteConfig, i: number, targets: ReadonlyArray<{ group?: string | undefined }>): string[] {
   const problems: string[] = []
   if (route.split === undefined) {
     if (route.pin !== undefined) problems.push(`/routes/${i}/pin: pins a request to a group of split, and the route has no split`)

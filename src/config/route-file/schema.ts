@@ -7,7 +7,7 @@ import type { RetryOptions } from '../../upstream/retry.js'
 import type { TargetTls, UpstreamProtocol } from '../../upstream/target.js'
 import type { CorsPolicy } from './cors.js'
 import type { RouteHeaderRules } from './header-rules.js'
-import { Duration, Size } from '../units.js'
+import { Duration, DURATION_EXPECTED, Size } from '../units.js'
 
 /** Methods a route may list: those Fastify serves (CONNECT is not proxied). */
 export const HTTP_METHODS: readonly string[] = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS', 'TRACE']
@@ -23,12 +23,57 @@ const PemPath = (what: string) => Type.String({
   description: `Absolute path of a file holding the ${what}`
 })
 
+// A DNS name; underscores are allowed for SRV's _service._proto labels.
+const DNS_NAME = '^[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9])?(\\.[A-Za-z0-9_]([A-Za-z0-9_-]*[A-Za-z0-9])?)*\\.?$'
+// A resolver: an IPv4 address or a bracketed IPv6 one, with an optional port.
+const RESOLVER = '^([0-9]{1,3}(\\.[0-9]{1,3}){3}|\\[[0-9A-Fa-f:.]+\\])(:[0-9]{1,5})?$'
+
+/** What a discover block asks the DNS for. */
+export const DISCOVER_TYPES = ['A', 'AAAA', 'A+AAAA', 'SRV'] as const
+export type DiscoverType = typeof DISCOVER_TYPES[number]
+
+const Discover = Type.Object({
+  dns: Type.String({
+    pattern: DNS_NAME,
+    errorMessage: 'must be a DNS name such as orders.default.svc.cluster.local (no scheme, no port)',
+    description: 'Name whose addresses are the targets: a headless Kubernetes Service (orders.default.svc.cluster.local), a Consul or VM fleet name, or for SRV the service name (_http._tcp.payments.internal).'
+  }),
+  port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, errorMessage: 'must be a port, 1-65535', description: 'Port of every address found (A, AAAA). For SRV, the records\' ports win. Default: 80 for http, 443 for https.' })),
+  type: Type.Union(DISCOVER_TYPES.map(t => Type.Literal(t)), {
+    default: 'A',
+    errorMessage: `must be one of ${DISCOVER_TYPES.join(', ')}`,
+    description: 'Records asked for: A (IPv4), AAAA (IPv6), A+AAAA (both), or SRV (the lowest priority present is used, its weights become target weights, its ports override port; each SRV target name is then resolved to its A, else AAAA, records). Default A.'
+  }),
+  scheme: Type.Union([Type.Literal('http'), Type.Literal('https')], {
+    default: 'http', errorMessage: 'must be http or https', description: 'Scheme spoken to each address. With https the certificate is checked against the DNS name (or tls.servername), never the IP. Default http.'
+  }),
+  refresh: Type.Union([Type.Literal('ttl'), Duration({ description: 'A fixed interval.' })], {
+    default: 'ttl',
+    errorMessage: `must be ttl or ${DURATION_EXPECTED.replace('must be ', '')}`,
+    description: 'When to resolve again: ttl (when the answer\'s TTL runs out, within minRefresh and maxRefresh) or a fixed duration (10s). Either way each refresh waits up to 10 % more, at random, so replicas do not query in lock-step. Default ttl.'
+  }),
+  minRefresh: Duration({ default: '1s', description: 'Shortest wait between resolutions (a TTL of 0 or 1 s is not a reason to query in a loop). Default 1s.' }),
+  maxRefresh: Duration({ default: '30s', description: 'Longest wait between resolutions, whatever the TTL; also the cap of the back-off after failures. Default 30s.' }),
+  onEmpty: Type.Union([Type.Literal('keep'), Type.Literal('clear')], {
+    default: 'keep',
+    errorMessage: 'must be keep or clear',
+    description: 'When the name does not exist (NXDOMAIN) or has no addresses: keep (the last known addresses keep serving) or clear (they are drained and the routes answer 503 until addresses come back). A resolver that fails (timeout, refused, SERVFAIL) says nothing about the instances: the last known addresses always keep serving then. Default keep.'
+  }),
+  resolvers: Type.Optional(Type.Array(Type.String({ pattern: RESOLVER, errorMessage: 'must be an IP address with an optional port: 10.96.0.10, 10.96.0.10:53, [fd00::10]:53' }), {
+    minItems: 1, uniqueItems: true, examples: [['10.96.0.10:53']], description: 'DNS servers to ask, in order. Default: the nameservers of /etc/resolv.conf (read once at start; /etc/hosts is never consulted).'
+  }))
+}, {
+  additionalProperties: false,
+  description: 'Targets found in DNS instead of a url: every address is a target of its own (its own pool, maxConnections, breaker and health), added and drained as DNS changes (docs/discovery.md). The other keys of the entry apply to each address.'
+})
+
 const Target = Type.Object({
-  url: Type.String({
+  url: Type.Optional(Type.String({
     pattern: '^https?://[^/?#]+/?$',
     errorMessage: 'must be an http(s) URL with no path, e.g. http://10.0.0.5:9001',
-    description: 'Origin of one instance of the service: http(s)://host:port (port 1-65535), no path, no credentials (user:pw@ is refused: route files are shared as plain text).'
-  }),
+    description: 'Origin of one instance of the service: http(s)://host:port (port 1-65535), no path, no credentials (user:pw@ is refused: route files are shared as plain text). Each entry has url or discover.'
+  })),
+  discover: Type.Optional(Discover),
   maxConnections: Type.Integer({ minimum: 1, default: 100, description: 'In-flight requests this target may hold; beyond it the target counts as full. Default 100.' }),
   weight: Type.Number({ exclusiveMinimum: 0, default: 1, description: 'Share of traffic relative to the other targets when none is loaded. Default 1.' }),
   protocol: Type.Union([Type.Literal('http1'), Type.Literal('h2'), Type.Literal('h2c')], {
@@ -268,7 +313,28 @@ export const RouteFileSchema = Type.Object({
     failureStatuses: Type.Array(Type.Integer({ minimum: 500, maximum: 599 }), {
       uniqueItems: true, default: [502, 503, 504], examples: [[502, 503]], description: 'Upstream statuses that count as failures (connect errors, resets and timeouts always do). Default [502, 503, 504].'
     })
-  }, { additionalProperties: false, default: {}, description: 'One breaker per target: an open target gets no traffic (docs/resilience.md).' }))
+  }, { additionalProperties: false, default: {}, description: 'One breaker per target: an open target gets no traffic (docs/resilience.md).' })),
+  healthCheck: Type.Optional(Type.Object({
+    path: Type.String({ pattern: '^/[^\\s]*$', errorMessage: 'must be a path starting with /, e.g. /healthz', description: 'Path every target is asked for with a GET (query allowed).' }),
+    interval: Duration({ default: '10s', description: 'Time between two probes of a target; each wait is up to 10 % shorter or longer, at random. Default 10s.' }),
+    timeout: Duration({ default: '2s', description: 'A probe with no complete answer by then fails. Default 2s.' }),
+    unhealthyThreshold: Type.Integer({ minimum: 1, default: 3, description: 'Failed probes in a row that take a target out of selection. Default 3.' }),
+    healthyThreshold: Type.Integer({ minimum: 1, default: 2, description: 'Passing probes in a row that bring it back. Default 2.' }),
+    expectStatus: Type.Array(Type.Union([
+      Type.Integer({ minimum: 100, maximum: 599 }),
+      Type.String({ pattern: '^[1-5][0-9]{2}-[1-5][0-9]{2}$' })
+    ], { errorMessage: 'must be a status (200) or a range of statuses (200-399)' }), {
+      minItems: 1, default: ['200-399'], examples: [[200, '300-399']], description: 'Statuses that pass: codes and ranges. Default [200-399].'
+    }),
+    headers: Type.Optional(Type.Record(Type.String({ pattern: HEADER_NAME }), Type.String({ pattern: '^[^\\u0000-\\u001f\\u007f]*$', errorMessage: 'must be a string without control characters' }), {
+      examples: [{ 'x-probe': 'gatehouse' }], description: 'Headers sent with each probe (Host is the target\'s, as for requests).'
+    })),
+    panic: Type.Union([Type.Literal('open'), Type.Literal('closed')], {
+      default: 'open',
+      errorMessage: 'must be open or closed',
+      description: 'When every target fails its probes: open (ignore the probes and choose by breakers alone, gauge upstream_panic_active 1: a probe path that is broken everywhere does not take the service down) or closed (answer 503). Default open.'
+    })
+  }, { additionalProperties: false, description: 'Active health checks: each target is probed on a connection of its own (never one of its maxConnections); a target failing unhealthyThreshold probes in a row gets no traffic until healthyThreshold pass (docs/discovery.md#active-health-checks). Absent: none; the breakers alone judge targets.' }))
 }, {
   additionalProperties: false,
   $id: 'https://gatehouse.dev/schema/route-file.schema.json',
@@ -352,6 +418,41 @@ export interface TargetConfig {
   tls?: TargetTls
 }
 
+/** Settings of each target an entry stands for: its own, or each address its discover block finds. */
+export type TargetSettings = Pick<TargetConfig, 'maxConnections' | 'weight' | 'protocol' | 'group' | 'tls'>
+
+/** A targets entry with discover: the DNS name whose addresses are targets, and their settings. */
+export interface DiscoverConfig extends TargetSettings {
+  /** Where the entry is in its file (/targets/2), for messages. */
+  at: string
+  /** Lowercase, without a trailing dot. */
+  dns: string
+  type: DiscoverType
+  scheme: 'http' | 'https'
+  /** The scheme's port when the file sets none. */
+  port: number
+  /** 'ttl', or a fixed interval in ms. */
+  refresh: 'ttl' | number
+  minRefreshMs: number
+  maxRefreshMs: number
+  onEmpty: 'keep' | 'clear'
+  /** host:port of each server; undefined: the system's (/etc/resolv.conf). */
+  resolvers: string[] | undefined
+}
+
+/** Active health checks of an upstream's targets. */
+export interface HealthCheckConfig {
+  path: string
+  intervalMs: number
+  timeoutMs: number
+  unhealthyThreshold: number
+  healthyThreshold: number
+  /** [lowest, highest] status that passes, inclusive. */
+  expectStatus: Array<[number, number]>
+  headers: Record<string, string>
+  panic: 'open' | 'closed'
+}
+
 /** Tunnels of an upstream's websocket routes. */
 export interface WebSocketSettings {
   maxPerTarget: number
@@ -365,12 +466,17 @@ export interface WebSocketSettings {
 export interface UpstreamConfig {
   name: string
   file: string
+  /** Entries with url. */
   targets: TargetConfig[]
+  /** Entries with discover: targets found in DNS. */
+  discover: DiscoverConfig[]
   routes: RouteConfig[]
   timeouts: { connectMs: number, requestMs: number, idleMs: number }
   websocket: WebSocketSettings
   retry: RetryOptions
   breaker: BreakerOptions & { failureStatuses: number[] }
+  /** Undefined: no active health checks. */
+  healthCheck: HealthCheckConfig | undefined
 }
 
 /** Paths the gateway answers itself; a route may sit below them but not on them. */
