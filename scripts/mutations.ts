@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { repoRoot } from '../src/repo-root.js'
 
-type Rule = 'selection' | 'breaker probes' | 'retry eligibility' | 'limiter admission' | 'path normalisation' | 'auth' | 'forwarding headers' | 'request framing' | 'slow clients' | 'traffic policy' | 'tunnels' | 'grpc'
+type Rule = 'selection' | 'breaker probes' | 'retry eligibility' | 'limiter admission' | 'path normalisation' | 'auth' | 'forwarding headers' | 'request framing' | 'slow clients' | 'traffic policy' | 'tunnels' | 'grpc' | 'discovery and health'
 
 /** One `node --test` run: a test file of test/, optionally only the tests whose names match. */
 interface TestRun {
@@ -337,6 +337,51 @@ const MUTATIONS: Mutation[] = [
     replace: 'if (false) {',
     bug: 'an upstream\'s status-only answer (NOT_FOUND) is written as headers then an empty end, which clients read as a broken call',
     tests: [{ file: 'grpc', pattern: '^statuses' }]
+  },
+  {
+    id: 'health-ignored',
+    rule: 'discovery and health',
+    source: 'src/upstream/target.ts',
+    line: 'return !this.ejected && this.inFlight < this.maxConnections && this.breaker.admits();',
+    replace: 'return this.inFlight < this.maxConnections && this.breaker.admits();',
+    bug: 'a target failing its health checks still gets requests',
+    tests: [{ file: 'health-check', pattern: '^a target whose' }]
+  },
+  {
+    id: 'probe-closes-breaker',
+    rule: 'discovery and health',
+    source: 'src/upstream/breaker.ts',
+    line: "this.transition('half-open', 'health check passed');",
+    replace: "this.transition('closed', 'health check passed');",
+    bug: 'a passing probe closes an open breaker: a target whose /healthz passes while its real paths fail gets full traffic back',
+    tests: [{ file: 'health-check', pattern: '^an open breaker' }]
+  },
+  {
+    id: 'panic-ignored',
+    rule: 'discovery and health',
+    source: 'src/upstream/health-check.ts',
+    line: 't.ejected = t.unhealthy && !this.panic;',
+    replace: 't.ejected = t.unhealthy;',
+    bug: 'when every target fails its probes, panic: open still answers 503',
+    tests: [{ file: 'health-check', pattern: '^every target unhealthy' }]
+  },
+  {
+    id: 'dns-clear-ignored',
+    rule: 'discovery and health',
+    source: 'src/upstream/discovery.ts',
+    line: "const clear = authoritative && this.config.onEmpty === 'clear' && this.addresses.length > 0;",
+    replace: 'const clear = false;',
+    bug: 'onEmpty: clear keeps serving addresses of a name that no longer exists',
+    tests: [{ file: 'discovery', pattern: '^NXDOMAIN keeps' }]
+  },
+  {
+    id: 'dns-host-is-ip',
+    rule: 'discovery and health',
+    source: 'plugins/route-table/route-table.ts',
+    line: 'host: a.port === defaultPort ? name : `${name}:${a.port}`,',
+    replace: 'host: undefined,',
+    bug: 'a discovered target is sent its IP as Host instead of the DNS name',
+    tests: [{ file: 'discovery', pattern: '^A records' }]
   }
 ]
 

@@ -1,5 +1,6 @@
 // deploy/k8s: every manifest validates against the Kubernetes schemas (kubernetes-models), and the
-// pieces fit together: probes, drain times, the routes ConfigMap, selectors, the gateway's env.
+// pieces fit together: probes, drain times, the routes ConfigMap, selectors, the gateway's env, and
+// the orders route file's discovery through the headless Service.
 import { strict as assert } from 'node:assert'
 import { readdir, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -25,26 +26,34 @@ const MODELS: Record<string, new (data: never) => { validate: () => void }> = {
 }
 
 interface Manifest { apiVersion: string, kind: string, metadata: { name: string }, spec?: Record<string, unknown>, data?: Record<string, string> }
+type ServiceSpec = { clusterIP?: string, publishNotReadyAddresses?: boolean, selector: Record<string, string>, ports: Array<{ name?: string, port: number, targetPort?: number | string }> }
 
 async function manifests (): Promise<Manifest[]> {
   const files = (await readdir(DIR)).filter(f => f.endsWith('.yaml')).sort()
   return await Promise.all(files.map(async f => YAML.parse(await readFile(join(DIR, f), 'utf8')) as Manifest))
 }
 
-test('every manifest in deploy/k8s validates against its Kubernetes schema; all five kinds are there', async () => {
+/** The one manifest of a kind (and name, when the kind has several); fails unless exactly one matches. */
+function find (all: Manifest[], kind: string, name?: string): Manifest {
+  const found = all.filter(m => m.kind === kind && (name === undefined || m.metadata.name === name))
+  assert.equal(found.length, 1, `${kind} ${name ?? ''}`)
+  return found[0]!
+}
+
+test('every manifest in deploy/k8s validates against its Kubernetes schema; all five kinds are there, Service twice (the gateway\'s and orders-headless)', async () => {
   const all = await manifests()
   for (const m of all) {
     const Model = MODELS[`${m.apiVersion} ${m.kind}`]
     assert.ok(Model !== undefined, `unexpected ${m.apiVersion} ${m.kind}`)
     assert.doesNotThrow(() => new Model(m as never).validate(), `${m.kind} ${m.metadata.name}`)
   }
-  assert.deepEqual(all.map(m => m.kind).sort(), ['ConfigMap', 'Deployment', 'HorizontalPodAutoscaler', 'PodDisruptionBudget', 'Service'])
+  assert.deepEqual(all.map(m => m.kind).sort(), ['ConfigMap', 'Deployment', 'HorizontalPodAutoscaler', 'PodDisruptionBudget', 'Service', 'Service'])
+  assert.deepEqual(all.filter(m => m.kind === 'Service').map(m => m.metadata.name).sort(), ['gatehouse', 'orders-headless'])
 })
 
 test('the pieces fit: 3 replicas, readiness /ready and liveness /health, a drain shorter than the grace period, routes from the ConfigMap, selectors that match', async () => {
   const all = await manifests()
-  const find = (kind: string): Manifest => all.find(m => m.kind === kind) as Manifest
-  const deployment = find('Deployment')
+  const deployment = find(all, 'Deployment')
   const spec = deployment.spec as { replicas: number, selector: { matchLabels: Record<string, string> }, template: { metadata: { labels: Record<string, string> }, spec: { terminationGracePeriodSeconds: number, containers: Array<{ env: Array<{ name: string, value: string }>, readinessProbe: { httpGet: { path: string } }, livenessProbe: { httpGet: { path: string } }, volumeMounts: Array<{ name: string, mountPath: string }> }>, volumes: Array<{ name: string, configMap: { name: string } }> } } }
   assert.equal(spec.replicas, 3)
   const pod = spec.template.spec
@@ -61,16 +70,43 @@ test('the pieces fit: 3 replicas, readiness /ready and liveness /health, a drain
   // ROUTES_DIR is the ConfigMap's mount, and each of its files is a valid route file.
   const mount = container.volumeMounts.find(v => v.mountPath === env.ROUTES_DIR)
   const volume = pod.volumes.find(v => v.name === mount?.name)
-  const configMap = find('ConfigMap')
+  const configMap = find(all, 'ConfigMap')
   assert.equal(volume?.configMap.name, configMap.metadata.name)
   for (const [file, text] of Object.entries(configMap.data ?? {})) assert.doesNotThrow(() => parseRouteFile(file, text), file)
 
   const labels = spec.template.metadata.labels
   const matches = (selector: Record<string, string>): boolean => Object.entries(selector).every(([k, v]) => labels[k] === v)
   assert.ok(matches(spec.selector.matchLabels))
-  assert.ok(matches((find('Service').spec as { selector: Record<string, string> }).selector))
-  assert.ok(matches((find('PodDisruptionBudget').spec as { selector: { matchLabels: Record<string, string> } }).selector.matchLabels))
-  const hpa = find('HorizontalPodAutoscaler').spec as { scaleTargetRef: { kind: string, name: string }, minReplicas: number }
+  assert.ok(matches((find(all, 'Service', deployment.metadata.name).spec as ServiceSpec).selector))
+  assert.ok(matches((find(all, 'PodDisruptionBudget').spec as { selector: { matchLabels: Record<string, string> } }).selector.matchLabels))
+  const hpa = find(all, 'HorizontalPodAutoscaler').spec as { scaleTargetRef: { kind: string, name: string }, minReplicas: number }
   assert.deepEqual([hpa.scaleTargetRef.kind, hpa.scaleTargetRef.name], ['Deployment', deployment.metadata.name])
   assert.ok(hpa.minReplicas >= 3)
+})
+
+test('orders is discovered through a headless Service: clusterIP None, ready pods only, a named port; the route file asks its DNS name at that port', async () => {
+  const all = await manifests()
+  const headless = find(all, 'Service', 'orders-headless')
+  const spec = headless.spec as ServiceSpec
+  assert.equal(spec.clusterIP, 'None')
+  assert.equal(spec.publishNotReadyAddresses, false)
+  assert.equal(spec.ports.length, 1)
+  const port = spec.ports[0]!
+  assert.equal(port.name, 'http', 'a named port gives the SRV name _http._tcp.<service>')
+  // Pod IPs are dialled directly, with no kube-proxy to map port to targetPort.
+  assert.equal(port.targetPort ?? port.port, port.port)
+  // It selects the orders pods, never the gateway's own.
+  const deployment = find(all, 'Deployment').spec as { template: { metadata: { labels: Record<string, string> } } }
+  assert.ok(!Object.entries(spec.selector).every(([k, v]) => deployment.template.metadata.labels[k] === v))
+
+  const text = find(all, 'ConfigMap').data?.['orders.yaml']
+  assert.ok(text !== undefined, 'the ConfigMap has orders.yaml')
+  const config = parseRouteFile('orders.yaml', text)
+  assert.equal(config.targets.length, 0, 'no url left pointing at a ClusterIP')
+  assert.equal(config.discover.length, 1)
+  const discover = config.discover[0]!
+  assert.equal(discover.dns, `${headless.metadata.name}.default.svc.cluster.local`)
+  assert.equal(discover.port, port.port)
+  assert.equal(discover.type, 'A')
+  assert.equal(config.healthCheck?.path, '/healthz')
 })

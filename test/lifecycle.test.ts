@@ -170,7 +170,7 @@ test('a broken file on reload keeps its last good version serving; the failure i
   gw.signal('SIGUSR1')
   const rejected = await gw.waitForLog(l => l.msg === 'route file rejected, its last good version keeps serving')
   assert.equal(rejected.file, 'users.yaml')
-  assert.deepEqual(rejected.problems, ['/targets/0/maxConn: unknown key (allowed: url, maxConnections, weight, protocol, group, tls)'])
+  assert.deepEqual(rejected.problems, ['/targets/0/maxConn: unknown key (allowed: url, discover, maxConnections, weight, protocol, group, tls)'])
   await gw.waitForLog(reloaded(2))
   assert.equal(await status(gw, '/users'), 200, 'the old users.yaml still serves')
   assert.equal(await status(gw, '/orders'), 200, 'the valid file beside it applied')

@@ -6,11 +6,16 @@ import { strict as assert } from 'node:assert'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { test } from 'node:test'
+import { dnsServer } from './dns-server.js'
 import { gateway, ROOT, send, upstream } from './helpers.js'
 
 test('every exported metric is in the docs\' metric table and has a series; every row of the table is exported; known label sets start at 0', async t => {
   const origin = await upstream(t)
+  const dns = await dnsServer(t)
+  dns.set('probed.test', { A: ['127.0.0.1'], ttl: 60 })
   const gw = await gateway(t, {
+    // Health checks (the first probe an hour away) and DNS discovery, so their series exist.
+    'probed.yaml': `targets:\n  - url: ${origin.url}\n  - discover: { dns: probed.test, port: ${origin.port}, resolvers: ["${dns.address}"] }\nroutes:\n  - path: /probed\nhealthCheck: { path: /healthz, interval: 1h }\n`,
     'limited.yaml': `targets:\n  - url: ${origin.url}\nroutes:\n  - path: /limited\n    rateLimit: { max: 5, window: 1m }\n  - path: /open\n  - { path: /live, websocket: true }\n`,
     'secured.yaml': `targets:\n  - url: ${origin.url}\nroutes:\n  - path: /secured\n    auth:\n      jwt: { jwksUrl: https://issuer.example.com/jwks.json, issuer: https://issuer.example.com, audience: secured }\n`
   })
@@ -42,6 +47,12 @@ test('every exported metric is in the docs\' metric table and has a series; ever
   for (const reason of ['missing_token', 'expired', 'insufficient_scope', 'keys_unavailable']) {
     assert.match(text, new RegExp(`^auth_failures_total\\{route="secured-0",reason="${reason}"\\} 0$`, 'm'))
   }
+  // Every probe result of every probed target, discovered ones included, and DNS failures.
+  for (const target of [origin.url, `http://127.0.0.1:${origin.port}`]) {
+    for (const result of ['pass', 'fail', 'timeout', 'error']) assert.match(text, new RegExp(`^health_checks_total\\{upstream="probed",target="${target}",result="${result}"\\} 0$`, 'm'))
+  }
+  assert.match(text, /^upstream_panic_active\{upstream="probed"\} 0$/m)
+  assert.match(text, /^dns_resolution_failures_total\{upstream="probed"\} 0$/m)
   // They count from there.
   assert.equal((await send(gw, '/secured')).status, 401)
   const after = (await send(gw, '/metrics')).body

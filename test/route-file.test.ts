@@ -151,13 +151,13 @@ test('every option set: values, units and method lists kept', () => {
 
 test('unknown key maxConn under a target: refused at /targets/0/maxConn, listing the allowed keys', () => {
   const err = refused('users.yaml', yaml({ url: 'http://127.0.0.1:9001\n    maxConn: 5' }))
-  assert.deepEqual(err.problems, ['/targets/0/maxConn: unknown key (allowed: url, maxConnections, weight, protocol, group, tls)'])
+  assert.deepEqual(err.problems, ['/targets/0/maxConn: unknown key (allowed: url, discover, maxConnections, weight, protocol, group, tls)'])
 })
 
 test('unknown top-level key (route instead of routes): both the typo and the missing key reported', () => {
   const err = refused('users.yaml', 'targets:\n  - url: http://127.0.0.1:9001\nroute:\n  - path: /api\n')
   assert.deepEqual(err.problems.sort(), [
-    '/route: unknown key (allowed: $schema, name, targets, routes, timeouts, websocket, retry, circuitBreaker)',
+    '/route: unknown key (allowed: $schema, name, targets, routes, timeouts, websocket, retry, circuitBreaker, healthCheck)',
     '/routes: is required'
   ])
 })

@@ -89,7 +89,7 @@ test('a typo key (maxConn) is refused by the published schema and by the gateway
   assert.throws(() => parseRouteFile('typo.yaml', text), (err: unknown) => {
     assert.ok(err instanceof RouteFileError)
     assert.equal(err.problems.length, 1)
-    assert.match(err.problems[0] ?? '', /^\/targets\/0\/maxConn: unknown key \(allowed: url, maxConnections, weight, protocol, group, tls\)$/)
+    assert.match(err.problems[0] ?? '', /^\/targets\/0\/maxConn: unknown key \(allowed: url, discover, maxConnections, weight, protocol, group, tls\)$/)
     return true
   })
 })
