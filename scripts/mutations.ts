@@ -378,7 +378,7 @@ const MUTATIONS: Mutation[] = [
     id: 'dns-host-is-ip',
     rule: 'discovery and health',
     source: 'plugins/route-table/route-table.ts',
-    line: 'host: a.port === defaultPort ? name : `${name}:${a.port}`,',
+    line: 'host: a.port === defaultPort ? name : `$' + '{name}:$' + '{a.port}`,', // the build's template literal, as text
     replace: 'host: undefined,',
     bug: 'a discovered target is sent its IP as Host instead of the DNS name',
     tests: [{ file: 'discovery', pattern: '^A records' }]
