@@ -84,7 +84,7 @@ const progress = (line: string): void => { process.stderr.write(line + '\n') }
 
 // ---- what can be measured ------------------------------------------------------------------
 
-type Feature = 'none' | 'log' | 'limit-memory' | 'limit-redis' | 'jwt' | 'tracing' | 'post' | 'post-streamed' | 'header-rules' | 'cors' | 'split' | 'affinity' | 'params'
+type Feature = 'none' | 'log' | 'limit-memory' | 'limit-redis' | 'jwt' | 'tracing' | 'post' | 'post-streamed' | 'header-rules' | 'cors' | 'split' | 'affinity' | 'params' | 'health-check'
 
 interface Spec {
   id: string
@@ -128,6 +128,7 @@ const SPECS: Spec[] = [
   { id: 'gatehouse-split', letter: 'k', label: 'Gatehouse (k) (c) + split with a pin header (not sent)', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'split' },
   { id: 'gatehouse-affinity', letter: 'l', label: 'Gatehouse (l) (c) + affinity by header', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'affinity' },
   { id: 'gatehouse-params', letter: 'm', label: 'Gatehouse (m) (c) on a route with a parameter, rewritten (/:section → /v1/:section)', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'params' },
+  { id: 'gatehouse-health-check', letter: 'n', label: 'Gatehouse (n) (c) + active health checks, a probe every second', kind: 'gatehouse', memory: true, quick: false, logLevel: 'warn', stdout: 'file', feature: 'health-check' },
   // The package behind each feature, alone on the bare proxy and set up as its documentation
   // does: the floor under what the same feature adds to Gatehouse.
   { id: 'bare-log', label: 'bare + Fastify\'s request log (info, to a file)', kind: 'bare', memory: false, quick: false, feature: 'log' },
@@ -308,7 +309,7 @@ http {
 /** What bare-proxy.ts needs for its BARE_FEATURE: the same limit, Redis, sampling and log destination as Gatehouse's. */
 function bareFeatureEnv (spec: Spec, shared: Shared): Record<string, string> {
   const feature = spec.feature ?? 'none'
-  if (feature === 'none' || feature === 'jwt' || feature === 'header-rules' || feature === 'cors' || feature === 'split' || feature === 'affinity' || feature === 'params') return {}
+  if (feature === 'none' || feature === 'jwt' || feature === 'header-rules' || feature === 'cors' || feature === 'split' || feature === 'affinity' || feature === 'params' || feature === 'health-check') return {}
   const env: Record<string, string> = { BARE_FEATURE: feature }
   if (feature === 'log') env.LOG_FILE = join(shared.logsDir, `${spec.id}.log`)
   if (feature === 'limit-memory' || feature === 'limit-redis') Object.assign(env, { LIMIT_MAX: String(LIMIT_MAX), LIMIT_WINDOW_MS: String(LIMIT_WINDOW_MS) })
@@ -403,7 +404,8 @@ function routeFile (upstreamUrl: string, feature: Feature, jwt: BenchIssuer | un
   const group = feature === 'split' ? ['    group: stable'] : []
   // The parameter route matches the bench's path (/bench) as its :section.
   const route = feature === 'params' ? ['  - path: /:section', '    rewritePrefix: /v1/:section'] : ['  - path: /bench']
-  return ['name: bench', 'targets:', `  - url: ${upstreamUrl}`, `    maxConnections: ${POOL}`, ...group, 'routes:', ...route, ...extra, ''].join('\n')
+  const file = feature === 'health-check' ? ['healthCheck: { path: /bench/items, interval: 1s }'] : []
+  return ['name: bench', 'targets:', `  - url: ${upstreamUrl}`, `    maxConnections: ${POOL}`, ...group, 'routes:', ...route, ...extra, ...file, ''].join('\n')
 }
 
 // ---- measuring -----------------------------------------------------------------------------
@@ -732,6 +734,13 @@ async function checks (subjects: Subject[]): Promise<void> {
       await res.arrayBuffer()
       const [header, expected] = s.spec.feature === 'cors' ? ['access-control-allow-origin', 'https://app.example.com'] : ['x-gateway', 'bench']
       if (res.headers.get(header) !== expected) s.problems.push(`answered without ${header}: ${expected}`)
+    }
+    if (s.spec.feature === 'health-check') {
+      // The probes ran beside the load, and passed: the target was never ejected.
+      const text = await withTimeout(`${s.cpu.child.name} /metrics`, scrape(s.cpu.port), 5000)
+      const passed = total(text, 'health_checks_total', { upstream: 'bench', result: 'pass' })
+      s.notes.push(`probes passed during the run: ${passed}`)
+      if (passed === 0) s.problems.push('no probe passed')
     }
     if (s.spec.feature === 'jwt' && issuer !== undefined) s.notes.push(`key set fetched ${issuer.fetches()} time(s) by its ${s.mem === undefined ? 1 : 2} process(es); one token for every request`)
     if (s.spec.feature === 'tracing' && sink !== undefined) {

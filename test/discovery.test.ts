@@ -77,6 +77,33 @@ test('an address removed from DNS drains: its request in flight completes, nothi
   assert.equal(await metric(gw, 'upstream_max_connections', { target: `http://127.0.0.2:${a!.port}` }), undefined)
 })
 
+test('a target that stays keeps its breaker across DNS changes; an address that leaves and returns starts afresh', async t => {
+  const dns = await dnsServer(t)
+  const [a, b] = await instances(t, 2, (req, res, body, seen) => {
+    if (req.url === '/api/fail') res.statusCode = 503
+    echo(req, res, body, seen)
+  })
+  dns.set('orders.test', { A: ['127.0.0.1'], ttl: 1 })
+  const gw = await gateway(t, { 'orders.yaml': discoverRoutes(dns, 'orders.test', `port: ${a!.port}`, 'circuitBreaker: { consecutiveFailures: 1, openFor: 1m }') })
+  const targetA = { target: `http://127.0.0.1:${a!.port}` }
+  assert.equal((await send(gw, '/api/fail')).status, 503)
+  assert.equal(await metric(gw, 'circuit_breaker_state', targetA), 1)
+
+  dns.set('orders.test', { A: ['127.0.0.1', '127.0.0.2'], ttl: 1 })
+  await gw.waitForLog(l => l.msg === 'DNS addresses changed' && (l.added as string[]).length === 1)
+  assert.equal(await metric(gw, 'circuit_breaker_state', targetA), 1, 'the kept target is still open')
+  assert.deepEqual(await served(gw, 10), new Array(10).fill(200))
+  assert.equal(b!.requests.length, 10)
+
+  dns.set('orders.test', { A: ['127.0.0.2'], ttl: 1 })
+  await until('the address left', async () => await metric(gw, 'circuit_breaker_state', targetA) === undefined, 3000, 50)
+  dns.set('orders.test', { A: ['127.0.0.1', '127.0.0.2'], ttl: 1 })
+  await until('the address is back', async () => await metric(gw, 'circuit_breaker_state', targetA) !== undefined, 3000, 50)
+  assert.equal(await metric(gw, 'circuit_breaker_state', targetA), 0, 'a returning address starts with a closed breaker')
+  const seenByA = a!.requests.length
+  await until('requests reach it again', async () => (await send(gw, '/api/x')).status === 200 && a!.requests.length > seenByA)
+})
+
 test('DNS down: the last known targets keep serving, failures are counted and logged once', async t => {
   const dns = await dnsServer(t)
   const [a] = await instances(t, 1)

@@ -37,10 +37,10 @@ test('/metrics passes promtool check metrics', { skip: PROMTOOL_MISSING }, async
   assert.equal(code, 0, output)
 })
 
-test('deploy/prometheus/alerts.yml passes promtool check rules, and its unit tests (saturation 1 m, breaker open 5 m, reload failure, store fallback) pass', { skip: PROMTOOL_MISSING }, async () => {
+test('deploy/prometheus/alerts.yml passes promtool check rules, and its unit tests (saturation 1 m, breaker open 5 m, reload failure, store fallback, upstream panic 2 m, DNS failing 5 m) pass', { skip: PROMTOOL_MISSING }, async () => {
   const check = await promtool(['check', 'rules', 'alerts.yml'], { cwd: RULES })
   assert.equal(check.code, 0, check.output)
-  assert.match(check.output, /SUCCESS: 4 rules found/)
+  assert.match(check.output, /SUCCESS: 6 rules found/)
   const unit = await promtool(['test', 'rules', 'alerts.test.yml'], { cwd: RULES })
   assert.equal(unit.code, 0, unit.output)
 })

@@ -274,7 +274,7 @@ async function observabilityPlugin (app: FastifyInstance, opts: ObservabilityOpt
   })
   new client.Gauge({
     name: 'config_route_table_version',
-    help: 'Version of the route table serving; goes up by one per reload.',
+    help: 'Version of the route table serving; goes up by one per reload, and per change of a DNS name\'s addresses.',
     collect () { this.set(app.routeTable.table.version) }
   })
 }

@@ -102,8 +102,8 @@ async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions):
     const removedFiles = [...accepted.keys()].filter(f => !resolution.accepted.has(f))
     // New DNS names get their first answer before their routes serve.
     warnUnresolved(await discovery.sync(configsOf(resolution.accepted), FIRST_ANSWER_WAIT_MS))
+    apply(buildRouteTable(configsOf(resolution.accepted), opts.defaults, table, sources))
     accepted = resolution.accepted
-    apply(buildRouteTable(configsOf(accepted), opts.defaults, table, sources))
     for (const failure of failures) {
       app.log.error({ file: failure.file, problems: failure.problems, reason }, `route file rejected, ${accepted.has(failure.file) ? 'its last good version keeps serving' : 'it does not serve'}`)
     }
