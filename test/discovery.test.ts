@@ -90,7 +90,7 @@ test('a target that stays keeps its breaker across DNS changes; an address that 
   assert.equal(await metric(gw, 'circuit_breaker_state', targetA), 1)
 
   dns.set('orders.test', { A: ['127.0.0.1', '127.0.0.2'], ttl: 1 })
-  await gw.waitForLog(l => l.msg === 'DNS addresses changed' && (l.added as string[]).length === 1)
+  await gw.waitForLog(l => l.msg === 'DNS addresses changed' && JSON.stringify(l.added) === JSON.stringify([`127.0.0.2:${a!.port}`]))
   assert.equal(await metric(gw, 'circuit_breaker_state', targetA), 1, 'the kept target is still open')
   assert.deepEqual(await served(gw, 10), new Array(10).fill(200))
   assert.equal(b!.requests.length, 10)
@@ -144,7 +144,8 @@ test('a name that does not resolve at start: the gateway starts, warns, answers 
   const [a] = await instances(t, 1)
   const file = discoverRoutes(dns, 'late.test', `port: ${a!.port}, minRefresh: 200ms, maxRefresh: 500ms`)
   const gw = await gateway(t, { 'late.yaml': file })
-  const warning = await gw.waitForLog(l => typeof l.msg === 'string' && l.msg.startsWith('DNS name has no addresses yet'))
+  const warning = await gw.waitForLog(l => typeof l.msg === 'string' && l.msg.startsWith('DNS name has no addresses: they become targets when it resolves'))
+  assert.equal(warning.level, 40)
   assert.equal(warning.dns, 'late.test')
   assert.equal(warning.failure, 'NXDOMAIN')
   const refused = await send(gw, '/api/x')

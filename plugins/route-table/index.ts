@@ -83,7 +83,7 @@ async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions):
     app.log.debug({ version: table.version, upstream: watch.upstream, dns: watch.name }, 'route table rebuilt: DNS changed')
   })
   const sources: BuildSources = { onTransition, watchOf: (upstream, d) => discovery.watchOf(upstream, d), log: app.log }
-  warnUnresolved(await discovery.sync(configsOf(accepted), FIRST_ANSWER_WAIT_MS))
+  await discovery.sync(configsOf(accepted), FIRST_ANSWER_WAIT_MS)
   let table = buildRouteTable(configsOf(accepted), opts.defaults, undefined, sources).table
   syncHealthChecks(undefined, table)
   ready = true
@@ -101,7 +101,7 @@ async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions):
     const applied = [...resolution.accepted.keys()].filter(f => accepted.get(f) !== resolution.accepted.get(f))
     const removedFiles = [...accepted.keys()].filter(f => !resolution.accepted.has(f))
     // New DNS names get their first answer before their routes serve.
-    warnUnresolved(await discovery.sync(configsOf(resolution.accepted), FIRST_ANSWER_WAIT_MS))
+    await discovery.sync(configsOf(resolution.accepted), FIRST_ANSWER_WAIT_MS)
     apply(buildRouteTable(configsOf(resolution.accepted), opts.defaults, table, sources))
     accepted = resolution.accepted
     for (const failure of failures) {
@@ -163,12 +163,6 @@ async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions):
       if (target.tunnels.open.size > 0) setTimeout(() => target.tunnels.closeAll('target-removed'), target.tunnels.closeDelayMs).unref()
     }
     syncHealthChecks(before, table)
-  }
-
-  function warnUnresolved (watches: ReadonlyArray<{ upstream: string, name: string, failure: string | undefined }>): void {
-    for (const w of watches) {
-      app.log.warn({ upstream: w.upstream, dns: w.name, failure: w.failure ?? 'no answer yet' }, 'DNS name has no addresses yet: they become targets when it resolves (until then its upstream has only its other targets, or answers 503)')
-    }
   }
 
   app.decorate('routeTable', {

@@ -34,6 +34,7 @@ export class DnsWatch {
   /** Whether any resolution has ended yet. */
   settled = false
   private config: DiscoverConfig
+  private failureKind: string | undefined
   private failuresInRow = 0
   private timer: NodeJS.Timeout | undefined
   private stopped = false
@@ -68,46 +69,55 @@ export class DnsWatch {
 
   private async resolve (): Promise<void> {
     const config = this.config
-    let wait: number
+    let answer: Answer | undefined
+    let error: NodeJS.ErrnoException | undefined
     try {
-      const answer = await lookup(this.resolver, config)
-      if (this.stopped) return
-      if (answer.addresses.length === 0) throw Object.assign(new Error('no addresses'), { code: 'ENODATA' })
+      answer = await lookup(this.resolver, config)
+    } catch (err) {
+      error = err as NodeJS.ErrnoException
+    }
+    if (this.stopped) return
+    this.settled = true
+    let wait: number
+    if (answer !== undefined && answer.addresses.length > 0) {
       wait = config.refresh === 'ttl' ? clamp(answer.ttlMs, config.minRefreshMs, config.maxRefreshMs) : config.refresh
       this.succeeded(answer.addresses)
-    } catch (err) {
-      if (this.stopped) return
+    } else {
       wait = Math.min(config.maxRefreshMs, config.minRefreshMs * 2 ** this.failuresInRow)
-      this.failed(err as NodeJS.ErrnoException)
-    } finally {
-      this.settled = true
+      this.failed(error?.code ?? (error === undefined ? 'ENODATA' : error.message))
     }
     this.timer = setTimeout(() => { this.resolve().catch(() => {}) }, wait * (1 + Math.random() * JITTER))
     this.timer.unref()
   }
 
   private succeeded (addresses: DiscoveredAddress[]): void {
-    const fields = { upstream: this.upstream, dns: this.config.dns, type: this.config.type }
-    if (this.failure !== undefined) this.log.info({ ...fields, failedFor: this.failuresInRow }, 'DNS name resolves again')
     const stateChanged = this.failure !== undefined
+    if (stateChanged) this.log.info({ upstream: this.upstream, dns: this.config.dns, type: this.config.type, failedFor: this.failuresInRow }, 'DNS name resolves again')
     this.failure = undefined
+    this.failureKind = undefined
     this.failuresInRow = 0
     if (!this.replace(addresses) && stateChanged) this.onChange(this)
   }
 
-  private failed (err: NodeJS.ErrnoException): void {
-    const code = err.code ?? err.message
-    const authoritative = NO_ADDRESSES.has(code)
+  /** A failed resolution: `code` is the resolver's (ENOTFOUND, ENODATA, ETIMEOUT, ESERVFAIL...). */
+  private failed (code: string): void {
     const failure = code === 'ENOTFOUND' ? 'NXDOMAIN' : code === 'ENODATA' ? 'no addresses' : code
+    // A resolver that fails one way, then another (refused, timed out), is one state: logged once.
+    const kind = NO_ADDRESSES.has(code) ? failure : 'resolver'
+    const stateChanged = kind !== this.failureKind
+    this.failure = failure
+    this.failureKind = kind
     this.failuresInRow++
     this.onFailure(this)
-    const clear = authoritative && this.config.onEmpty === 'clear' && this.addresses.length > 0
-    if (failure !== this.failure) {
+    const clear = NO_ADDRESSES.has(code) && this.config.onEmpty === 'clear' && this.addresses.length > 0
+    if (stateChanged) {
       const fields = { upstream: this.upstream, dns: this.config.dns, type: this.config.type, failure, addresses: this.addresses.length }
-      this.log.warn(fields, clear ? 'DNS name has no addresses: its targets are drained (onEmpty: clear)' : this.addresses.length > 0 ? 'DNS resolution failed: the last known addresses keep serving' : 'DNS resolution failed: no addresses to serve')
+      this.log.warn(fields, clear
+        ? 'DNS name has no addresses: its targets are drained (onEmpty: clear)'
+        : this.addresses.length > 0
+          ? 'DNS resolution failed: the last known addresses keep serving'
+          : 'DNS name has no addresses: they become targets when it resolves (until then its upstream has only its other targets, or answers 503)')
     }
-    const stateChanged = failure !== this.failure
-    this.failure = failure
     if (!(clear && this.replace([])) && stateChanged) this.onChange(this)
   }
 
@@ -137,10 +147,9 @@ export class Discovery {
 
   /**
    * Watches the discover blocks of `configs`: new blocks start resolving, blocks no config has
-   * any more stop. Waits for the new blocks' first answers, at most `waitMs`, and returns the
-   * new watches that have no address yet.
+   * any more stop. Waits for the new blocks' first answers, at most `waitMs`.
    */
-  async sync (configs: readonly UpstreamConfig[], waitMs: number): Promise<DnsWatch[]> {
+  async sync (configs: readonly UpstreamConfig[], waitMs: number): Promise<void> {
     const wanted = new Set<string>()
     const started: DnsWatch[] = []
     for (const config of configs) {
@@ -164,12 +173,10 @@ export class Discovery {
         this.watches.delete(key)
       }
     }
-    if (started.length > 0) {
-      let timer: NodeJS.Timeout | undefined
-      await Promise.race([Promise.all(started.map(w => w.first)), new Promise(resolve => { timer = setTimeout(resolve, waitMs) })])
-      clearTimeout(timer)
-    }
-    return started.filter(w => w.addresses.length === 0)
+    if (started.length === 0) return
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([Promise.all(started.map(w => w.first)), new Promise(resolve => { timer = setTimeout(resolve, waitMs) })])
+    clearTimeout(timer)
   }
 
   /** The watch of one discover block of an upstream. */

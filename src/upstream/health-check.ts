@@ -130,7 +130,7 @@ class Prober {
       const res = await this.client.request({
         method: 'GET',
         path: options.path,
-        headers: { ...options.headers, host: target.host, 'user-agent': 'gatehouse-health-check' },
+        headers: { 'user-agent': 'gatehouse-health-check', ...options.headers, host: target.host },
         headersTimeout: options.timeoutMs,
         bodyTimeout: options.timeoutMs,
         signal: AbortSignal.timeout(options.timeoutMs)
