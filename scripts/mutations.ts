@@ -369,7 +369,7 @@ const MUTATIONS: Mutation[] = [
     id: 'dns-clear-ignored',
     rule: 'discovery and health',
     source: 'src/upstream/discovery.ts',
-    line: "const clear = authoritative && this.config.onEmpty === 'clear' && this.addresses.length > 0;",
+    line: "const clear = NO_ADDRESSES.has(code) && this.config.onEmpty === 'clear' && this.addresses.length > 0;",
     replace: 'const clear = false;',
     bug: 'onEmpty: clear keeps serving addresses of a name that no longer exists',
     tests: [{ file: 'discovery', pattern: '^NXDOMAIN keeps' }]

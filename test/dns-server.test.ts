@@ -59,7 +59,8 @@ test('SRV records: priority, weight, port and target', async t => {
       { priority: 20, weight: 0, port: 9090, target: 'b.orders.test.' }
     ]
   })
-  const answers = await resolverFor(dns).resolveSrv('_http._tcp.orders.test')
+  // Node 22+ adds type: 'SRV' to each record: compare the fields DNS carries.
+  const answers = (await resolverFor(dns).resolveSrv('_http._tcp.orders.test')).map(({ priority, weight, port, name }) => ({ priority, weight, port, name }))
   assert.deepEqual(answers.sort((a, b) => a.priority - b.priority), [
     { priority: 10, weight: 60, port: 8080, name: 'a.orders.test' },
     { priority: 20, weight: 0, port: 9090, name: 'b.orders.test' }
