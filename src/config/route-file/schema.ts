@@ -36,7 +36,7 @@ const Discover = Type.Object({
   dns: Type.String({
     pattern: DNS_NAME,
     errorMessage: 'must be a DNS name such as orders.default.svc.cluster.local (no scheme, no port)',
-    description: 'Name whose addresses are the targets: a headless Kubernetes Service (orders.default.svc.cluster.local), a Consul or VM fleet name, or for SRV the service name (_http._tcp.payments.internal).'
+    description: 'Name whose addresses are the targets, asked for as written (no search domains: in Kubernetes write orders.default.svc.cluster.local, not orders): a headless Kubernetes Service, a Consul or VM fleet name, or for SRV the service name (_http._tcp.payments.internal).'
   }),
   port: Type.Optional(Type.Integer({ minimum: 1, maximum: 65535, errorMessage: 'must be a port, 1-65535', description: 'Port of every address found (A, AAAA). For SRV, the records\' ports win. Default: 80 for http, 443 for https.' })),
   type: Type.Union(DISCOVER_TYPES.map(t => Type.Literal(t)), {
