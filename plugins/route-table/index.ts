@@ -79,8 +79,13 @@ async function routeTablePlugin (app: FastifyInstance, opts: RouteTableOptions):
   // A DNS answer that changes an address set rebuilds the table from the same files.
   const discovery = new Discovery(app.log, watch => {
     if (!ready) return
-    apply(buildRouteTable(configsOf(accepted), opts.defaults, table, sources))
-    app.log.debug({ version: table.version, upstream: watch.upstream, dns: watch.name }, 'route table rebuilt: DNS changed')
+    const fields = { upstream: watch.upstream, dns: watch.name }
+    try {
+      apply(buildRouteTable(configsOf(accepted), opts.defaults, table, sources))
+      app.log.debug({ ...fields, version: table.version }, 'route table rebuilt: DNS changed')
+    } catch (err) {
+      app.log.error({ ...fields, err }, 'rebuilding the route table after a DNS change failed: the current table keeps serving')
+    }
   })
   const sources: BuildSources = { onTransition, watchOf: (upstream, d) => discovery.watchOf(upstream, d), log: app.log }
   await discovery.sync(configsOf(accepted), FIRST_ANSWER_WAIT_MS)

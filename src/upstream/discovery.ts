@@ -78,16 +78,15 @@ export class DnsWatch {
     }
     if (this.stopped) return
     this.settled = true
-    let wait: number
-    if (answer !== undefined && answer.addresses.length > 0) {
-      wait = config.refresh === 'ttl' ? clamp(answer.ttlMs, config.minRefreshMs, config.maxRefreshMs) : config.refresh
-      this.succeeded(answer.addresses)
-    } else {
-      wait = Math.min(config.maxRefreshMs, config.minRefreshMs * 2 ** this.failuresInRow)
-      this.failed(error?.code ?? (error === undefined ? 'ENODATA' : error.message))
-    }
+    const found = answer !== undefined && answer.addresses.length > 0 ? answer : undefined
+    // The next resolution is scheduled first: whatever the answer sets off cannot stop the watch.
+    const wait = found === undefined
+      ? Math.min(config.maxRefreshMs, config.minRefreshMs * 2 ** this.failuresInRow)
+      : config.refresh === 'ttl' ? clamp(found.ttlMs, config.minRefreshMs, config.maxRefreshMs) : config.refresh
     this.timer = setTimeout(() => { this.resolve().catch(() => {}) }, wait * (1 + Math.random() * JITTER))
     this.timer.unref()
+    if (found !== undefined) this.succeeded(found.addresses)
+    else this.failed(error?.code ?? (error === undefined ? 'ENODATA' : error.message))
   }
 
   private succeeded (addresses: DiscoveredAddress[]): void {

@@ -145,11 +145,12 @@ class Prober {
       detail = result === 'timeout' ? `no answer within ${options.timeoutMs} ms` : e.code ?? e.message
     }
     if (this.stopped) return
+    // The next probe is scheduled first: whatever this result sets off cannot stop the probes.
+    this.schedule(this.checker.nextWaitMs())
     this.checker.latency.observe((performance.now() - started) / 1000)
     const counts = this.checker.results.get(target)
     if (counts !== undefined) counts[result]++
     this.record(result === 'pass', detail)
-    this.schedule(this.checker.nextWaitMs())
   }
 
   private record (passed: boolean, detail: string): void {
