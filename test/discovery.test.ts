@@ -2,7 +2,15 @@
 // upstreams on several loopback addresses: addresses become targets, come and go with DNS,
 // drain when they leave, survive a dead resolver, and SRV weights hold.
 import assert from 'node:assert/strict'
+import { execFileSync } from 'node:child_process'
+import { once } from 'node:events'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import https from 'node:https'
+import type { AddressInfo } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { test } from 'node:test'
+import type { TLSSocket } from 'node:tls'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { parseRouteFile } from '../src/config/route-file/index.js'
 import { dnsServer, type TestDnsServer } from './dns-server.js'
@@ -203,6 +211,39 @@ test('AAAA: an IPv6 address is a target', async t => {
   assert.equal((await send(gw, '/api/x')).status, 200)
   assert.equal(v6.requests[0]?.headers.host, `six.test:${v6.port}`)
   assert.equal(await metric(gw, 'upstream_max_connections', { target: `http://[::1]:${v6.port}` }), 100)
+})
+
+test('https: each address is dialled by IP, while SNI and the certificate check use the DNS name', async t => {
+  const dns = await dnsServer(t)
+  // A certificate for secure.test only: no IP in it, so only a check against the name passes.
+  const dir = await mkdtemp(join(tmpdir(), 'gatehouse-dns-tls-'))
+  t.after(() => rm(dir, { recursive: true, force: true }))
+  const cert = join(dir, 'cert.pem')
+  const key = join(dir, 'key.pem')
+  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert,
+    '-days', '2', '-subj', '/CN=secure.test', '-addext', 'subjectAltName=DNS:secure.test'], { stdio: 'ignore' })
+  const server = https.createServer({ cert: await readFile(cert), key: await readFile(key) }, (req, res) => {
+    res.setHeader('content-type', 'application/json')
+    res.end(JSON.stringify({ servername: (req.socket as TLSSocket).servername, host: req.headers.host }))
+  })
+  server.listen(0, '127.0.0.1')
+  await once(server, 'listening')
+  t.after(() => { server.closeAllConnections(); server.close() })
+  const port = (server.address() as AddressInfo).port
+  dns.set('secure.test', { A: ['127.0.0.1'], ttl: 30 })
+  dns.set('wrong.test', { A: ['127.0.0.1'], ttl: 30 })
+  const file = (name: string) => [
+    'targets:', `  - discover: { dns: ${name}, port: ${port}, scheme: https, resolvers: ["${dns.address}"] }`, `    tls: { ca: ${cert} }`,
+    'routes:', `  - path: /${name.split('.')[0] ?? ''}`, 'retry: { attempts: 0 }', ''
+  ].join('\n')
+  const gw = await gateway(t, { 'secure.yaml': file('secure.test'), 'wrong.yaml': file('wrong.test') })
+  const ok = await send(gw, '/secure')
+  assert.equal(ok.status, 200)
+  assert.deepEqual(ok.json, { servername: 'secure.test', host: `secure.test:${port}` })
+  const refused = await send(gw, '/wrong')
+  assert.equal(refused.status, 502)
+  assert.equal(refused.json.code, 'GATEHOUSE_ERR_UPSTREAM_TLS')
+  assert.match(refused.json.message ?? '', /wrong \(https:\/\/127\.0\.0\.1:\d+\)/)
 })
 
 test('route file: discover entries are checked, each problem naming its field', () => {
