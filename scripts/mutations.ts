@@ -360,7 +360,7 @@ const MUTATIONS: Mutation[] = [
     id: 'panic-ignored',
     rule: 'discovery and health',
     source: 'src/upstream/health-check.ts',
-    line: 't.ejected = t.unhealthy && !this.panic;',
+    line: 't.ejected = t.unhealthy && !panic;',
     replace: 't.ejected = t.unhealthy;',
     bug: 'when every target fails its probes, panic: open still answers 503',
     tests: [{ file: 'health-check', pattern: '^every target unhealthy' }]

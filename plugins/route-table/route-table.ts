@@ -145,8 +145,9 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
   const limits = new Map<string, CompiledLimit>()
   const authenticated: string[] = []
   for (const config of configs) {
-    const watches = config.discover.flatMap(d => sources.watchOf?.(config.name, d) ?? [])
-    const entries = targetEntries(config, sources)
+    const discovered = config.discover.map(d => ({ d, watch: sources.watchOf?.(config.name, d) }))
+    const entries = targetEntries(config, discovered)
+    const before = previous?.upstreams.find(u => u.name === config.name)
     const upstreamTargets = entries.map(({ options }) => {
       const key = Target.key(options)
       const kept = previous?.targets.get(key)
@@ -168,10 +169,10 @@ export function buildRouteTable (configs: readonly UpstreamConfig[], defaults: R
       idleTimeoutMs: config.timeouts.idleMs,
       retry: config.retry,
       failureStatuses: new Set(config.breaker.failureStatuses),
-      budget: budgetOf(previous, config),
+      budget: budgetOf(before, config),
       tunnels: config.routes.some(r => r.websocket) ? config.websocket : undefined,
-      discovery: watches,
-      health: healthOf(previous, config, sources.log)
+      discovery: discovered.flatMap(({ watch }) => watch ?? []),
+      health: healthOf(before, config, sources.log)
     })
     // Routes without a split choose among all of the upstream's targets.
     const allTargets: ReadonlyArray<Pool<Target>> = Object.freeze([upstream])
@@ -235,15 +236,15 @@ function withoutUpstreamCors (rules: HeaderRules | undefined): HeaderRules {
 }
 
 /** The targets of an upstream: its url entries, then each address its discover entries resolved to (an origin listed twice counts once). */
-function targetEntries (config: UpstreamConfig, sources: BuildSources): Array<{ options: TargetOptions, group: string | undefined }> {
+function targetEntries (config: UpstreamConfig, discovered: ReadonlyArray<{ d: DiscoverConfig, watch: DnsWatch | undefined }>): Array<{ options: TargetOptions, group: string | undefined }> {
   const base = { upstream: config.name, connectTimeoutMs: config.timeouts.connectMs, breaker: config.breaker }
   const entries: Array<{ options: TargetOptions, group: string | undefined }> = config.targets.map(t => ({
     options: { ...base, origin: t.origin, maxConnections: t.maxConnections, weight: t.weight, protocol: t.protocol, tls: t.tls },
     group: t.group
   }))
   const seen = new Set(entries.map(e => e.options.origin))
-  for (const d of config.discover) {
-    for (const address of sources.watchOf?.(config.name, d)?.addresses ?? []) {
+  for (const { d, watch } of discovered) {
+    for (const address of watch?.addresses ?? []) {
       const options = discoveredTarget(base, d, address)
       if (seen.has(options.origin)) continue
       seen.add(options.origin)
@@ -269,16 +270,17 @@ function discoveredTarget (base: Pick<TargetOptions, 'upstream' | 'connectTimeou
   }
 }
 
-function healthOf (previous: RouteTable | undefined, config: UpstreamConfig, log: DiscoveryLog | undefined): HealthChecker | undefined {
+/** The upstream's health checker of the previous table, with new settings; a new one when it had none. */
+function healthOf (before: CompiledUpstream | undefined, config: UpstreamConfig, log: DiscoveryLog | undefined): HealthChecker | undefined {
   if (config.healthCheck === undefined) return undefined
-  const kept = previous?.upstreams.find(u => u.name === config.name)?.health
+  const kept = before?.health
   if (kept === undefined) return new HealthChecker(config.name, config.healthCheck, log ?? { info () {}, warn () {} })
   kept.configure(config.healthCheck)
   return kept
 }
 
-function budgetOf (previous: RouteTable | undefined, config: UpstreamConfig): RetryBudget {
-  const budget = previous?.upstreams.find(u => u.name === config.name)?.budget ?? new RetryBudget(config.retry.budget)
+function budgetOf (before: CompiledUpstream | undefined, config: UpstreamConfig): RetryBudget {
+  const budget = before?.budget ?? new RetryBudget(config.retry.budget)
   budget.share = config.retry.budget
   return budget
 }

@@ -34,7 +34,6 @@ export class DnsWatch {
   /** Whether any resolution has ended yet. */
   settled = false
   private config: DiscoverConfig
-  private failureKind: string | undefined
   private failuresInRow = 0
   private timer: NodeJS.Timeout | undefined
   private stopped = false
@@ -93,7 +92,6 @@ export class DnsWatch {
     const stateChanged = this.failure !== undefined
     if (stateChanged) this.log.info({ upstream: this.upstream, dns: this.config.dns, type: this.config.type, failedFor: this.failuresInRow }, 'DNS name resolves again')
     this.failure = undefined
-    this.failureKind = undefined
     this.failuresInRow = 0
     if (!this.replace(addresses) && stateChanged) this.onChange(this)
   }
@@ -101,11 +99,8 @@ export class DnsWatch {
   /** A failed resolution: `code` is the resolver's (ENOTFOUND, ENODATA, ETIMEOUT, ESERVFAIL...). */
   private failed (code: string): void {
     const failure = code === 'ENOTFOUND' ? 'NXDOMAIN' : code === 'ENODATA' ? 'no addresses' : code
-    // A resolver that fails one way, then another (refused, timed out), is one state: logged once.
-    const kind = NO_ADDRESSES.has(code) ? failure : 'resolver'
-    const stateChanged = kind !== this.failureKind
+    const stateChanged = stateOf(failure) !== stateOf(this.failure)
     this.failure = failure
-    this.failureKind = kind
     this.failuresInRow++
     this.onFailure(this)
     const clear = NO_ADDRESSES.has(code) && this.config.onEmpty === 'clear' && this.addresses.length > 0
@@ -257,6 +252,14 @@ function sorted (addresses: DiscoveredAddress[]): DiscoveredAddress[] {
     seen.add(id)
     return true
   }).sort((a, b) => a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : a.port - b.port)
+}
+
+/**
+ * The state a failure puts a name in, for logging once per change: NXDOMAIN and no addresses
+ * are states of their own; a resolver that fails one way, then another (refused, timed out), is one.
+ */
+function stateOf (failure: string | undefined): string | undefined {
+  return failure === undefined || failure === 'NXDOMAIN' || failure === 'no addresses' ? failure : 'resolver failing'
 }
 
 function clamp (value: number, min: number, max: number): number {

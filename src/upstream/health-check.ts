@@ -19,8 +19,6 @@ const JITTER = 0.1
 const PROBE_BODY_LIMIT = 64 * 1024
 
 export class HealthChecker {
-  /** Every target fails its probes and panic is open: probes are ignored until one passes again. */
-  panic = false
   /** Time of each probe to its whole answer (or failure). */
   readonly latency = new DurationHistogram()
   /** Probes per target, by result (health_checks_total). */
@@ -35,6 +33,11 @@ export class HealthChecker {
 
   get config (): HealthCheckConfig {
     return this.options
+  }
+
+  /** Every target fails its probes and panic is open: probes are ignored until one passes again. */
+  get panic (): boolean {
+    return this.allFailing && this.options.panic === 'open'
   }
 
   /** New settings from a reload: the targets' states are kept. */
@@ -73,7 +76,6 @@ export class HealthChecker {
     }
     this.probers.clear()
     this.results.clear()
-    this.panic = false
     this.allFailing = false
   }
 
@@ -93,8 +95,8 @@ export class HealthChecker {
       else if (this.options.panic === 'open') this.log.warn(fields, 'every target fails its health checks: panic, the probes are ignored and targets are chosen by their breakers alone')
       else this.log.warn(fields, 'every target fails its health checks: requests get 503 (panic: closed)')
     }
-    this.panic = allFailing && this.options.panic === 'open'
-    for (const t of targets) t.ejected = t.unhealthy && !this.panic
+    const panic = this.panic
+    for (const t of targets) t.ejected = t.unhealthy && !panic
   }
 }
 
